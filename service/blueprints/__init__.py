@@ -1,0 +1,1 @@
+"""One blueprint per concern: proxy, health, stats, heartbeat."""

@@ -1,0 +1,115 @@
+"""What is measured, and the narrow seam between whoever records it and whoever reads it.
+
+Callers see three things: a :class:`RequestSample` (one finished request), the
+:class:`MetricsStore` protocol (``record``, heartbeat calls, ``snapshot``) and the
+:class:`Snapshot` it returns. The shared-memory store in ``service.shared_store`` is the
+one backend today; a store shared across replicas on several hosts can replace it behind
+the same protocol without touching a caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from sanic import Request
+
+WINDOW_S = 10.0
+
+# Latency histogram: log-scale bins from 10 µs up to 2 minutes, each 8 % wider than the
+# last, so the geometric middle of a bin is within 4 % of any value in it.
+HIST_MIN_S = 1e-5
+HIST_RATIO = 1.08
+HIST_BINS = math.ceil(math.log(120.0 / HIST_MIN_S) / math.log(HIST_RATIO))
+_LOG_RATIO = math.log(HIST_RATIO)
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def histogram_bin(seconds: float) -> int:
+    if seconds <= HIST_MIN_S:
+        return 0
+    return min(int(math.log(seconds / HIST_MIN_S) / _LOG_RATIO), HIST_BINS - 1)
+
+
+def bin_value(index: int) -> float:
+    """The representative duration of a bin, in seconds (its geometric middle)."""
+    return HIST_MIN_S * HIST_RATIO ** (index + 0.5)
+
+
+def is_real_api_traffic(path: str, method: str, heartbeat_header: str | None) -> bool:
+    """The contract's definition, unchanged from the Go original."""
+    return path.startswith("/api/") and method != "HEAD" and heartbeat_header != "true"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSample:
+    """One proxied request, finished: its route, its class and what it cost."""
+
+    route: str  # the upstream it was routed to, or "local" when the proxy answered itself
+    real_api: bool
+    status: int  # what the client got; 0 if the exchange died before a status was sent
+    duration_s: float
+    proxy_error: bool = False  # a 502/504 the proxy itself produced
+
+    @classmethod
+    def of(
+        cls, request: Request, route: str, status: int, duration_s: float, proxy_error: bool
+    ) -> RequestSample:
+        real = is_real_api_traffic(request.path, request.method, request.headers.get("x-heartbeat"))
+        return cls(route, real, status, duration_s, proxy_error)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every figure of the whole service (all workers) at one instant."""
+
+    total_requests: int
+    window_count: int  # real API requests completed in the last WINDOW_S
+    window_duration_s: float  # their summed duration
+    window_histogram: tuple[int, ...]  # their latency histogram (HIST_BINS bins)
+    real_count: int  # real API requests since start
+    real_duration_s: float
+    real_success: int  # ... answered below 400
+    status_classes: dict[str, int]  # every proxied request by status class
+    proxy_502: int
+    proxy_504: int
+    by_route: dict[str, dict[str, int]]  # route -> status class -> count
+    lifetime_buckets: tuple[tuple[float, int], ...]  # (upper bound s, cumulative count)
+    lifetime_duration_s: float  # summed duration of every proxied request
+    ws_connections: int
+    heartbeat_age_s: float | None  # seconds since the last heartbeat activity
+    workers: int
+    uptime_s: float
+
+    def percentile_ms(self, q: float) -> float:
+        """The q-quantile (0 < q <= 1) of the window from the merged histogram; 0 if empty."""
+        total = sum(self.window_histogram)
+        if total == 0:
+            return 0.0
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for index, count in enumerate(self.window_histogram):
+            seen += count
+            if seen >= rank:
+                return bin_value(index) * 1000.0
+        return bin_value(HIST_BINS - 1) * 1000.0
+
+
+class MetricsStore(Protocol):
+    """Where measurements go; one instance per worker, all of them seeing the same totals.
+
+    ``record`` and the heartbeat calls are O(1) and never block on another worker;
+    ``snapshot`` reads everything every worker recorded.
+    """
+
+    def record(self, sample: RequestSample) -> None: ...
+
+    def heartbeat(self) -> None: ...
+
+    def socket_opened(self) -> None: ...
+
+    def socket_closed(self) -> None: ...
+
+    def snapshot(self) -> Snapshot: ...

@@ -1,0 +1,91 @@
+"""Where a request goes: path normalisation and segment-aware prefix routing.
+
+Routing decides on the decoded, normalised path, so that no spelling of a path
+(``..``, ``%2e%2e``, ``//``) can reach another upstream or a local endpoint. A request
+whose path is not already in canonical form is not proxied at all: it is redirected (308,
+method and body kept) to the canonical spelling, which is then routed like any other
+request. Encoded slashes and backslashes are refused outright, as Envoy's
+``path_with_escaped_slashes_action: REJECT_REQUEST`` does, because upstreams disagree on
+whether ``%2F`` separates segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from service.settings import Route
+
+_ENCODED_SEPARATORS = ("%2f", "%5c")
+# Characters left as they are when a normalised path is re-encoded for a redirect.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class BadPath(ValueError):
+    """A request path that cannot be routed safely; the message is the client's reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Proxy the request to ``route.upstream`` with the path exactly as received."""
+
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Answer 308 with this ``Location``."""
+
+    location: str
+
+
+def canonical_path(raw_path: str) -> str:
+    """The decoded path with dot segments removed and repeated slashes merged."""
+    lowered = raw_path.lower()
+    if any(sep in lowered for sep in _ENCODED_SEPARATORS) or "\\" in raw_path:
+        raise BadPath("encoded slash or backslash in path")
+    if not raw_path.startswith("/"):
+        raise BadPath("path must start with '/'")
+    decoded = unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
+    if "\x00" in decoded:
+        raise BadPath("NUL byte in path")
+    segments: list[str] = []
+    for segment in decoded.split("/")[1:]:
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in (".", ""):
+            segments.append(segment)
+    trailing = decoded.endswith(("/", "/.", "/..")) and bool(segments)
+    return "/" + "/".join(segments) + ("/" if trailing else "")
+
+
+class Router:
+    """Maps a raw request path to a :class:`Forward` or a :class:`Redirect`."""
+
+    def __init__(self, routes: tuple[Route, ...]) -> None:
+        # Longest prefix first (settings already sorts them; keep the invariant local).
+        self._routes = tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+
+    def resolve(self, raw_path: str, query_string: str = "") -> Forward | Redirect:
+        try:
+            path = canonical_path(raw_path)
+        except UnicodeDecodeError:
+            raise BadPath("path is not valid percent-encoded UTF-8") from None
+        if path != unquote(raw_path):
+            return Redirect(_with_query(quote(path, safe=_PATH_SAFE), query_string))
+        route = self.match(path)
+        if route.redirect_bare and path == route.prefix:
+            return Redirect(_with_query(raw_path + "/", query_string))
+        return Forward(route)
+
+    def match(self, path: str) -> Route:
+        for route in self._routes:
+            prefix = route.prefix
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return route
+        raise LookupError(path)  # unreachable: settings guarantee a "/" route
+
+
+def _with_query(path: str, query_string: str) -> str:
+    return f"{path}?{query_string}" if query_string else path
