@@ -1,0 +1,151 @@
+"""Shared fixtures: real upstream servers on ephemeral ports and real load-balancer processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sanic import Sanic
+
+from tests.upstream_server import UpstreamServer
+
+REPO = Path(__file__).resolve().parent.parent
+SANIC = str(Path(sys.executable).with_name("sanic"))
+
+# upstream name -> environment variable of its URL
+URL_VARS = {
+    "api-gateway": "API_GATEWAY_URL",
+    "dashboard-ui": "DASHBOARD_UI_URL",
+    "blog-service": "BLOG_SERVICE_URL",
+    "auth-service": "AUTH_SERVICE_URL",
+    "user-service": "USER_SERVICE_URL",
+}
+STATS_PAYLOADS = {
+    "api-gateway": {"api-gateway": {"service_status": "online", "info": "Proxying API requests"}},
+    "dashboard-ui": {"dashboard-ui": {"service_status": "online"}},
+    "blog-service": {"blog_service": {"service_status": "online", "post_count": 3}},
+    "auth-service": {"auth": {"service_status": "online", "active_session_count": 0}},
+    "user-service": {
+        "user_service": {
+            "service_status": "online",
+            "database": {"status": "healthy"},
+            "cache": {"status": "healthy", "hit_ratio": 0},
+        }
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sanic_registry(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test may build apps with the same names; Sanic keeps a global registry of them."""
+    Sanic._app_registry.clear()
+    Sanic.test_mode = True
+    yield
+    Sanic._app_registry.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_upstreams() -> dict[str, UpstreamServer]:
+    return {name: UpstreamServer(name, STATS_PAYLOADS[name]).start() for name in URL_VARS}
+
+
+def env_for(upstreams: dict[str, UpstreamServer], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "SANIC_"))}
+    env.update({URL_VARS[name]: server.url for name, server in upstreams.items()})
+    env.update(extra)
+    return env
+
+
+class LoadBalancer:
+    """A real ``sanic service.app`` process on 127.0.0.1 and an httpx client for it."""
+
+    def __init__(self, env: dict[str, str], *, workers: int | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        mode = ["--single-process"] if workers is None else ["--workers", str(workers)]
+        self.log = open(os.devnull, "wb") if not os.environ.get("LB_TEST_LOG") else None
+        self.process = subprocess.Popen(
+            [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(self.port), *mode],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT if self.log else None,
+            start_new_session=True,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=30.0, trust_env=False)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"load balancer exited with {self.process.returncode}")
+            try:
+                if self.client.get("/lb-health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("load balancer did not become ready")
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process tree's serving process(es), in KiB."""
+        total = 0
+        for pid in [self.process.pid, *_children(self.process.pid)]:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.log:
+            self.log.close()
+        return self.process.returncode
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    kids = [int(p) for p in text.split()]
+    return kids + [g for k in kids for g in _children(k)]
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[dict[str, UpstreamServer]]:
+    servers = start_upstreams()
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def lb(upstreams: dict[str, UpstreamServer]) -> Iterator[LoadBalancer]:
+    """One single-process load balancer per test module, in front of ``upstreams``."""
+    balancer = LoadBalancer(env_for(upstreams, LB_READ_TIMEOUT="3", LB_STATS_CACHE_TTL="0"))
+    yield balancer
+    balancer.stop()
