@@ -12,7 +12,7 @@ import itertools
 from sanic import Sanic
 
 from service import metrics_setup, upstreams
-from service.blueprints import health, proxy
+from service.blueprints import health, heartbeat, prometheus, proxy, stats
 from service.routing import Router
 from service.settings import Settings
 
@@ -33,6 +33,11 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.ctx.router = Router(settings.routes)
     upstreams.register(app)
     metrics_setup.register(app)
+    app.config.WEBSOCKET_PING_INTERVAL = None  # the heartbeat blueprint pings itself
+    app.config.WEBSOCKET_MAX_SIZE = 64 * 1024
     app.blueprint(health.bp)
+    app.blueprint(stats.bp)
+    app.blueprint(prometheus.bp)
+    app.blueprint(heartbeat.bp)
     app.blueprint(proxy.bp)  # last: its catch-all route must not shadow the local endpoints
     return app

@@ -49,13 +49,12 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     started = time.perf_counter()
     outcome = Outcome()
     try:
-        await _exchange(request, outcome)
+        return await _exchange(request, outcome)
     finally:
         duration = time.perf_counter() - started
         request.app.ctx.metrics.record(
             RequestSample.of(request, outcome.route, outcome.status, duration, outcome.proxy_error)
         )
-    return None
 
 
 @dataclass(slots=True)
@@ -67,35 +66,44 @@ class Outcome:
     proxy_error: bool = False
 
 
-async def _exchange(request: Request, outcome: Outcome) -> None:
-    """Route, forward and stream one request."""
+async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
+    """Route, forward and stream one request.
+
+    Returns a response for Sanic to send (small, locally made ones, and HEAD answers), or
+    None when the upstream's response has already been streamed to the client.
+    """
     try:
         decision = request.app.ctx.router.resolve(request.path, request.query_string)
     except BadPath as exc:
-        outcome.status = await _send(request, json({"error": "bad request", "detail": str(exc)}, 400))
-        return
+        return _local(outcome, json({"error": "bad request", "detail": str(exc)}, 400))
     if isinstance(decision, Redirect):
-        outcome.status = await _send(request, redirect(decision.location, status=308))
-        return
+        return _local(outcome, redirect(decision.location, status=308))
     outcome.route = decision.route.upstream
     limit = request.app.ctx.settings.proxy.max_body_size
     if limit and _declared_length(request) > limit:
-        outcome.status = await _send(request, _too_large(limit))
-        return
+        return _local(outcome, _too_large(limit))
     try:
         upstream = await _open_upstream(request, decision, limit)
     except UpstreamError as exc:
         outcome.proxy_error = True
-        outcome.status = await _send(request, json(exc.body(), status=exc.status))
-        return
+        return _local(outcome, json(exc.body(), status=exc.status))
     except PayloadTooLarge:
-        outcome.status = await _send(request, _too_large(limit))
-        return
+        return _local(outcome, _too_large(limit))
     outcome.status = upstream.status_code
     try:
+        if request.method == "HEAD":
+            # Sanic sends a HEAD answer's head itself; streaming one through respond() trips
+            # over Sanic's head_response_ignored (a sync function it later awaits).
+            return ProxiedResponse(status=upstream.status_code, headers=_response_headers(upstream))
         await _relay(request, upstream)
+        return None
     finally:
         await upstream.aclose()
+
+
+def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:
+    outcome.status = response.status
+    return response
 
 
 def _declared_length(request: Request) -> int:
@@ -148,8 +156,9 @@ async def _relay(request: Request, upstream: httpx.Response) -> None:
     If the upstream breaks off mid-body the client connection is aborted, so the client sees
     a truncated response as an error rather than a short body that looks complete.
     """
-    headers = Header(end_to_end(upstream.headers.multi_items(), upstream.headers.get_list("connection")))
-    response = await request.respond(ProxiedResponse(status=upstream.status_code, headers=headers))
+    response = await request.respond(
+        ProxiedResponse(status=upstream.status_code, headers=_response_headers(upstream))
+    )
     try:
         async for chunk in upstream.aiter_raw():
             await response.send(chunk)
@@ -159,11 +168,9 @@ async def _relay(request: Request, upstream: httpx.Response) -> None:
             request.transport.abort()
 
 
-async def _send(request: Request, response: HTTPResponse) -> int:
-    """Send a locally made response now, so its write time is part of the measurement."""
-    sent = await request.respond(response)
-    await sent.send(end_stream=True)
-    return response.status
+def _response_headers(upstream: httpx.Response) -> Header:
+    connection = upstream.headers.get_list("connection")
+    return Header(end_to_end(upstream.headers.multi_items(), connection))
 
 
 def _too_large(limit: int) -> HTTPResponse:

@@ -1,0 +1,81 @@
+"""``GET /metrics``: the same figures as ``/stats``, in Prometheus' text format, all workers.
+
+prometheus_client writes the format; this module only maps one metrics snapshot (and the
+upstreams' last known state) onto metric families, in a collector built per scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, raw
+
+from service.metrics import Snapshot
+
+bp = Blueprint("prometheus")
+
+
+class SnapshotCollector:
+    """A prometheus_client collector over one snapshot and the upstreams' entries."""
+
+    def __init__(self, snap: Snapshot, services: dict[str, dict[str, Any]]) -> None:
+        self._snap = snap
+        self._services = services
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snap
+        requests = CounterMetricFamily(
+            "lb_requests", "Proxied requests by route and status class.", labels=["route", "code"]
+        )
+        for route, classes in snap.by_route.items():
+            for status_class, count in classes.items():
+                requests.add_metric([route, status_class], count)
+        yield requests
+        yield HistogramMetricFamily(
+            "lb_request_duration_seconds",
+            "Duration of proxied requests, from request received to last byte handed over.",
+            buckets=[(_bound(b), c) for b, c in snap.lifetime_buckets],
+            sum_value=snap.lifetime_duration_s,
+        )
+        real = CounterMetricFamily(
+            "lb_real_api_requests", "Real API requests (the contract's definition).",
+            labels=["outcome"],
+        )  # fmt: skip
+        real.add_metric(["success"], snap.real_success)
+        real.add_metric(["failure"], snap.real_count - snap.real_success)
+        yield real
+        errors = CounterMetricFamily(
+            "lb_proxy_errors", "Error responses the proxy produced itself.", labels=["code"]
+        )
+        errors.add_metric(["502"], snap.proxy_502)
+        errors.add_metric(["504"], snap.proxy_504)
+        yield errors
+        yield GaugeMetricFamily("lb_ws_connections", "Open heartbeat sockets.", snap.ws_connections)
+        yield GaugeMetricFamily("lb_workers", "Live worker processes.", snap.workers)
+        yield GaugeMetricFamily("lb_uptime_seconds", "Seconds since start.", snap.uptime_s)
+        up = GaugeMetricFamily("lb_upstream_up", "1 if the upstream's /stats answered.", labels=["upstream"])
+        for key, entry in self._services.items():
+            online = entry.get("service_status") == "online" or entry.get("status") == "healthy"
+            up.add_metric([key], 1.0 if online else 0.0)
+        yield up
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+@bp.get("/metrics")
+async def metrics(request: Request) -> HTTPResponse:
+    services = await request.app.ctx.aggregator.collect()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(request.app.ctx.metrics.snapshot(), services))
+    return raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,36 @@
+"""``GET /stats``: the load balancer's own figures (always fresh) plus every service's."""
+
+from __future__ import annotations
+
+import orjson
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse, raw
+
+from service.aggregate import StatsAggregator
+from service.figures import load_balancer_entry
+
+bp = Blueprint("stats")
+
+
+@bp.before_server_start
+async def open_aggregator(app: Sanic) -> None:
+    settings = app.ctx.settings
+    app.ctx.aggregator = StatsAggregator(
+        settings.upstreams, lambda name: app.ctx.upstreams[name], settings.stats
+    )
+
+
+@bp.get("/stats")
+async def stats(request: Request) -> HTTPResponse:
+    services = await request.app.ctx.aggregator.collect()
+    document = {"load-balancer": load_balancer_entry(request.app.ctx.metrics.snapshot())}
+    document.update(services)
+    user_service = services.get("user_service", {})
+    for key in ("database", "cache"):
+        if key in user_service:
+            document[key] = user_service[key]
+    return raw(
+        orjson.dumps(document),
+        content_type="application/json",
+        headers={"cache-control": "no-store"},
+    )
