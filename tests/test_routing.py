@@ -9,7 +9,6 @@ raw socket, because httpx would normalise them before sending.
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from sanic_testing.testing import SanicTestClient
@@ -17,7 +16,7 @@ from sanic_testing.testing import SanicTestClient
 from service.factory import create_app
 from service.routing import BadPath, Forward, Redirect, Router, canonical_path
 from service.settings import Route, load_settings
-from tests.conftest import LoadBalancer
+from tests.conftest import LoadBalancer, raw_request
 from tests.upstream_server import UpstreamServer
 
 # --------------------------------------------------------------------------- unit
@@ -151,26 +150,9 @@ def test_sanic_testing_health_and_blog_redirect(upstreams: dict[str, UpstreamSer
 # ------------------------------------------------------------- real process
 
 
-def raw_request(lb: LoadBalancer, head: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """Send ``head`` as is over a fresh connection; return status, headers, body."""
-    with socket.create_connection(("127.0.0.1", lb.port), timeout=timeout) as sock:
-        sock.sendall(head)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head_bytes, _, body = data.partition(b"\r\n\r\n")
-    lines = head_bytes.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
-
-
 def get(lb: LoadBalancer, target: str, host: str = "lb.test") -> tuple[int, dict[str, str], bytes]:
     return raw_request(
-        lb, f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+        lb.port, f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     )
 
 
