@@ -131,23 +131,39 @@ async def _open_upstream(request: Request, decision: Forward, limit: int) -> htt
         upstream_host=None if keep_host else client.base_url.netloc.decode("ascii"),
     )
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+    body = _RequestBody(request) if has_body else None
     url = target.url + request.path + ("?" + request.query_string if request.query_string else "")
     outgoing = httpx.Request(
         request.method,
         url,
         headers=headers,
-        content=_request_body(request) if has_body else None,
+        content=body,
         extensions={"timeout": client.timeout.as_dict()},
     )
     try:
         return await client.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
+        if body is not None and body.too_large:
+            # The client's (chunked) body went over the limit while it was being sent: the
+            # transport reports that as a failed send, but it is the client's fault.
+            raise PayloadTooLarge("Request body exceeds the size limit") from exc
         raise from_httpx(name, exc) from exc
 
 
-async def _request_body(request: Request) -> AsyncIterator[bytes]:
-    while (chunk := await request.stream.read()) is not None:  # type: ignore[union-attr]
-        yield chunk
+class _RequestBody:
+    """The client's body as an async iterator that remembers whether it overflowed."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.too_large = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            while (chunk := await self._request.stream.read()) is not None:  # type: ignore[union-attr]
+                yield chunk
+        except PayloadTooLarge:
+            self.too_large = True
+            raise
 
 
 async def _relay(request: Request, upstream: httpx.Response) -> None:

@@ -1,0 +1,190 @@
+"""Failures: refused, silent and broken upstreams, and bad client input.
+
+One load balancer for the module: the API gateway's port is closed, the blog service accepts
+connections and never answers, the dashboard is a real upstream; read timeout 1 s and a
+1000-byte body limit.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import LoadBalancer, env_for, raw_request
+from tests.upstream_server import SilentServer, UpstreamServer, closed_port_url
+
+READ_TIMEOUT = 1.0
+MAX_BODY = 1000
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def broken_lb(upstreams: dict[str, UpstreamServer], silent: SilentServer) -> Iterator[LoadBalancer]:
+    env = env_for(
+        upstreams,
+        API_GATEWAY_URL=closed_port_url(),
+        BLOG_SERVICE_URL=silent.url,
+        LB_READ_TIMEOUT=str(READ_TIMEOUT),
+        LB_MAX_BODY_SIZE=str(MAX_BODY),
+    )
+    balancer = LoadBalancer(env)
+    yield balancer
+    balancer.stop()
+
+
+def assert_error_body(response: httpx.Response, upstream: str) -> dict:
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "upstream", "detail"}
+    assert body["upstream"] == upstream
+    assert body["error"] and body["detail"]
+    return body
+
+
+# ---------------------------------------------------------------- upstream failures
+
+
+def test_refused_is_502_fast(broken_lb: LoadBalancer) -> None:
+    for method in ("GET", "POST"):
+        started = time.monotonic()
+        response = broken_lb.client.request(method, "/api/x", content=b"abc" if method == "POST" else None)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 502
+        body = assert_error_body(response, "api-gateway")
+        assert "refused" in body["detail"]
+        assert elapsed < 0.5, elapsed
+
+
+def test_silent_upstream_is_504_after_read_timeout(broken_lb: LoadBalancer) -> None:
+    started = time.monotonic()
+    response = broken_lb.client.get("/blog/post")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    body = assert_error_body(response, "blog-service")
+    assert "timeout" in body["detail"]
+    assert READ_TIMEOUT * 0.9 <= elapsed < READ_TIMEOUT + 1.0, elapsed
+
+
+def test_one_failing_upstream_never_slows_the_others(broken_lb: LoadBalancer) -> None:
+    results: list[int] = []
+
+    def slow() -> None:
+        with httpx.Client(base_url=broken_lb.url, trust_env=False) as client:
+            results.append(client.get("/blog/hang").status_code)
+
+    threads = [threading.Thread(target=slow) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)  # the silent requests are now in flight
+    started = time.monotonic()
+    for _ in range(10):
+        assert broken_lb.client.get("/page").status_code == 200
+        assert broken_lb.client.get("/api/x").status_code == 502
+        assert broken_lb.client.get("/lb-health").status_code == 200
+    assert time.monotonic() - started < 0.7
+    for thread in threads:
+        thread.join()
+    assert results == [504] * 5
+
+
+def test_body_cut_midway_is_an_error_not_a_hang(broken_lb: LoadBalancer) -> None:
+    started = time.monotonic()
+    received = 0
+    with pytest.raises(httpx.TransportError):
+        with httpx.Client(base_url=broken_lb.url, trust_env=False, timeout=5.0) as client:
+            with client.stream("GET", "/page?bytes=1000000&cut=1") as response:
+                assert response.status_code == 200
+                assert response.headers["content-length"] == "1000000"
+                for chunk in response.iter_raw():
+                    received += len(chunk)
+    assert received < 1000000
+    assert time.monotonic() - started < 3.0
+    assert broken_lb.client.get("/lb-health").status_code == 200
+    assert broken_lb.client.get("/page").status_code == 200
+
+
+def test_body_cut_midway_over_raw_socket(broken_lb: LoadBalancer) -> None:
+    """The connection is closed without completing the declared length."""
+    status, headers, body = raw_request(
+        broken_lb.port,
+        b"GET /page?bytes=1000000&cut=1 HTTP/1.1\r\nHost: lb.test\r\n\r\n",  # keep-alive
+        timeout=5.0,
+    )
+    assert status == 200
+    assert int(headers["content-length"]) > len(body)
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"THIS IS NOT HTTP\r\n\r\n",
+        b"GET\r\nHost: x\r\n\r\n",
+        b"GET /page HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /page HTTP/1.1\r\nBad Header Without Colon\r\n\r\n",
+    ],
+)
+def test_malformed_request_is_4xx(broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer], head: bytes) -> None:
+    before = sum(upstreams["dashboard-ui"].hits.values())
+    status, _, _ = raw_request(broken_lb.port, head)
+    assert 400 <= status < 500
+    assert sum(upstreams["dashboard-ui"].hits.values()) == before
+
+
+def test_oversized_headers_are_refused(broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
+    before = sum(upstreams["dashboard-ui"].hits.values())
+    big = "x" * (17 * 1024)
+    status, _, _ = raw_request(
+        broken_lb.port, f"GET /page HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert status in (400, 413, 431)
+    many = "".join(f"X-H{i}: {'y' * 100}\r\n" for i in range(200))
+    status, _, _ = raw_request(
+        broken_lb.port, f"GET /page HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n".encode()
+    )
+    assert status in (400, 413, 431)
+    assert sum(upstreams["dashboard-ui"].hits.values()) == before
+    assert broken_lb.client.get("/lb-health").status_code == 200
+
+
+def test_body_over_limit_with_content_length_is_413(broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
+    before = upstreams["dashboard-ui"].hits["/upload"]
+    response = broken_lb.client.post("/upload", content=b"z" * (MAX_BODY + 1))
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]
+    assert upstreams["dashboard-ui"].hits["/upload"] == before  # never forwarded
+    # At the limit exactly, it passes.
+    ok = broken_lb.client.post("/upload", content=b"z" * MAX_BODY)
+    assert ok.status_code == 200
+    assert ok.json()["body_size"] == MAX_BODY
+
+
+def test_chunked_body_over_limit_is_413(broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
+    def gen() -> Iterator[bytes]:
+        for _ in range(10):
+            yield b"z" * 500
+
+    with httpx.Client(base_url=broken_lb.url, trust_env=False, timeout=5.0) as client:
+        try:
+            response = client.post("/upload-chunked", content=gen())
+        except httpx.TransportError:
+            pytest.fail("the proxy dropped the connection instead of answering 413")
+    assert response.status_code == 413
+    assert response.json()["error"]
+    ok = broken_lb.client.post("/upload-chunked", content=iter([b"z" * 400, b"z" * 600]))
+    assert ok.status_code == 200
+    assert ok.json()["body_size"] == MAX_BODY
