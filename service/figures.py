@@ -34,6 +34,7 @@ def load_balancer_entry(snap: Snapshot) -> dict[str, Any]:
         "ws_connections": snap.ws_connections,
         "workers": snap.workers,
         "uptime_s": round(snap.uptime_s, 3),
+        "requests_by_worker": snap.requests_by_worker,
     }
 
 

@@ -82,6 +82,7 @@ class Snapshot:
     heartbeat_age_s: float | None  # seconds since the last heartbeat activity
     workers: int
     uptime_s: float
+    requests_by_worker: dict[str, int]  # worker pid -> proxied requests it recorded
 
     def percentile_ms(self, q: float) -> float:
         """The q-quantile (0 < q <= 1) of the window from the merged histogram; 0 if empty."""

@@ -50,6 +50,9 @@ _FIELDS = (
     "ws_open", "last_heartbeat", "duration_sum",
 )  # fmt: skip
 F = {name: i for i, name in enumerate(_FIELDS)}
+_TOTAL, _REAL_COUNT, _REAL_DURATION, _REAL_SUCCESS = F["total"], F["real_count"], F["real_duration"], F["real_success"]
+_PROXY_502, _PROXY_504, _DURATION_SUM = F["proxy_502"], F["proxy_504"], F["duration_sum"]
+_N_CLASSES = len(STATUS_CLASSES)
 _CLASSES_AT = len(_FIELDS)
 _LIFETIME_AT = _CLASSES_AT + len(STATUS_CLASSES)
 _ROUTES_AT = _LIFETIME_AT + len(LIFETIME_BOUNDS) + 1
@@ -107,42 +110,45 @@ class SharedMemoryStore:
         self._mem = memoryview(block).cast("B").cast("d")
         self._route_index = {name: i for i, name in enumerate(layout.routes)}
         self._row = _HEADER + self._claim_row(claim_lock, pid or os.getpid()) * layout.row_size
+        self._fine_at = self._row + layout.fine_at
+        self._coarse_at = self._row + layout.coarse_at
 
     # -- writing (this worker's row only) -------------------------------------------------
 
     def record(self, sample: RequestSample) -> None:
         mem, row = self._mem, self._row
-        mem[row + F["total"]] += 1
-        mem[row + F["duration_sum"]] += sample.duration_s
-        mem[row + _LIFETIME_AT + bisect_left(LIFETIME_BOUNDS, sample.duration_s)] += 1
-        status_class = min(max(sample.status // 100, 1), 5) - 1
-        if sample.status:
+        duration = sample.duration_s
+        mem[row + _TOTAL] += 1
+        mem[row + _DURATION_SUM] += duration
+        mem[row + _LIFETIME_AT + bisect_left(LIFETIME_BOUNDS, duration)] += 1
+        status = sample.status
+        if status:
+            status_class = (5 if status >= 500 else status // 100 if status >= 100 else 1) - 1
             mem[row + _CLASSES_AT + status_class] += 1
             route = self._route_index.get(sample.route)
             if route is not None:
-                mem[row + _ROUTES_AT + route * len(STATUS_CLASSES) + status_class] += 1
-        if sample.proxy_error and sample.status in (502, 504):
-            mem[row + F["proxy_502" if sample.status == 502 else "proxy_504"]] += 1
+                mem[row + _ROUTES_AT + route * _N_CLASSES + status_class] += 1
+            if sample.proxy_error and status in (502, 504):
+                mem[row + (_PROXY_502 if status == 502 else _PROXY_504)] += 1
         if sample.real_api:
-            self._record_real(sample)
+            self._record_real(duration, status)
 
-    def _record_real(self, sample: RequestSample) -> None:
+    def _record_real(self, duration: float, status: int) -> None:
         mem, row = self._mem, self._row
-        mem[row + F["real_count"]] += 1
-        mem[row + F["real_duration"]] += sample.duration_s
-        if 0 < sample.status < 400:
-            mem[row + F["real_success"]] += 1
+        mem[row + _REAL_COUNT] += 1
+        mem[row + _REAL_DURATION] += duration
+        if 0 < status < 400:
+            mem[row + _REAL_SUCCESS] += 1
         now = self._clock()
-        fine = self._bucket(self._layout.fine_at, _FINE_WIDTH, FINE_RING, now / FINE_S)
+        fine = self._bucket(self._fine_at, _FINE_WIDTH, FINE_RING, int(now / FINE_S))
         mem[fine + 1] += 1
-        mem[fine + 2] += sample.duration_s
-        coarse = self._bucket(self._layout.coarse_at, _COARSE_WIDTH, COARSE_RING, now / COARSE_S)
-        mem[coarse + 1 + histogram_bin(sample.duration_s)] += 1
+        mem[fine + 2] += duration
+        coarse = self._bucket(self._coarse_at, _COARSE_WIDTH, COARSE_RING, int(now / COARSE_S))
+        mem[coarse + 1 + histogram_bin(duration)] += 1
 
-    def _bucket(self, ring_at: int, width: int, ring: int, position: float) -> int:
+    def _bucket(self, ring_at: int, width: int, ring: int, epoch: int) -> int:
         """Offset of the current bucket of a ring, reset first if it holds an old epoch."""
-        epoch = math.floor(position)
-        at = self._row + ring_at + (epoch % ring) * width
+        at = ring_at + (epoch % ring) * width
         if self._mem[at] != epoch:
             self._mem[at + 1 : at + width] = memoryview(bytes(8 * (width - 1))).cast("d")
             self._mem[at] = epoch
@@ -199,6 +205,7 @@ class SharedMemoryStore:
             heartbeat_age_s=(now - last_heartbeat) if last_heartbeat else None,
             workers=sum(1 for r in rows if _alive(int(mem[r + F["pid"]]))),
             uptime_s=max(0.0, now - mem[0]),
+            requests_by_worker={str(int(mem[r + F["pid"]])): int(mem[r + _TOTAL]) for r in rows},
         )
 
     def _window_totals(self, rows: Sequence[int], now: float) -> tuple[int, float]:
