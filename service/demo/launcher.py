@@ -41,7 +41,9 @@ def _int_from_env(name: str, default: int, low: int, high: int) -> int:
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise DemoError(f"{name}={raw!r} is not valid: expected a whole number from {low} to {high}")
+        raise DemoError(
+            f"{name}={raw!r} is not valid: expected a whole number from {low} to {high}"
+        )
     return value
 
 
@@ -78,7 +80,9 @@ def wait_ready(process: subprocess.Popen, url: str, stop: threading.Event) -> No
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline and not stop.is_set():
         if process.poll() is not None:
-            raise DemoError(f"the load balancer exited with code {process.returncode} while starting")
+            raise DemoError(
+                f"the load balancer exited with code {process.returncode} while starting"
+            )
         try:
             with urllib.request.urlopen(url + "/lb-health", timeout=1.0) as response:
                 if response.status == 200:
@@ -87,7 +91,9 @@ def wait_ready(process: subprocess.Popen, url: str, stop: threading.Event) -> No
             pass
         stop.wait(0.2)
     if not stop.is_set():
-        raise DemoError(f"the load balancer did not answer {url}/lb-health in {READY_TIMEOUT_S:.0f} s")
+        raise DemoError(
+            f"the load balancer did not answer {url}/lb-health in {READY_TIMEOUT_S:.0f} s"
+        )
 
 
 def stop_load_balancer(process: subprocess.Popen) -> int:
@@ -128,7 +134,9 @@ def main() -> int:
             print("demo: press Ctrl-C to stop everything.\n", flush=True)
         while not stop.wait(0.5):
             if process.poll() is not None:
-                raise DemoError(f"the load balancer exited unexpectedly with code {process.returncode}")
+                raise DemoError(
+                    f"the load balancer exited unexpectedly with code {process.returncode}"
+                )
         print("\ndemo: stopping...", flush=True)
         return 0
     except DemoError as exc:

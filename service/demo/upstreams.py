@@ -53,10 +53,10 @@ _POSTS = (
 )
 
 BLOG_PAGE = (
-    "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
     "<title>Demo blog</title></head><body>\n<h1>Demo blog</h1>\n"
     "<p>Served by the demo blog service, through the load balancer's <code>/blog/*</code> "
-    "route. <a href=\"/\">Back to the dashboard</a></p>\n<ul>\n"
+    'route. <a href="/">Back to the dashboard</a></p>\n<ul>\n'
     + "".join(f"<li><strong>{title}</strong>: {summary}</li>\n" for title, summary in _POSTS)
     + "</ul>\n</body></html>\n"
 ).encode()

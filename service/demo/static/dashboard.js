@@ -126,7 +126,8 @@ function drawServices(stats) {
     card.append(head);
     const list = el("dl");
     for (const [key, value] of isObject(entry) ? flatten(entry) : [["value", JSON.stringify(entry)]]) {
-      list.append(el("dt", "", key), el("dd", "", value));
+      // A zero-width space after each "_" lets long keys wrap there rather than mid-word.
+      list.append(el("dt", "", key.replaceAll("_", "_\u200b")), el("dd", "", value));
     }
     card.append(list);
     box.append(card);
