@@ -24,11 +24,48 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TargetSpec:
+    """One instance of an upstream: ``scheme://host[:port]`` and its relative weight."""
+
+    url: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class PassiveHealth:
+    """nginx's ``max_fails``/``fail_timeout``, with Envoy's growing ejection."""
+
+    max_fails: int = 1
+    fail_timeout: float = 10.0  # window for counting failures, and the first ejection's length
+    max_ejection: float = 300.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActiveHealth:
+    path: str
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
+
+
+BALANCERS = ("least_request", "round_robin")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Upstream:
     name: str
-    url: str  # scheme://host[:port], no trailing slash, no path
     url_env: str
+    targets: tuple[TargetSpec, ...]
     stats_key: str | None = None
+    balance: str = "least_request"
+    passive: PassiveHealth = field(default_factory=PassiveHealth)
+    active: ActiveHealth | None = None
+
+    @property
+    def url(self) -> str:
+        """The first target's URL (the only one, for a single-target upstream)."""
+        return self.targets[0].url
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,17 +201,77 @@ def _normalise_prefix(raw: str) -> str:
     return raw.rstrip("/") or "/"
 
 
+def parse_targets(name: str, raw: str) -> tuple[TargetSpec, ...]:
+    """``url[;weight=N][, url[;weight=N] ...]`` -> targets, validated."""
+    targets = []
+    for item in (part.strip() for part in str(raw).split(",")):
+        if not item:
+            raise SettingsError(f"{name}={raw!r} is not valid: an empty target in the list")
+        url, *options = (piece.strip() for piece in item.split(";"))
+        weight = 1
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip() != "weight":
+                raise SettingsError(f"{name}={raw!r} is not valid: unknown option {option!r}")
+            weight = _parse("positive_int", f"{name} weight", value)
+        targets.append(TargetSpec(url=parse_upstream_url(name, url), weight=weight))
+    return tuple(targets)
+
+
+def _env_prefix(url_env: str) -> str:
+    return url_env.removesuffix("_URL")
+
+
+def _passive(item: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> PassiveHealth:
+    values = {}
+    for key, kind in (("max_fails", "positive_int"), ("fail_timeout", "seconds"), ("max_ejection", "seconds")):
+        var = f"{prefix}_{key.upper()}"
+        if var in env:
+            values[key] = _parse(kind, var, env[var])
+        elif key in item:
+            values[key] = _parse(kind, f"{item['name']}.{key}", item[key])
+    return PassiveHealth(**values)
+
+
+def _active(item: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> ActiveHealth | None:
+    table = dict(item.get("health", {}))
+    kinds = {"path": "path", "interval": "seconds", "timeout": "seconds",
+             "healthy_threshold": "positive_int", "unhealthy_threshold": "positive_int"}  # fmt: skip
+    values: dict[str, Any] = {}
+    for key, kind in kinds.items():
+        var = f"{prefix}_HEALTH_{key.upper()}"
+        raw, label = (env[var], var) if var in env else (table.get(key), f"{item['name']}.health.{key}")
+        if raw is None:
+            continue
+        if kind == "path":
+            if not str(raw).startswith("/"):
+                raise SettingsError(f"{label}={raw!r} is not valid: expected a path starting with '/'")
+            values[key] = str(raw)
+        else:
+            values[key] = _parse(kind, label, raw)
+    if not values.get("path"):
+        return None
+    return ActiveHealth(**values)
+
+
 def _upstreams(table: list[Mapping[str, Any]], env: Mapping[str, str]) -> tuple[Upstream, ...]:
     upstreams = []
     for item in table:
         url_env = str(item["url_env"])
-        raw = env.get(url_env, item["url"])
+        prefix = _env_prefix(url_env)
+        balance_var = f"{prefix}_BALANCE"
+        balance = str(env.get(balance_var, item.get("balance", "least_request")))
+        if balance not in BALANCERS:
+            raise SettingsError(f"{balance_var}={balance!r} is not valid: expected one of {BALANCERS}")
         upstreams.append(
             Upstream(
                 name=str(item["name"]),
-                url=parse_upstream_url(url_env, raw),
                 url_env=url_env,
+                targets=parse_targets(url_env, env.get(url_env, item["url"])),
                 stats_key=item.get("stats_key"),
+                balance=balance,
+                passive=_passive(item, env, prefix),
+                active=_active(item, env, prefix),
             )
         )
     names = [u.name for u in upstreams]

@@ -1,0 +1,82 @@
+"""Choosing a target within a pool: weighted power-of-two-choices or smooth round-robin.
+
+Both pickers see the same narrow view of a target (its weight, whether it is available, and
+the requests this worker has outstanding to it) and never touch shared state, so a decision
+costs a few attribute reads and one or two random numbers.
+
+- :class:`LeastRequest` is Envoy's ``LEAST_REQUEST`` / Traefik's ``p2c``: draw two distinct
+  targets at random, weighted, and take the one with fewer outstanding requests per unit of
+  weight. A slow target accumulates outstanding requests and so loses most draws.
+- :class:`RoundRobin` is nginx's smooth weighted round-robin: weights 5,1,1 give
+  ``a a b a c a a``, never five ``a`` in a row.
+
+When no target is available, both fall back to every target (Envoy's panic mode): a pool
+that is wrongly marked down must not turn into local 502s.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+
+class Candidate(Protocol):
+    weight: int
+    outstanding: int
+
+    def available(self) -> bool: ...
+
+
+T = TypeVar("T", bound=Candidate)
+
+
+class LeastRequest:
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def pick(self, targets: Sequence[T], exclude: frozenset[int] = frozenset()) -> T:
+        pool = _usable(targets, exclude)
+        if len(pool) == 1:
+            return pool[0]
+        first, second = self._two(pool)
+        # Fewer outstanding requests per unit of weight wins. On a tie the first draw wins,
+        # and it was drawn in proportion to weight, so an idle pool splits by weight exactly.
+        if second.outstanding / second.weight < first.outstanding / first.weight:
+            return second
+        return first
+
+    def _two(self, pool: Sequence[T]) -> tuple[T, T]:
+        weights = [t.weight for t in pool]
+        first = self._rng.choices(range(len(pool)), weights)[0]
+        rest = [i for i in range(len(pool)) if i != first]
+        second = self._rng.choices(rest, [weights[i] for i in rest])[0]
+        return pool[first], pool[second]
+
+
+class RoundRobin:
+    def __init__(self) -> None:
+        self._current: dict[int, int] = {}
+
+    def pick(self, targets: Sequence[T], exclude: frozenset[int] = frozenset()) -> T:
+        pool = _usable(targets, exclude)
+        total = 0
+        best: T | None = None
+        for target in pool:
+            key = id(target)
+            self._current[key] = self._current.get(key, 0) + target.weight
+            total += target.weight
+            if best is None or self._current[key] > self._current[id(best)]:
+                best = target
+        assert best is not None
+        self._current[id(best)] -= total
+        return best
+
+
+def _usable(targets: Sequence[T], exclude: frozenset[int]) -> list[T]:
+    """Available targets not yet tried; else any not yet tried; else all (panic)."""
+    untried = [t for i, t in enumerate(targets) if i not in exclude] or list(targets)
+    return [t for t in untried if t.available()] or untried
+
+
+PICKERS = {"least_request": LeastRequest, "round_robin": RoundRobin}
