@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,18 +77,36 @@ class LoadBalancer:
     def __init__(self, env: dict[str, str], *, workers: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
         mode = ["--single-process"] if workers is None else ["--workers", str(workers)]
-        self.log = open(os.devnull, "wb") if not os.environ.get("LB_TEST_LOG") else None
+        # The process's output is read by a thread: kept (last lines) for diagnosis, echoed
+        # live with LB_TEST_LOG=1, and watched for "Worker ready" (see _wait_ready).
+        self.output: deque[str] = deque(maxlen=500)
+        self.workers_ready = 0
+        self._echo = bool(os.environ.get("LB_TEST_LOG"))
         self.process = subprocess.Popen(
             [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(self.port), *mode],
             cwd=REPO,
             env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT if self.log else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
         self.client = httpx.Client(base_url=self.url, timeout=30.0, trust_env=False)
         self._wait_ready()
+
+    def _read_output(self) -> None:
+        assert self.process.stdout is not None
+        for raw in iter(self.process.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            self.output.append(line)
+            if "Worker ready" in line:
+                self.workers_ready += 1
+            if self._echo:
+                sys.stderr.write(line)
+        self.process.stdout.close()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -95,10 +115,20 @@ class LoadBalancer:
                 raise RuntimeError(f"load balancer exited with {self.process.returncode}")
             try:
                 if self.client.get("/lb-health").status_code == 200:
-                    return
+                    break
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError("load balancer did not become ready")
+        else:
+            raise RuntimeError("load balancer did not become ready")
+        # With several workers, the first one answering is not enough: until the main process
+        # has seen every worker's start-up ack (it polls every 0.1 s), a SIGTERM makes Sanic
+        # 25.12 spin forever in WorkerManager.wait_for_ack instead of shutting down.
+        if self.workers:
+            while self.workers_ready < self.workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {self.workers_ready} of {self.workers} workers ready")
+                time.sleep(0.05)
+            time.sleep(0.3)
 
     def rss_kib(self) -> int:
         """Resident memory of the process tree's serving process(es), in KiB."""
@@ -121,8 +151,7 @@ class LoadBalancer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        if self.log:
-            self.log.close()
+        self._reader.join(5)
         return self.process.returncode
 
 
