@@ -169,6 +169,7 @@ class SharedMemoryStore:
     def snapshot(self) -> Snapshot:
         now = self._clock()
         rows = [r for r in self._row_offsets() if self._mem[r + F["pid"]]]
+        live = [r for r in rows if _alive(int(self._mem[r + F["pid"]]))]
         mem, layout = self._mem, self._layout
 
         def total(field: str) -> float:
@@ -201,9 +202,10 @@ class SharedMemoryStore:
             by_route=by_route,
             lifetime_buckets=tuple(buckets),
             lifetime_duration_s=total("duration_sum"),
-            ws_connections=int(total("ws_open")),
+            # a dead worker's sockets died with it; its lifetime counters still count
+            ws_connections=int(sum(mem[r + F["ws_open"]] for r in live)),
             heartbeat_age_s=(now - last_heartbeat) if last_heartbeat else None,
-            workers=sum(1 for r in rows if _alive(int(mem[r + F["pid"]]))),
+            workers=len(live),
             uptime_s=max(0.0, now - mem[0]),
             requests_by_worker={str(int(mem[r + F["pid"]])): int(mem[r + _TOTAL]) for r in rows},
         )

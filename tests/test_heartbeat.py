@@ -256,12 +256,6 @@ def established_sockets_by_pid(port: int, pids: list[int]) -> dict[int, int]:
     return counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/shared_store.py SharedMemoryStore.snapshot sums ws_open over every row, "
-    "dead workers' rows included, until a new worker reclaims the row; Sanic does not "
-    "restart a killed worker, so its closed sockets are counted forever",
-)
 def test_sockets_of_a_killed_worker_are_no_longer_counted(upstreams: dict[str, UpstreamServer]) -> None:
     balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="0"), workers=2)
     try:

@@ -62,7 +62,7 @@ class SnapshotCollector:
         yield GaugeMetricFamily("lb_ws_connections", "Open heartbeat sockets.", snap.ws_connections)
         yield GaugeMetricFamily("lb_workers", "Live worker processes.", snap.workers)
         yield GaugeMetricFamily("lb_uptime_seconds", "Seconds since start.", snap.uptime_s)
-        up = GaugeMetricFamily("lb_upstream_up", "1 if the upstream's /stats answered.", labels=["upstream"])
+        up = GaugeMetricFamily("lb_upstream_up", "1 if the upstream's /stats entry says it is online or healthy.", labels=["upstream"])
         for key, entry in self._services.items():
             online = entry.get("service_status") == "online" or entry.get("status") == "healthy"
             up.add_metric([key], 1.0 if online else 0.0)
