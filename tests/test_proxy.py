@@ -182,6 +182,20 @@ def test_forwarded_for_set_when_absent(lb: LoadBalancer) -> None:
     assert header_values(echo, "x-forwarded-host") == ["front.example"]
 
 
+def test_forwarded_proto_is_http_for_an_upgrade_request(lb: LoadBalancer) -> None:
+    """Sanic calls such a request's scheme "ws"; X-Forwarded-Proto only knows http/https."""
+    head = (
+        b"GET /api/up HTTP/1.1\r\nHost: lb.test\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    status, _, body = raw_request(lb.port, head)
+    assert status == 200
+    echo = json.loads(body)
+    assert header_values(echo, "x-forwarded-proto") == ["http"]
+    assert header_values(echo, "upgrade") == []
+
+
 def test_keep_host_false_sends_upstream_host(upstreams: dict[str, UpstreamServer]) -> None:
     balancer = LoadBalancer(env_for(upstreams, LB_KEEP_HOST="false"))
     try:
@@ -207,6 +221,11 @@ def test_no_cookie_crosses_clients(lb: LoadBalancer) -> None:
             echo = bob.get(path).json()
         assert header_values(echo, "cookie") == [], path
         assert "secret" not in json.dumps(echo["headers"])
+
+
+def test_repeated_response_headers_all_reach_the_client(lb: LoadBalancer) -> None:
+    response = lb.client.get("/api/login?set_cookie=a&set_cookie=b")
+    assert response.headers.get_list("set-cookie") == ["session=a; Path=/", "session=b; Path=/"]
 
 
 # ---------------------------------------------------------------------- encodings

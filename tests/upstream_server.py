@@ -10,7 +10,7 @@ Its behaviour is chosen per request by query parameters, so one server plays eve
   send half, close).
 - ``sse=N&interval=S``: N server-sent events, one every S seconds.
 - ``gzip=1``: a gzip-encoded JSON body with ``Content-Encoding: gzip``.
-- ``set_cookie=V``: a ``Set-Cookie: session=V`` header.
+- ``set_cookie=V``: a ``Set-Cookie: session=V`` header (one per ``set_cookie`` given).
 - ``hop=1``: hop-by-hop headers in the response (``Connection: X-Secret``, ``X-Secret``,
   ``Keep-Alive``, ``Proxy-Authenticate``, ``Upgrade``).
 
@@ -149,8 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "gzip" in query:
             body = gzip.compress(body)
             headers.append(("Content-Encoding", "gzip"))
-        if "set_cookie" in query:
-            headers.append(("Set-Cookie", f"session={query['set_cookie']}; Path=/"))
+        for value in parse_qs(parts.query).get("set_cookie", []):  # repeatable
+            headers.append(("Set-Cookie", f"session={value}; Path=/"))
         if "hop" in query:
             headers += [
                 ("Connection", "X-Secret"),

@@ -126,7 +126,7 @@ async def _open_upstream(request: Request, decision: Forward, limit: int) -> htt
         request.headers.items(),
         connection=request.headers.getall("connection", []),
         client_ip=request.ip,
-        scheme=request.scheme,
+        scheme=_forwarded_proto(request),
         host=request.host,
         upstream_host=None if keep_host else client.base_url.netloc.decode("ascii"),
     )
@@ -148,6 +148,12 @@ async def _open_upstream(request: Request, decision: Forward, limit: int) -> htt
             # transport reports that as a failed send, but it is the client's fault.
             raise PayloadTooLarge("Request body exceeds the size limit") from exc
         raise from_httpx(name, exc) from exc
+
+
+def _forwarded_proto(request: Request) -> str:
+    """``http`` or ``https``: Sanic says ``ws``/``wss`` for a request carrying an Upgrade."""
+    scheme = request.scheme
+    return {"ws": "http", "wss": "https"}.get(scheme, scheme)
 
 
 class _RequestBody:
