@@ -4,21 +4,25 @@ Routing decides on the decoded, normalised path, so that no spelling of a path
 (``..``, ``%2e%2e``, ``//``) can reach another upstream or a local endpoint. A request
 whose path is not already in canonical form is not proxied at all: it is redirected (308,
 method and body kept) to the canonical spelling, which is then routed like any other
-request. Encoded slashes and backslashes are refused outright, as Envoy's
+request; percent-encoded unreserved characters (RFC 3986 §6.2.2.2: ``%6c`` is ``l``) count as
+a non-canonical spelling too, so ``/%6cb-health`` is not proxied but sent to ``/lb-health``,
+which Sanic then matches to the local endpoint. Encoded slashes and backslashes are refused
+outright, as Envoy's
 ``path_with_escaped_slashes_action: REJECT_REQUEST`` does, because upstreams disagree on
 whether ``%2F`` separates segments.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from service.settings import Route
 
 _ENCODED_SEPARATORS = ("%2f", "%5c")
-# Characters left as they are when a normalised path is re-encoded for a redirect.
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
 class BadPath(ValueError):
@@ -49,15 +53,29 @@ def canonical_path(raw_path: str) -> str:
     decoded = unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
     if "\x00" in decoded:
         raise BadPath("NUL byte in path")
+    return _remove_dot_segments(decoded)
+
+
+def _remove_dot_segments(path: str) -> str:
     segments: list[str] = []
-    for segment in decoded.split("/")[1:]:
+    for segment in path.split("/")[1:]:
         if segment == "..":
             if segments:
                 segments.pop()
         elif segment not in (".", ""):
             segments.append(segment)
-    trailing = decoded.endswith(("/", "/.", "/..")) and bool(segments)
+    trailing = path.endswith(("/", "/.", "/..")) and bool(segments)
     return "/" + "/".join(segments) + ("/" if trailing else "")
+
+
+def _decode_unreserved(raw_path: str) -> str:
+    """``%41`` -> ``A`` for unreserved characters only; other escapes stay as they are."""
+
+    def replace(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in _UNRESERVED else match.group(0)
+
+    return _ESCAPE.sub(replace, raw_path) if "%" in raw_path else raw_path
 
 
 class Router:
@@ -72,8 +90,12 @@ class Router:
             path = canonical_path(raw_path)
         except UnicodeDecodeError:
             raise BadPath("path is not valid percent-encoded UTF-8") from None
-        if path != unquote(raw_path):
-            return Redirect(_with_query(quote(path, safe=_PATH_SAFE), query_string))
+        # The canonical spelling of the raw path: the client's own escapes of reserved and
+        # non-ASCII characters are kept, so the redirect changes nothing an upstream could
+        # tell apart. canonical_path has refused encoded separators, so both agree on segments.
+        spelling = _remove_dot_segments(_decode_unreserved(raw_path))
+        if spelling != raw_path:
+            return Redirect(_with_query(spelling, query_string))
         route = self.match(path)
         if route.redirect_bare and path == route.prefix:
             return Redirect(_with_query(raw_path + "/", query_string))

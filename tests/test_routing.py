@@ -77,7 +77,10 @@ def router() -> Router:
         ("/blog/x", "blog-service"),
         ("/blogx", "dashboard-ui"),
         ("/x/api", "dashboard-ui"),
-        ("/%61pi/x", "api-gateway"),  # routed on the decoded path
+        ("/api/a%2Bb", "api-gateway"),  # escapes of reserved characters are kept
+        ("/api/a%20b", "api-gateway"),
+        ("/api/%C3%A9", "api-gateway"),
+        ("/api/%zz", "api-gateway"),
     ],
 )
 def test_router_forward(router: Router, path: str, upstream: str) -> None:
@@ -95,8 +98,16 @@ def test_router_forward(router: Router, path: str, upstream: str) -> None:
         ("/api/%2e%2e/lb-health", "", "/lb-health"),
         ("//api/x", "q=1", "/api/x?q=1"),
         ("/a/./b", "", "/a/b"),
-        ("/api/../a%3Fb", "", "/a%3Fb"),  # re-encoded, so the '?' stays in the path
+        ("/api/../a%3Fb", "", "/a%3Fb"),  # still encoded, so the '?' stays in the path
         ("/x/..//evil.example/", "", "/evil.example/"),  # never a scheme-relative Location
+        # Escaped unreserved characters are another spelling of the same path (RFC 3986
+        # 6.2.2.2): decoded, so a local endpoint is answered locally and prefixes match.
+        ("/%6cb-health", "", "/lb-health"),
+        ("/%61pi/x", "a=%61", "/api/x?a=%61"),
+        ("/api/%7Euser", "", "/api/~user"),
+        # ...while escapes of reserved and non-ASCII characters are the client's to keep.
+        ("/x/../a%2Bb", "", "/a%2Bb"),
+        ("/api/../%c3%a9/%3F", "", "/%c3%a9/%3F"),
     ],
 )
 def test_router_redirect(router: Router, path: str, query: str, location: str) -> None:
@@ -215,6 +226,9 @@ def test_blog_redirect(
         ("/blog/./../lb-health?x=1", 308, "/lb-health?x=1"),
         ("/blog/..%2fapi", 400, None),
         ("/api/%2e%2e%2fstats", 400, None),
+        ("/%6cb-health", 308, "/lb-health"),
+        ("/%73tats", 308, "/stats"),
+        ("/%61pi/x", 308, "/api/x"),
         ("/blog/..%2Fapi/x", 400, None),
         ("/api/..%5cstats", 400, None),
     ],
