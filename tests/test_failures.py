@@ -188,3 +188,53 @@ def test_chunked_body_over_limit_is_413(broken_lb: LoadBalancer, upstreams: dict
     ok = broken_lb.client.post("/upload-chunked", content=iter([b"z" * 400, b"z" * 600]))
     assert ok.status_code == 200
     assert ok.json()["body_size"] == MAX_BODY
+
+
+def test_upstream_stalling_mid_body_ends_in_an_error(broken_lb: LoadBalancer) -> None:
+    """Headers and a first event arrive, then the upstream goes quiet past the read timeout."""
+    started = time.monotonic()
+    events = []
+    with pytest.raises(httpx.TransportError):
+        with httpx.Client(base_url=broken_lb.url, trust_env=False, timeout=10.0) as client:
+            with client.stream("GET", "/feed?sse=2&interval=4") as response:
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        events.append(line)
+    assert len(events) == 1
+    assert time.monotonic() - started < READ_TIMEOUT + 1.5
+    assert broken_lb.client.get("/lb-health").status_code == 200
+
+
+def test_upstream_closing_without_answer_is_502(upstreams: dict[str, UpstreamServer]) -> None:
+    """An upstream that accepts and closes at once: 502 with the JSON body, quickly."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def accept_and_close() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=accept_and_close, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    balancer = LoadBalancer(env_for(upstreams, API_GATEWAY_URL=f"http://127.0.0.1:{port}"))
+    try:
+        started = time.monotonic()
+        response = balancer.client.get("/api/x")
+        assert response.status_code == 502
+        assert_error_body(response, "api-gateway")
+        assert time.monotonic() - started < 1.0
+        assert balancer.client.get("/blog/x").status_code == 200
+    finally:
+        balancer.stop()
+        stop.set()
+        thread.join()
+        listener.close()
