@@ -11,7 +11,7 @@ import itertools
 
 from sanic import Sanic
 
-from service import metrics_setup, upstreams
+from service import metrics_setup, pools_setup, upstreams
 from service.blueprints import health, heartbeat, prometheus, proxy, stats
 from service.routing import Router
 from service.settings import Settings
@@ -33,6 +33,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.ctx.router = Router(settings.routes)
     upstreams.register(app)
     metrics_setup.register(app)
+    pools_setup.register(app)
     app.config.WEBSOCKET_PING_INTERVAL = None  # the heartbeat blueprint pings itself
     app.config.WEBSOCKET_MAX_SIZE = 64 * 1024
     app.blueprint(health.bp)

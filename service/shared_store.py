@@ -109,7 +109,8 @@ class SharedMemoryStore:
         self._clock = clock
         self._mem = memoryview(block).cast("B").cast("d")
         self._route_index = {name: i for i, name in enumerate(layout.routes)}
-        self._row = _HEADER + self._claim_row(claim_lock, pid or os.getpid()) * layout.row_size
+        self.row_index = self._claim_row(claim_lock, pid or os.getpid())
+        self._row = _HEADER + self.row_index * layout.row_size
         self._fine_at = self._row + layout.fine_at
         self._coarse_at = self._row + layout.coarse_at
 
@@ -169,7 +170,7 @@ class SharedMemoryStore:
     def snapshot(self) -> Snapshot:
         now = self._clock()
         rows = [r for r in self._row_offsets() if self._mem[r + F["pid"]]]
-        live = [r for r in rows if _alive(int(self._mem[r + F["pid"]]))]
+        live = [r for r in rows if process_alive(int(self._mem[r + F["pid"]]))]
         mem, layout = self._mem, self._layout
 
         def total(field: str) -> float:
@@ -248,7 +249,7 @@ class SharedMemoryStore:
                 return index
         for index, at in enumerate(offsets):
             owner = int(self._mem[at + F["pid"]])
-            if owner == 0 or not _alive(owner):
+            if owner == 0 or not process_alive(owner):
                 self._mem[at + F["pid"]] = pid
                 self._mem[at + F["ws_open"]] = 0  # a dead worker's sockets died with it
                 return index
@@ -262,7 +263,7 @@ def _column_sums(mem: memoryview, rows: Sequence[int], at: int, width: int) -> l
     return sums
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:

@@ -46,8 +46,10 @@ def broken_lb(upstreams: dict[str, UpstreamServer], silent: SilentServer) -> Ite
 def assert_error_body(response: httpx.Response, upstream: str) -> dict:
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"error", "upstream", "detail"}
+    # the contract's three keys, plus the pool member that was tried
+    assert set(body) == {"error", "upstream", "detail", "target"}
     assert body["upstream"] == upstream
+    assert body["target"].startswith("http://127.0.0.1:")
     assert body["error"] and body["detail"]
     return body
 

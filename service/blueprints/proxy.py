@@ -7,7 +7,6 @@ request measured once, here, when its last byte has been handed to the client.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -16,10 +15,13 @@ from sanic.compat import Header
 from sanic.exceptions import PayloadTooLarge
 from sanic.response import HTTPResponse, json, redirect
 
-from service.errors import UpstreamError, from_httpx
-from service.headers import end_to_end, request_headers
+from service import forwarding
+from service.errors import UpstreamError
+from service.headers import end_to_end
 from service.metrics import RequestSample
-from service.routing import BadPath, Forward, Redirect
+from service.pool import Pool, RetryBudget, Target
+from service.retries import FAILURE_STATUSES, may_retry_error, may_retry_status
+from service.routing import BadPath, Redirect
 
 bp = Blueprint("proxy")
 
@@ -82,23 +84,67 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     limit = request.app.ctx.settings.proxy.max_body_size
     if limit and _declared_length(request) > limit:
         return _local(outcome, _too_large(limit))
+    if limit and request.stream is not None:
+        request.stream.request_max_size = limit
+    pool: Pool = request.app.ctx.pools[decision.route.upstream]
     try:
-        upstream = await _open_upstream(request, decision, limit)
+        target, upstream, started = await _attempts(request, pool)
     except UpstreamError as exc:
         outcome.proxy_error = True
         return _local(outcome, json(exc.body(), status=exc.status))
     except PayloadTooLarge:
         return _local(outcome, _too_large(limit))
     outcome.status = upstream.status_code
+    failed = upstream.status_code in FAILURE_STATUSES
     try:
         if request.method == "HEAD":
             # Sanic sends a HEAD answer's head itself; streaming one through respond() trips
             # over Sanic's head_response_ignored (a sync function it later awaits).
             return ProxiedResponse(status=upstream.status_code, headers=_response_headers(upstream))
-        await _relay(request, upstream)
+        failed = not await _relay(request, upstream) or failed
         return None
     finally:
         await upstream.aclose()
+        pool.finished(target, time.perf_counter() - started, failed=failed)
+
+
+async def _attempts(request: Request, pool: Pool) -> tuple[Target, httpx.Response, float]:
+    """Send to a target of ``pool``; on a retryable failure, once more to another target.
+
+    Returns the target, its response and when the attempt started; the caller must finish
+    the attempt with the pool. A failed attempt is finished here. Raises the last UpstreamError when no attempt worked.
+    """
+    ctx = request.app.ctx
+    body = forwarding.body_of(request)
+    budget: RetryBudget = ctx.retry_budget
+    budget.request()
+    tried: frozenset[int] = frozenset()
+    while True:
+        target = pool.choose(tried)
+        pool.started(target)
+        started = time.perf_counter()
+        retry_left = not tried and len(pool.targets) > 1
+        try:
+            response = await forwarding.send(
+                request, upstream=pool.name, target_url=target.url,
+                client=ctx.upstreams[pool.name], proxy=ctx.settings.proxy, body=body,
+            )  # fmt: skip
+        except UpstreamError as error:
+            pool.finished(target, time.perf_counter() - started, failed=True)
+            if retry_left and may_retry_error(request.method, body, error) and budget.try_spend():
+                tried = frozenset({target.position})
+                continue
+            raise
+        except BaseException:
+            pool.finished(target, time.perf_counter() - started, failed=False)
+            raise
+        status = response.status_code
+        if retry_left and may_retry_status(request.method, body, status) and budget.try_spend():
+            await response.aclose()
+            pool.finished(target, time.perf_counter() - started, failed=True)
+            tried = frozenset({target.position})
+            continue
+        return target, response, started
 
 
 def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:
@@ -113,67 +159,8 @@ def _declared_length(request: Request) -> int:
         return 0
 
 
-async def _open_upstream(request: Request, decision: Forward, limit: int) -> httpx.Response:
-    """Send the request upstream and return its streamed response, or raise UpstreamError."""
-    ctx = request.app.ctx
-    name = decision.route.upstream
-    client: httpx.AsyncClient = ctx.upstreams[name]
-    target = ctx.settings.upstream(name)
-    if limit and request.stream is not None:
-        request.stream.request_max_size = limit
-    keep_host = ctx.settings.proxy.keep_host
-    headers = request_headers(
-        request.headers.items(),
-        connection=request.headers.getall("connection", []),
-        client_ip=request.ip,
-        scheme=_forwarded_proto(request),
-        host=request.host,
-        upstream_host=None if keep_host else client.base_url.netloc.decode("ascii"),
-    )
-    has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
-    body = _RequestBody(request) if has_body else None
-    url = target.url + request.path + ("?" + request.query_string if request.query_string else "")
-    outgoing = httpx.Request(
-        request.method,
-        url,
-        headers=headers,
-        content=body,
-        extensions={"timeout": client.timeout.as_dict()},
-    )
-    try:
-        return await client.send(outgoing, stream=True)
-    except httpx.HTTPError as exc:
-        if body is not None and body.too_large:
-            # The client's (chunked) body went over the limit while it was being sent: the
-            # transport reports that as a failed send, but it is the client's fault.
-            raise PayloadTooLarge("Request body exceeds the size limit") from exc
-        raise from_httpx(name, exc) from exc
-
-
-def _forwarded_proto(request: Request) -> str:
-    """``http`` or ``https``: Sanic says ``ws``/``wss`` for a request carrying an Upgrade."""
-    scheme = request.scheme
-    return {"ws": "http", "wss": "https"}.get(scheme, scheme)
-
-
-class _RequestBody:
-    """The client's body as an async iterator that remembers whether it overflowed."""
-
-    def __init__(self, request: Request) -> None:
-        self._request = request
-        self.too_large = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            while (chunk := await self._request.stream.read()) is not None:  # type: ignore[union-attr]
-                yield chunk
-        except PayloadTooLarge:
-            self.too_large = True
-            raise
-
-
-async def _relay(request: Request, upstream: httpx.Response) -> None:
-    """Stream the upstream's response to the client chunk by chunk.
+async def _relay(request: Request, upstream: httpx.Response) -> bool:
+    """Stream the upstream's response to the client chunk by chunk; False if it broke off.
 
     If the upstream breaks off mid-body the client connection is aborted, so the client sees
     a truncated response as an error rather than a short body that looks complete.
@@ -188,6 +175,8 @@ async def _relay(request: Request, upstream: httpx.Response) -> None:
     except httpx.HTTPError:
         if request.transport is not None:
             request.transport.abort()
+        return False
+    return True
 
 
 def _response_headers(upstream: httpx.Response) -> Header:
