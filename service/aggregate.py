@@ -23,17 +23,22 @@ Entry = dict[str, Any]
 
 
 class StatsAggregator:
-    """``await collect()`` -> ``{stats_key: entry}`` for every aggregated upstream."""
+    """``await collect()`` -> ``{stats_key: entry}`` for every aggregated upstream.
+
+    ``url_for(name)`` gives the base URL to ask: for a pool, the target its balancer picks.
+    """
 
     def __init__(
         self,
         upstreams: tuple[Upstream, ...],
         client_for: Callable[[str], httpx.AsyncClient],
+        url_for: Callable[[str], str],
         settings: StatsSettings,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._upstreams = tuple(u for u in upstreams if u.stats_key)
         self._client_for = client_for
+        self._url_for = url_for
         self._settings = settings
         self._clock = clock
         self._in_flight: asyncio.Task[dict[str, Entry]] | None = None
@@ -74,7 +79,7 @@ class StatsAggregator:
     async def _fetch(self, upstream: Upstream) -> dict[str, Any]:
         client = self._client_for(upstream.name)
         try:
-            async with client.stream("GET", upstream.url + "/stats") as response:
+            async with client.stream("GET", self._url_for(upstream.name) + "/stats") as response:
                 if not 200 <= response.status_code < 300:
                     raise UpstreamBadPayload(upstream.name, f"HTTP {response.status_code}")
                 body = await self._read_capped(upstream, response)

@@ -40,6 +40,30 @@ class Target:
     def available(self) -> bool:
         return not self.ejected() and not self.state.get(self.index, ACTIVE_DOWN)
 
+    def describe(self) -> dict[str, object]:
+        """This target for ``/stats``: its state and its figures across all workers."""
+        figures = self.state.figures(self.index)
+        ejected_for = self.state.get(self.index, EJECTED_UNTIL) - self.state.clock()
+        if ejected_for > 0:
+            status = "ejected"
+        elif self.state.get(self.index, ACTIVE_DOWN):
+            status = "down"
+        else:
+            status = "up"
+        count = figures.window_count
+        return {
+            "url": self.url,
+            "weight": self.weight,
+            "state": status,
+            "ejected_for_s": round(ejected_for, 3) if ejected_for > 0 else 0.0,
+            "ejections": int(self.state.get(self.index, EJECTIONS)),
+            "outstanding": figures.outstanding,
+            "requests": figures.requests,
+            "failures": figures.failures,
+            "window_requests": count,
+            "window_avg_ms": round(1000 * figures.window_duration_s / count, 3) if count else 0.0,
+        }
+
 
 class Pool:
     def __init__(self, upstream: Upstream, first_index: int, state: PoolState) -> None:
@@ -51,6 +75,13 @@ class Pool:
         )
         self._picker: LeastRequest | RoundRobin = PICKERS[upstream.balance]()
         self._state = state
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "balance": self.upstream.balance,
+            "panic": not any(t.available() for t in self.targets),
+            "targets": [t.describe() for t in self.targets],
+        }
 
     def choose(self, tried: frozenset[int] = frozenset()) -> Target:
         """The target for the next attempt; ``tried`` holds positions already attempted."""

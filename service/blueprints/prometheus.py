@@ -27,9 +27,15 @@ bp = Blueprint("prometheus")
 class SnapshotCollector:
     """A prometheus_client collector over one snapshot and the upstreams' entries."""
 
-    def __init__(self, snap: Snapshot, services: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        snap: Snapshot,
+        services: dict[str, dict[str, Any]],
+        pools: dict[str, dict[str, Any]],
+    ) -> None:
         self._snap = snap
         self._services = services
+        self._pools = pools
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snap
@@ -67,6 +73,24 @@ class SnapshotCollector:
             online = entry.get("service_status") == "online" or entry.get("status") == "healthy"
             up.add_metric([key], 1.0 if online else 0.0)
         yield up
+        yield from self._targets()
+
+    def _targets(self) -> Iterator[Metric]:
+        labels = ["upstream", "target"]
+        up = GaugeMetricFamily("lb_target_up", "1 if the target is in rotation.", labels=labels)
+        outstanding = GaugeMetricFamily(
+            "lb_target_outstanding", "Requests in flight to the target.", labels=labels
+        )
+        requests = CounterMetricFamily("lb_target_requests", "Attempts sent to the target.", labels=labels)
+        failures = CounterMetricFamily("lb_target_failures", "Failed attempts.", labels=labels)
+        for name, pool in self._pools.items():
+            for target in pool["targets"]:
+                key = [name, target["url"]]
+                up.add_metric(key, 1.0 if target["state"] == "up" else 0.0)
+                outstanding.add_metric(key, target["outstanding"])
+                requests.add_metric(key, target["requests"])
+                failures.add_metric(key, target["failures"])
+        yield from (up, outstanding, requests, failures)
 
 
 def _bound(bound: float) -> str:
@@ -77,5 +101,6 @@ def _bound(bound: float) -> str:
 async def metrics(request: Request) -> HTTPResponse:
     services = await request.app.ctx.aggregator.collect()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(request.app.ctx.metrics.snapshot(), services))
+    pools = {name: pool.describe() for name, pool in request.app.ctx.pools.items()}
+    registry.register(SnapshotCollector(request.app.ctx.metrics.snapshot(), services, pools))
     return raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -16,14 +16,19 @@ bp = Blueprint("stats")
 async def open_aggregator(app: Sanic) -> None:
     settings = app.ctx.settings
     app.ctx.aggregator = StatsAggregator(
-        settings.upstreams, lambda name: app.ctx.upstreams[name], settings.stats
+        settings.upstreams,
+        client_for=lambda name: app.ctx.upstreams[name],
+        url_for=lambda name: app.ctx.pools[name].choose().url,
+        settings=settings.stats,
     )
 
 
 @bp.get("/stats")
 async def stats(request: Request) -> HTTPResponse:
     services = await request.app.ctx.aggregator.collect()
-    document = {"load-balancer": load_balancer_entry(request.app.ctx.metrics.snapshot())}
+    entry = load_balancer_entry(request.app.ctx.metrics.snapshot())
+    entry["upstreams"] = {name: pool.describe() for name, pool in request.app.ctx.pools.items()}
+    document = {"load-balancer": entry}
     document.update(services)
     user_service = services.get("user_service", {})
     for key in ("database", "cache"):
