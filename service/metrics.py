@@ -55,9 +55,19 @@ class RequestSample:
 
     @classmethod
     def of(
-        cls, request: Request, route: str, status: int, duration_s: float, proxy_error: bool
+        cls,
+        request: Request,
+        route: str,
+        status: int,
+        duration_s: float,
+        proxy_error: bool,
+        tunnel: bool = False,
     ) -> RequestSample:
-        real = is_real_api_traffic(request.path, request.method, request.headers.get("x-heartbeat"))
+        """``tunnel``: a proxied WebSocket, which (like the heartbeat socket) is not a request
+        in the contract's sense: its lifetime would swamp the response-time figures."""
+        real = not tunnel and is_real_api_traffic(
+            request.path, request.method, request.headers.get("x-heartbeat")
+        )
         return cls(route, real, status, duration_s, proxy_error)
 
 

@@ -84,6 +84,7 @@ class ProxySettings:
     max_connections: int = 256
     max_keepalive: int = 64
     keepalive_expiry: float = 30.0
+    websocket_idle_timeout: float = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +128,7 @@ _SCALARS: tuple[tuple[str, str, str, str], ...] = (
     ("proxy", "max_connections", "LB_MAX_CONNECTIONS", "positive_int"),
     ("proxy", "max_keepalive", "LB_MAX_KEEPALIVE", "size"),
     ("proxy", "keepalive_expiry", "LB_KEEPALIVE_EXPIRY", "seconds"),
+    ("proxy", "websocket_idle_timeout", "LB_WS_TUNNEL_IDLE_TIMEOUT", "seconds"),
     ("stats", "timeout", "LB_STATS_TIMEOUT", "seconds"),
     ("stats", "cache_ttl", "LB_STATS_CACHE_TTL", "size_seconds"),
     ("stats", "max_payload", "LB_STATS_MAX_PAYLOAD", "positive_int"),

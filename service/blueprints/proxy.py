@@ -15,8 +15,8 @@ from sanic.compat import Header
 from sanic.exceptions import PayloadTooLarge
 from sanic.response import HTTPResponse, json, redirect
 
-from service import forwarding
-from service.errors import UpstreamError
+from service import forwarding, websocket_tunnel
+from service.errors import UpstreamConnectTimeout, UpstreamError, UpstreamRefused
 from service.headers import end_to_end
 from service.metrics import RequestSample
 from service.pool import Pool, RetryBudget, Target
@@ -55,7 +55,9 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     finally:
         duration = time.perf_counter() - started
         request.app.ctx.metrics.record(
-            RequestSample.of(request, outcome.route, outcome.status, duration, outcome.proxy_error)
+            RequestSample.of(
+                request, outcome.route, outcome.status, duration, outcome.proxy_error, outcome.tunnel
+            )
         )
 
 
@@ -66,6 +68,7 @@ class Outcome:
     route: str = LOCAL
     status: int = 0
     proxy_error: bool = False
+    tunnel: bool = False
 
 
 async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
@@ -87,6 +90,9 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     if limit and request.stream is not None:
         request.stream.request_max_size = limit
     pool: Pool = request.app.ctx.pools[decision.route.upstream]
+    if websocket_tunnel.is_upgrade(request):
+        outcome.tunnel = True
+        return await _tunnel(request, pool, outcome)
     try:
         target, upstream, started = await _attempts(request, pool)
     except UpstreamError as exc:
@@ -145,6 +151,42 @@ async def _attempts(request: Request, pool: Pool) -> tuple[Target, httpx.Respons
             tried = frozenset({target.position})
             continue
         return target, response, started
+
+
+async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPResponse | None:
+    """Hand a WebSocket upgrade to a target and relay bytes until either side closes."""
+    proxy = request.app.ctx.settings.proxy
+    tried: frozenset[int] = frozenset()
+    while True:
+        target = pool.choose(tried)
+        pool.started(target)
+        started = time.perf_counter()
+        try:
+            reader, writer, handshake = await websocket_tunnel.open_tunnel(
+                request, upstream=pool.name, target_url=target.url,
+                connect_timeout=proxy.connect_timeout, read_timeout=proxy.read_timeout,
+            )  # fmt: skip
+        except UpstreamError as error:
+            pool.finished(target, time.perf_counter() - started, failed=True)
+            connect_failed = isinstance(error, (UpstreamRefused, UpstreamConnectTimeout))
+            if connect_failed and not tried and len(pool.targets) > 1:
+                tried = frozenset({target.position})
+                continue
+            error.target = target.url
+            outcome.proxy_error = True
+            return _local(outcome, json(error.body(), status=error.status))
+        break
+    outcome.status = handshake.status
+    try:
+        if handshake.status != 101:
+            writer.close()
+            return websocket_tunnel.refused_upgrade(handshake)
+        await websocket_tunnel.Tunnel(request, proxy.websocket_idle_timeout).run(
+            reader, writer, handshake.head
+        )
+        return None
+    finally:
+        pool.finished(target, time.perf_counter() - started, failed=False)
 
 
 def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:

@@ -1,0 +1,192 @@
+"""WebSocket pass-through: an ``Upgrade: websocket`` request tunnelled to a target, byte for byte.
+
+Like nginx, the proxy takes part only in the handshake: it forwards the upgrade request
+(end-to-end headers, ``Upgrade``/``Connection`` re-added, X-Forwarded-* set) and the
+target's answer; after a ``101`` it relays raw bytes both ways, so frames, pings and pongs,
+and close codes pass unchanged, and the endpoints answer each other's pings. The tunnel
+closes when either side closes or when neither has sent anything for ``idle_timeout``.
+
+httpx has no upgrade support, so this is the one upstream call made on asyncio streams.
+
+Taking over the client connection: Sanic's protocol object is swapped for
+:class:`_ClientSide` on the same transport; when the tunnel ends, Sanic's protocol is told
+the connection was lost, which ends its connection task the way a client disconnect does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from urllib.parse import urlsplit
+
+from sanic import Request
+from sanic.compat import Header
+from sanic.response import HTTPResponse
+
+from service.errors import UpstreamConnectTimeout, UpstreamError, UpstreamRefused, UpstreamTimeout
+from service.headers import end_to_end, request_headers
+
+HEAD_LIMIT = 64 * 1024
+CHUNK = 64 * 1024
+HIGH_WATER = 1024 * 1024
+
+
+def is_upgrade(request: Request) -> bool:
+    upgrade = request.headers.get("upgrade", "").lower()
+    connection = request.headers.get("connection", "").lower()
+    return upgrade == "websocket" and "upgrade" in connection
+
+
+class Handshake:
+    """The target's answer to the upgrade request: status, head bytes, parsed headers."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ", 2)[1])
+        self.headers = [tuple(p.strip() for p in line.split(":", 1)) for line in lines[1:] if ":" in line]
+
+
+async def open_tunnel(
+    request: Request, *, upstream: str, target_url: str, connect_timeout: float, read_timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Handshake]:
+    """Connect to the target and exchange the handshake; raise UpstreamError on failure."""
+    parts = urlsplit(target_url)
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, port, ssl=ssl.create_default_context() if secure else None),
+            connect_timeout,
+        )
+    except TimeoutError:
+        raise UpstreamConnectTimeout(upstream, "timeout: connect timed out") from None
+    except OSError as exc:
+        raise UpstreamRefused(upstream, f"refused: {exc}") from None
+    writer.write(_request_head(request, parts.netloc))
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
+        return reader, writer, Handshake(head)
+    except TimeoutError:
+        writer.close()
+        raise UpstreamTimeout(upstream, "timeout: no handshake answer within the read timeout") from None
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError, OSError):
+        writer.close()
+        raise UpstreamError(upstream, "broken: invalid or missing handshake answer") from None
+
+
+def _request_head(request: Request, netloc: str) -> bytes:
+    headers = request_headers(
+        request.headers.items(),
+        connection=request.headers.getall("connection", []),
+        client_ip=request.ip,
+        scheme="https" if request.scheme in ("https", "wss") else "http",
+        host=request.host,
+        upstream_host=None,
+    )
+    headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    target = request.path + ("?" + request.query_string if request.query_string else "")
+    lines = [f"GET {target} HTTP/1.1"] + [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def refused_upgrade(handshake: Handshake) -> HTTPResponse:
+    """A non-101 answer, passed on as an ordinary response (its body, if any, is dropped)."""
+    headers = Header(end_to_end(handshake.headers, [v for k, v in handshake.headers if k.lower() == "connection"]))
+    headers.popall("content-length", None)
+    return HTTPResponse(status=handshake.status, headers=headers)
+
+
+class _ClientSide(asyncio.Protocol):
+    """The client's half of the tunnel, installed on Sanic's transport after the 101."""
+
+    def __init__(self, upstream: asyncio.StreamWriter, tunnel: Tunnel) -> None:
+        self._upstream = upstream
+        self._tunnel = tunnel
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._tunnel.touch()
+        self._upstream.write(data)
+        if self._upstream.transport.get_write_buffer_size() > HIGH_WATER:
+            self._tunnel.client.pause_reading()
+            asyncio.ensure_future(self._resume_when_drained())
+
+    async def _resume_when_drained(self) -> None:
+        try:
+            await self._upstream.drain()
+        finally:
+            if not self._tunnel.client.is_closing():
+                self._tunnel.client.resume_reading()
+
+    def eof_received(self) -> bool:
+        self._tunnel.done.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.can_write.set()
+        self._tunnel.done.set()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+
+class Tunnel:
+    """Relays bytes between the client's transport and the target until either side ends."""
+
+    def __init__(self, request: Request, idle_timeout: float) -> None:
+        # Sanic's own response timeout would cut a long-lived tunnel; its websocket flag
+        # switches it off for this connection, as for Sanic's own websocket handlers.
+        request.stream.upgrade_websocket = True  # type: ignore[union-attr]
+        self.client = request.transport
+        self._sanic_protocol = self.client.get_protocol()
+        self._idle_timeout = idle_timeout
+        self._last = time.monotonic()
+        self.done = asyncio.Event()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        client_side = _ClientSide(writer, self)
+        self.client.set_protocol(client_side)
+        early = getattr(self._sanic_protocol, "recv_buffer", b"")
+        if early:  # bytes the client sent right behind its upgrade request
+            writer.write(bytes(early))
+            del early[:]
+        self.client.write(head)
+        pump = asyncio.create_task(self._to_client(reader, client_side))
+        try:
+            while not self.done.is_set():
+                idle = time.monotonic() - self._last
+                if idle >= self._idle_timeout:
+                    break
+                try:
+                    await asyncio.wait_for(self.done.wait(), self._idle_timeout - idle)
+                except TimeoutError:
+                    continue
+        finally:
+            pump.cancel()
+            writer.close()
+            self.client.close()
+            # End Sanic's connection task as a client disconnect would: connection_lost
+            # cancels the task this handler runs in, and the cancellation lands at the next
+            # await, here, before Sanic looks for a response to send.
+            self._sanic_protocol.connection_lost(None)
+            await asyncio.sleep(0)
+
+    async def _to_client(self, reader: asyncio.StreamReader, client_side: _ClientSide) -> None:
+        try:
+            while chunk := await reader.read(CHUNK):
+                self.touch()
+                await client_side.can_write.wait()
+                self.client.write(chunk)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.done.set()
