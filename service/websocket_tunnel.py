@@ -30,6 +30,7 @@ from service.headers import end_to_end, request_headers
 HEAD_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
 HIGH_WATER = 1024 * 1024
+BODY_LIMIT = 1024 * 1024  # of a refused upgrade's answer
 
 
 def is_upgrade(request: Request) -> bool:
@@ -91,11 +92,23 @@ def _request_head(request: Request, netloc: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def refused_upgrade(handshake: Handshake) -> HTTPResponse:
-    """A non-101 answer, passed on as an ordinary response (its body, if any, is dropped)."""
-    headers = Header(end_to_end(handshake.headers, [v for k, v in handshake.headers if k.lower() == "connection"]))
+async def refused_upgrade(
+    handshake: Handshake, reader: asyncio.StreamReader, read_timeout: float
+) -> HTTPResponse:
+    """A non-101 answer, passed on as an ordinary response with its (bounded) body."""
+    pairs = handshake.headers
+    headers = Header(end_to_end(pairs, [v for k, v in pairs if k.lower() == "connection"]))
+    length = headers.get("content-length")
+    body = b""
+    try:
+        if length is not None and length.isdigit():
+            body = await asyncio.wait_for(reader.readexactly(min(int(length), BODY_LIMIT)), read_timeout)
+        elif "transfer-encoding" not in {k.lower() for k, _ in pairs}:
+            body = await asyncio.wait_for(reader.read(BODY_LIMIT), read_timeout)
+    except (TimeoutError, asyncio.IncompleteReadError, OSError):
+        pass
     headers.popall("content-length", None)
-    return HTTPResponse(status=handshake.status, headers=headers)
+    return HTTPResponse(body=body, status=handshake.status, headers=headers)
 
 
 class _ClientSide(asyncio.Protocol):

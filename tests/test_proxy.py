@@ -183,7 +183,11 @@ def test_forwarded_for_set_when_absent(lb: LoadBalancer) -> None:
 
 
 def test_forwarded_proto_is_http_for_an_upgrade_request(lb: LoadBalancer) -> None:
-    """Sanic calls such a request's scheme "ws"; X-Forwarded-Proto only knows http/https."""
+    """Sanic calls such a request's scheme "ws"; X-Forwarded-Proto only knows http/https.
+
+    The upgrade is passed on (WebSocket pass-through); an upstream that does not upgrade
+    answers as usual, and that answer reaches the client whole.
+    """
     head = (
         b"GET /api/up HTTP/1.1\r\nHost: lb.test\r\nConnection: Upgrade\r\n"
         b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
@@ -193,7 +197,7 @@ def test_forwarded_proto_is_http_for_an_upgrade_request(lb: LoadBalancer) -> Non
     assert status == 200
     echo = json.loads(body)
     assert header_values(echo, "x-forwarded-proto") == ["http"]
-    assert header_values(echo, "upgrade") == []
+    assert header_values(echo, "upgrade") == ["websocket"]
 
 
 def test_keep_host_false_sends_upstream_host(upstreams: dict[str, UpstreamServer]) -> None:

@@ -179,8 +179,10 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
     outcome.status = handshake.status
     try:
         if handshake.status != 101:
-            writer.close()
-            return websocket_tunnel.refused_upgrade(handshake)
+            try:
+                return await websocket_tunnel.refused_upgrade(handshake, reader, proxy.read_timeout)
+            finally:
+                writer.close()
         await websocket_tunnel.Tunnel(request, proxy.websocket_idle_timeout).run(
             reader, writer, handshake.head
         )
