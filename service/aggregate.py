@@ -62,7 +62,7 @@ class StatsAggregator:
     async def _fan_out(self) -> dict[str, Entry]:
         self.fan_outs += 1
         entries = await asyncio.gather(*(self._entry(u) for u in self._upstreams))
-        return {u.stats_key: entry for u, entry in zip(self._upstreams, entries)}  # type: ignore[misc]
+        return {u.stats_key: entry for u, entry in zip(self._upstreams, entries, strict=True)}  # type: ignore[misc]
 
     async def _entry(self, upstream: Upstream) -> Entry:
         try:

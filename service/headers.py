@@ -48,10 +48,8 @@ def request_headers(
         if lower == "x-forwarded-for":
             forwarded_for.append(value)
         elif lower in ("x-forwarded-proto", "x-forwarded-host"):
-            continue
-        elif lower == "host" and upstream_host is not None:
-            continue
-        else:
+            continue  # set below from what this proxy saw
+        elif lower != "host" or upstream_host is None:
             out.append((name, value))
     if upstream_host is not None:
         out.append(("Host", upstream_host))

@@ -61,7 +61,9 @@ class HealthChecker:
     def _record(self, pool: Pool, target: Target, active: ActiveHealth, healthy: bool) -> None:
         state, index = self._state, target.index
         state.set(index, CHECKED_AT, state.clock())
-        streak_field, reset_field = (OK_STREAK, FAIL_STREAK) if healthy else (FAIL_STREAK, OK_STREAK)
+        streak_field, reset_field = (
+            (OK_STREAK, FAIL_STREAK) if healthy else (FAIL_STREAK, OK_STREAK)
+        )
         state.set(index, reset_field, 0)
         streak = state.get(index, streak_field) + 1
         state.set(index, streak_field, streak)

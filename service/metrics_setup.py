@@ -18,7 +18,7 @@ MAX_WORKER_ROWS = 64
 
 
 def layout_for(app: Sanic) -> Layout:
-    routes = tuple(u.name for u in app.ctx.settings.upstreams) + ("local",)
+    routes = (*(u.name for u in app.ctx.settings.upstreams), "local")
     return Layout(routes=routes, rows=MAX_WORKER_ROWS)
 
 

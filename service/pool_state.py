@@ -47,7 +47,9 @@ class TargetFigures:
 
 
 def allocate(targets: int, rows: int) -> Any:
-    return multiprocessing.RawArray(c_double, _HEADER + targets * (_SHARED_WIDTH + rows * _ROW_WIDTH))
+    return multiprocessing.RawArray(
+        c_double, _HEADER + targets * (_SHARED_WIDTH + rows * _ROW_WIDTH)
+    )
 
 
 class PoolState:

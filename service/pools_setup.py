@@ -44,7 +44,10 @@ def register(app: Sanic) -> None:
         if block is None:
             block = allocate(_target_count(settings), MAX_WORKER_ROWS)
         app.ctx.pool_state = PoolState(
-            block, targets=_target_count(settings), rows=MAX_WORKER_ROWS, row=app.ctx.metrics.row_index
+            block,
+            targets=_target_count(settings),
+            rows=MAX_WORKER_ROWS,
+            row=app.ctx.metrics.row_index,
         )
         app.ctx.pools = build_pools(settings, app.ctx.pool_state)
         app.ctx.retry_budget = RetryBudget()

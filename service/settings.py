@@ -7,6 +7,7 @@ bad value stops start-up with a :class:`SettingsError` naming the variable and t
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -159,7 +160,7 @@ def _parse(kind: str, name: str, raw: Any) -> Any:
                 raise ValueError
             return value
         value = float(text)
-        if value != value or value in (float("inf"), float("-inf")):
+        if math.isnan(value) or math.isinf(value):
             raise ValueError
         if value < 0 or (kind == "seconds" and value == 0):
             raise ValueError
@@ -226,7 +227,11 @@ def _env_prefix(url_env: str) -> str:
 
 def _passive(item: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> PassiveHealth:
     values = {}
-    for key, kind in (("max_fails", "positive_int"), ("fail_timeout", "seconds"), ("max_ejection", "seconds")):
+    for key, kind in (
+        ("max_fails", "positive_int"),
+        ("fail_timeout", "seconds"),
+        ("max_ejection", "seconds"),
+    ):
         var = f"{prefix}_{key.upper()}"
         if var in env:
             values[key] = _parse(kind, var, env[var])
@@ -237,17 +242,26 @@ def _passive(item: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> Pa
 
 def _active(item: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> ActiveHealth | None:
     table = dict(item.get("health", {}))
-    kinds = {"path": "path", "interval": "seconds", "timeout": "seconds",
-             "healthy_threshold": "positive_int", "unhealthy_threshold": "positive_int"}  # fmt: skip
+    kinds = {
+        "path": "path",
+        "interval": "seconds",
+        "timeout": "seconds",
+        "healthy_threshold": "positive_int",
+        "unhealthy_threshold": "positive_int",
+    }
     values: dict[str, Any] = {}
     for key, kind in kinds.items():
         var = f"{prefix}_HEALTH_{key.upper()}"
-        raw, label = (env[var], var) if var in env else (table.get(key), f"{item['name']}.health.{key}")
+        raw, label = (
+            (env[var], var) if var in env else (table.get(key), f"{item['name']}.health.{key}")
+        )
         if raw is None:
             continue
         if kind == "path":
             if not str(raw).startswith("/"):
-                raise SettingsError(f"{label}={raw!r} is not valid: expected a path starting with '/'")
+                raise SettingsError(
+                    f"{label}={raw!r} is not valid: expected a path starting with '/'"
+                )
             values[key] = str(raw)
         else:
             values[key] = _parse(kind, label, raw)
@@ -264,7 +278,9 @@ def _upstreams(table: list[Mapping[str, Any]], env: Mapping[str, str]) -> tuple[
         balance_var = f"{prefix}_BALANCE"
         balance = str(env.get(balance_var, item.get("balance", "least_request")))
         if balance not in BALANCERS:
-            raise SettingsError(f"{balance_var}={balance!r} is not valid: expected one of {BALANCERS}")
+            raise SettingsError(
+                f"{balance_var}={balance!r} is not valid: expected one of {BALANCERS}"
+            )
         upstreams.append(
             Upstream(
                 name=str(item["name"]),

@@ -50,7 +50,12 @@ _FIELDS = (
     "ws_open", "last_heartbeat", "duration_sum",
 )  # fmt: skip
 F = {name: i for i, name in enumerate(_FIELDS)}
-_TOTAL, _REAL_COUNT, _REAL_DURATION, _REAL_SUCCESS = F["total"], F["real_count"], F["real_duration"], F["real_success"]
+_TOTAL, _REAL_COUNT, _REAL_DURATION, _REAL_SUCCESS = (
+    F["total"],
+    F["real_count"],
+    F["real_duration"],
+    F["real_success"],
+)
 _PROXY_502, _PROXY_504, _DURATION_SUM = F["proxy_502"], F["proxy_504"], F["duration_sum"]
 _N_CLASSES = len(STATUS_CLASSES)
 _CLASSES_AT = len(_FIELDS)
@@ -182,11 +187,11 @@ class SharedMemoryStore:
         by_route = {}
         for i, name in enumerate(layout.routes):
             counts = _column_sums(mem, rows, _ROUTES_AT + i * len(STATUS_CLASSES), 5)
-            by_route[name] = dict(zip(STATUS_CLASSES, map(int, counts)))
+            by_route[name] = dict(zip(STATUS_CLASSES, map(int, counts), strict=True))
         last_heartbeat = max((mem[r + F["last_heartbeat"]] for r in rows), default=0.0)
         cumulative = 0
         buckets = []
-        for bound, count in zip((*LIFETIME_BOUNDS, math.inf), lifetime):
+        for bound, count in zip((*LIFETIME_BOUNDS, math.inf), lifetime, strict=True):
             cumulative += int(count)
             buckets.append((bound, cumulative))
         return Snapshot(
@@ -197,7 +202,7 @@ class SharedMemoryStore:
             real_count=int(total("real_count")),
             real_duration_s=total("real_duration"),
             real_success=int(total("real_success")),
-            status_classes=dict(zip(STATUS_CLASSES, map(int, classes))),
+            status_classes=dict(zip(STATUS_CLASSES, map(int, classes), strict=True)),
             proxy_502=int(total("proxy_502")),
             proxy_504=int(total("proxy_504")),
             by_route=by_route,
@@ -227,7 +232,10 @@ class SharedMemoryStore:
         for r in rows:
             for at in self._ring(r + self._layout.coarse_at, _COARSE_WIDTH, COARSE_RING):
                 if newest - COARSE_IN_WINDOW < self._mem[at] <= newest:
-                    merged = [a + b for a, b in zip(merged, self._mem[at + 1 : at + _COARSE_WIDTH])]
+                    merged = [
+                        a + b
+                        for a, b in zip(merged, self._mem[at + 1 : at + _COARSE_WIDTH], strict=True)
+                    ]
         return tuple(int(c) for c in merged)
 
     @staticmethod
@@ -259,7 +267,7 @@ class SharedMemoryStore:
 def _column_sums(mem: memoryview, rows: Sequence[int], at: int, width: int) -> list[float]:
     sums = [0.0] * width
     for r in rows:
-        sums = [a + b for a, b in zip(sums, mem[r + at : r + at + width])]
+        sums = [a + b for a, b in zip(sums, mem[r + at : r + at + width], strict=True)]
     return sums
 
 

@@ -46,7 +46,9 @@ class Handshake:
         self.head = head
         lines = head.decode("latin-1").split("\r\n")
         self.status = int(lines[0].split(" ", 2)[1])
-        self.headers = [tuple(p.strip() for p in line.split(":", 1)) for line in lines[1:] if ":" in line]
+        self.headers = [
+            tuple(p.strip() for p in line.split(":", 1)) for line in lines[1:] if ":" in line
+        ]
 
 
 async def open_tunnel(
@@ -58,7 +60,9 @@ async def open_tunnel(
     port = parts.port or (443 if secure else 80)
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname, port, ssl=ssl.create_default_context() if secure else None),
+            asyncio.open_connection(
+                parts.hostname, port, ssl=ssl.create_default_context() if secure else None
+            ),
             connect_timeout,
         )
     except TimeoutError:
@@ -71,8 +75,16 @@ async def open_tunnel(
         return reader, writer, Handshake(head)
     except TimeoutError:
         writer.close()
-        raise UpstreamTimeout(upstream, "timeout: no handshake answer within the read timeout") from None
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError, OSError):
+        raise UpstreamTimeout(
+            upstream, "timeout: no handshake answer within the read timeout"
+        ) from None
+    except (
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        ValueError,
+        IndexError,
+        OSError,
+    ):
         writer.close()
         raise UpstreamError(upstream, "broken: invalid or missing handshake answer") from None
 
@@ -102,7 +114,9 @@ async def refused_upgrade(
     body = b""
     try:
         if length is not None and length.isdigit():
-            body = await asyncio.wait_for(reader.readexactly(min(int(length), BODY_LIMIT)), read_timeout)
+            body = await asyncio.wait_for(
+                reader.readexactly(min(int(length), BODY_LIMIT)), read_timeout
+            )
         elif "transfer-encoding" not in {k.lower() for k, _ in pairs}:
             body = await asyncio.wait_for(reader.read(BODY_LIMIT), read_timeout)
     except (TimeoutError, asyncio.IncompleteReadError, OSError):
@@ -117,6 +131,7 @@ class _ClientSide(asyncio.Protocol):
     def __init__(self, upstream: asyncio.StreamWriter, tunnel: Tunnel) -> None:
         self._upstream = upstream
         self._tunnel = tunnel
+        self._drain: asyncio.Future[None] | None = None  # held so the task is not collected
         self.can_write = asyncio.Event()
         self.can_write.set()
 
@@ -125,7 +140,7 @@ class _ClientSide(asyncio.Protocol):
         self._upstream.write(data)
         if self._upstream.transport.get_write_buffer_size() > HIGH_WATER:
             self._tunnel.client.pause_reading()
-            asyncio.ensure_future(self._resume_when_drained())
+            self._drain = asyncio.ensure_future(self._resume_when_drained())
 
     async def _resume_when_drained(self) -> None:
         try:
@@ -165,7 +180,9 @@ class Tunnel:
     def touch(self) -> None:
         self._last = time.monotonic()
 
-    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+    async def run(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> None:
         client_side = _ClientSide(writer, self)
         self.client.set_protocol(client_side)
         early = getattr(self._sanic_protocol, "recv_buffer", b"")

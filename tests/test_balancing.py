@@ -22,12 +22,16 @@ class Clock:
         return self.now
 
 
-def make_pool(weights: list[int], balance: str = "least_request", **passive: float) -> tuple[Pool, Clock]:
+def make_pool(
+    weights: list[int], balance: str = "least_request", **passive: float
+) -> tuple[Pool, Clock]:
     clock = Clock()
     upstream = Upstream(
         name="api",
         url_env="API_GATEWAY_URL",
-        targets=tuple(TargetSpec(url=f"http://10.0.0.{i}:80", weight=w) for i, w in enumerate(weights)),
+        targets=tuple(
+            TargetSpec(url=f"http://10.0.0.{i}:80", weight=w) for i, w in enumerate(weights)
+        ),
         balance=balance,
         passive=PassiveHealth(**passive),  # type: ignore[arg-type]
     )

@@ -27,7 +27,9 @@ def _send_batch(url: str, count: int) -> list[int]:
 
 def test_every_stats_call_sees_both_workers_traffic(two_workers: LoadBalancer) -> None:
     with ThreadPoolExecutor(max_workers=20) as pool:
-        statuses = [s for batch in pool.map(_send_batch, [two_workers.url] * 20, [10] * 20) for s in batch]
+        statuses = [
+            s for batch in pool.map(_send_batch, [two_workers.url] * 20, [10] * 20) for s in batch
+        ]
     assert statuses == [200] * 200
 
     reports = []

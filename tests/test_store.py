@@ -23,7 +23,9 @@ class Clock:
         return self.now
 
 
-def make_store(clock: Clock, rows: int = 4, pid: int | None = None, block=None) -> SharedMemoryStore:
+def make_store(
+    clock: Clock, rows: int = 4, pid: int | None = None, block=None
+) -> SharedMemoryStore:
     layout = Layout(routes=ROUTES, rows=rows)
     block = block if block is not None else allocate(layout, clock)
     return SharedMemoryStore(block, layout, clock=clock, pid=pid or os.getpid())

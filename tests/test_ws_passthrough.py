@@ -54,7 +54,9 @@ def echo() -> Iterator[EchoServer]:
 
 @pytest.fixture(scope="module")
 def ws_lb(upstreams: dict[str, UpstreamServer], echo: EchoServer) -> Iterator[LoadBalancer]:
-    balancer = LoadBalancer(env_for(upstreams, API_GATEWAY_URL=echo.url, LB_WS_TUNNEL_IDLE_TIMEOUT="2"))
+    balancer = LoadBalancer(
+        env_for(upstreams, API_GATEWAY_URL=echo.url, LB_WS_TUNNEL_IDLE_TIMEOUT="2")
+    )
     yield balancer
     balancer.stop()
 
@@ -90,7 +92,9 @@ def test_the_upstream_close_code_reaches_the_client(ws_lb: LoadBalancer) -> None
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
 
 
-def test_the_client_close_code_reaches_the_upstream_and_pings_are_answered(ws_lb: LoadBalancer) -> None:
+def test_the_client_close_code_reaches_the_upstream_and_pings_are_answered(
+    ws_lb: LoadBalancer,
+) -> None:
     with connect(ws_url(ws_lb, "/api/ping")) as ws:
         pong = ws.ping()
         assert pong.wait(timeout=5)  # the upstream answered through the tunnel
@@ -106,7 +110,9 @@ def test_a_silent_tunnel_is_closed_after_the_idle_timeout(ws_lb: LoadBalancer) -
         assert 1.5 < time.monotonic() - started < 5
 
 
-def test_the_heartbeat_socket_is_still_answered_locally(ws_lb: LoadBalancer, echo: EchoServer) -> None:
+def test_the_heartbeat_socket_is_still_answered_locally(
+    ws_lb: LoadBalancer, echo: EchoServer
+) -> None:
     before = len(echo.paths)
     with connect(ws_url(ws_lb, "/api/ws-heartbeat")) as ws:
         ws.send("hb")
@@ -115,7 +121,9 @@ def test_the_heartbeat_socket_is_still_answered_locally(ws_lb: LoadBalancer, ech
     assert ws_lb.client.get("/stats").json()["load-balancer"]["has_real_traffic"] is True
 
 
-def test_tunnels_do_not_count_as_real_api_traffic_and_the_proxy_stays_healthy(ws_lb: LoadBalancer) -> None:
+def test_tunnels_do_not_count_as_real_api_traffic_and_the_proxy_stays_healthy(
+    ws_lb: LoadBalancer,
+) -> None:
     entry = ws_lb.client.get("/stats").json()["load-balancer"]
     assert entry["real_requests_total"] == 0
     assert ws_lb.client.get("/lb-health").status_code == 200

@@ -14,6 +14,7 @@ import time
 
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from sanic.exceptions import ServerError, WebsocketClosed
 from websockets.exceptions import ConnectionClosed
 
 from service.metrics import MetricsStore
@@ -74,6 +75,6 @@ async def _ping(ws: WebsocketImplProtocol, activity: Activity, interval: float) 
         await asyncio.sleep(interval)
         try:
             pong = await ws.ping()
-        except Exception:  # the socket is closing; the receiver ends the handler
-            return
+        except (WebsocketClosed, ConnectionClosed, ServerError):
+            return  # the socket is closing; the receiver ends the handler
         pong.add_done_callback(lambda fut: fut.cancelled() or fut.exception() or activity.seen())

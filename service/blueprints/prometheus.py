@@ -68,7 +68,11 @@ class SnapshotCollector:
         yield GaugeMetricFamily("lb_ws_connections", "Open heartbeat sockets.", snap.ws_connections)
         yield GaugeMetricFamily("lb_workers", "Live worker processes.", snap.workers)
         yield GaugeMetricFamily("lb_uptime_seconds", "Seconds since start.", snap.uptime_s)
-        up = GaugeMetricFamily("lb_upstream_up", "1 if the upstream's /stats entry says it is online or healthy.", labels=["upstream"])
+        up = GaugeMetricFamily(
+            "lb_upstream_up",
+            "1 if the upstream's /stats entry says it is online or healthy.",
+            labels=["upstream"],
+        )
         for key, entry in self._services.items():
             online = entry.get("service_status") == "online" or entry.get("status") == "healthy"
             up.add_metric([key], 1.0 if online else 0.0)
@@ -81,7 +85,9 @@ class SnapshotCollector:
         outstanding = GaugeMetricFamily(
             "lb_target_outstanding", "Requests in flight to the target.", labels=labels
         )
-        requests = CounterMetricFamily("lb_target_requests", "Attempts sent to the target.", labels=labels)
+        requests = CounterMetricFamily(
+            "lb_target_requests", "Attempts sent to the target.", labels=labels
+        )
         failures = CounterMetricFamily("lb_target_failures", "Failed attempts.", labels=labels)
         for name, pool in self._pools.items():
             for target in pool["targets"]:

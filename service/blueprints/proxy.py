@@ -56,7 +56,12 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
         duration = time.perf_counter() - started
         request.app.ctx.metrics.record(
             RequestSample.of(
-                request, outcome.route, outcome.status, duration, outcome.proxy_error, outcome.tunnel
+                request,
+                outcome.route,
+                outcome.status,
+                duration,
+                outcome.proxy_error,
+                outcome.tunnel,
             )
         )
 
@@ -118,7 +123,8 @@ async def _attempts(request: Request, pool: Pool) -> tuple[Target, httpx.Respons
     """Send to a target of ``pool``; on a retryable failure, once more to another target.
 
     Returns the target, its response and when the attempt started; the caller must finish
-    the attempt with the pool. A failed attempt is finished here. Raises the last UpstreamError when no attempt worked.
+    the attempt with the pool. A failed attempt is finished here. Raises the last
+    UpstreamError when no attempt worked.
     """
     ctx = request.app.ctx
     body = forwarding.body_of(request)
