@@ -40,9 +40,13 @@ class LeastRequest:
         if len(pool) == 1:
             return pool[0]
         first, second = self._two(pool)
-        # Fewer outstanding requests per unit of weight wins. On a tie the first draw wins,
-        # and it was drawn in proportion to weight, so an idle pool splits by weight exactly.
-        if second.outstanding / second.weight < first.outstanding / first.weight:
+        # The first draw (made in proportion to weight) keeps the request unless the second
+        # is clearly less loaded per unit of weight: by at least half a request. An idle or
+        # lightly loaded pool so splits by weight, and a target that piles up outstanding
+        # requests (a slow one) loses the draws. With equal weights this is plain P2C.
+        # (Comparing with +1 on both sides, as unweighted P2C does, hands an idle pool's
+        # requests almost all to the heaviest target; see tests/test_pools.py.)
+        if (second.outstanding + 0.5) / second.weight <= first.outstanding / first.weight:
             return second
         return first
 

@@ -17,7 +17,15 @@ from collections.abc import Callable
 import httpx
 
 from service.pool import Pool, Target
-from service.pool_state import ACTIVE_DOWN, CHECKED_AT, FAIL_STREAK, OK_STREAK, PoolState
+from service.pool_state import (
+    ACTIVE_DOWN,
+    CHECKED_AT,
+    EJECTED_UNTIL,
+    EJECTIONS,
+    FAIL_STREAK,
+    OK_STREAK,
+    PoolState,
+)
 from service.settings import ActiveHealth
 
 log = logging.getLogger("service.health")
@@ -68,6 +76,12 @@ class HealthChecker:
         streak = state.get(index, streak_field) + 1
         state.set(index, streak_field, streak)
         down = bool(state.get(index, ACTIVE_DOWN))
+        if healthy and streak >= active.healthy_threshold and target.ejected():
+            # Envoy's successful_active_health_check_uneject_host: a target that passes its
+            # checks again need not sit out a (possibly long) passive ejection.
+            state.set(index, EJECTED_UNTIL, 0)
+            state.set(index, EJECTIONS, 0)
+            log.warning("upstream %s target %s un-ejected (health check)", pool.name, target.url)
         if down and healthy and streak >= active.healthy_threshold:
             state.set(index, ACTIVE_DOWN, 0)
             log.warning("upstream %s target %s is up (health check)", pool.name, target.url)

@@ -251,13 +251,6 @@ def test_equal_targets_share_the_load_evenly(upstreams, knobs) -> None:
         assert all(entry(stats, s)["state"] == "up" for s in servers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="least_request (weighted P2C) does not honour weights under light concurrency: "
-    "an idle light target (0 outstanding) beats a heavy one with any request in flight; "
-    "weight 3 of 5 gets ~48 % with 4 clients, ~55 % with 8 "
-    "(service/balancing.py LeastRequest.pick)",
-)
 def test_weights_are_honoured_by_least_request(upstreams, knobs) -> None:
     servers = [knobs(f"w{i}") for i in range(3)]
     targets = [servers[0].url + ";weight=3", servers[1].url, servers[2].url]
@@ -397,12 +390,6 @@ def test_restarted_target_comes_back_after_the_cool_down(upstreams, knobs) -> No
         assert back["state"] == "up" and back["ejections"] == 0  # a success reset the streak
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a passing active health check does not end a passive ejection: "
-    "service/health_checks.py HealthChecker._record only clears ACTIVE_DOWN, "
-    "EJECTED_UNTIL keeps the target out for the whole fail_timeout",
-)
 def test_restarted_target_comes_back_through_active_health_checks(upstreams, knobs) -> None:
     servers = [knobs(f"h{i}") for i in range(3)]
     victim = servers[0]
