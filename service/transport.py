@@ -1,9 +1,11 @@
 """An httpx transport on aiohttp's connection pool.
 
 httpx stays the client API (requests, responses, timeouts, exceptions); what moves bytes
-under it is aiohttp, chosen by measurement: httpx's own pool does per-request work that
-grows with the connections in flight (encode/httpx#3215) and capped a proxy on this stack
-at a few percent of Sanic's own throughput (figures in bench/README.md).
+under it is aiohttp. httpx's own pool does per-request work that grows with the connections
+in flight (encode/httpx#3215) and capped a proxy on this stack at a few percent of Sanic's
+own throughput; this transport was the first answer to that. The service now uses
+``service.transport_h1.H1Transport``, which costs about half the CPU per proxied request;
+this one stays as the alternative the benchmarks compare against (bench/README.md).
 
 The transport is written for a reverse proxy: it sends the request's headers as given
 (no automatic User-Agent/Accept/Accept-Encoding, Host taken from the request), never

@@ -2,40 +2,134 @@
 
 Built in a ``before_server_start`` listener onto ``app.ctx.upstreams`` and closed in
 ``after_server_stop``, so every request of a worker reuses the same connection pool.
+
+Under each client is ``service.transport_h1.H1Transport``, chosen by measurement over
+httpx's own pool (httpcore) and ``service.transport.AiohttpTransport``: per proxied request
+on one worker it costs the least CPU of the three (figures and the command in
+bench/README.md). ``build_client(..., transport=...)`` takes another one for benchmarks.
 """
 
 from __future__ import annotations
 
-from http.cookiejar import CookieJar, DefaultCookiePolicy
+from http.cookiejar import Cookie, CookieJar
+from typing import Any
 
 import httpx
 from sanic import Sanic
 
 from service.settings import ProxySettings, Settings, Upstream
-from service.transport import AiohttpTransport
+from service.transport_h1 import H1Transport
 
 
-def _jar_that_keeps_nothing() -> CookieJar:
-    """A shared client must never replay one user's ``Set-Cookie`` to another user."""
-    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+class _JarThatKeepsNothing(CookieJar):
+    def set_cookie(self, cookie: Cookie) -> None:
+        pass
+
+    def extract_cookies(self, response: object, request: object) -> None:
+        pass
 
 
-def build_client(upstream: Upstream, proxy: ProxySettings) -> httpx.AsyncClient:
-    limits = httpx.Limits(
+class _NoCookies(httpx.Cookies):
+    """Cookies that are never stored, so a shared client never replays one user's
+    ``Set-Cookie`` to another user. ``extract_cookies`` does nothing at all: httpx would
+    otherwise build urllib/email objects from every response only to throw them away."""
+
+    def __init__(self) -> None:
+        super().__init__(_JarThatKeepsNothing())
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class _ProxyClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that never stores cookies and sends on a short path.
+
+    Cookies: passing ``cookies=`` to ``httpx.AsyncClient`` would not do; httpx copies an
+    ``httpx.Cookies`` into a fresh default ``CookieJar``, dropping its policy, so that jar
+    would keep (and ``client.get``/``client.stream`` would re-send) every upstream cookie.
+
+    ``send``: this client has no auth, no redirects, no event hooks, no mounts, no cookies
+    (``build_client`` makes it so), which leaves httpx's auth/redirect/cookie/hook layers
+    around the transport call with nothing to do but cost ~13 µs per request (see
+    bench/README.md). ``send`` calls the transport directly unless a caller asks for auth or
+    redirects, when httpx's own path runs.
+    """
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)
+        self._upstream_transport = transport
+
+    @property  # type: ignore[override]
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        pass  # httpx's __init__ sets its own store; this client keeps none
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        if (
+            auth is not httpx.USE_CLIENT_DEFAULT
+            or follow_redirects is not httpx.USE_CLIENT_DEFAULT
+            or self.is_closed
+        ):
+            return await super().send(
+                request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        if "timeout" not in request.extensions:
+            request.extensions["timeout"] = self.timeout.as_dict()
+        try:
+            response = await self._upstream_transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            try:
+                exc.request  # noqa: B018 - raises when the transport did not attach it
+            except RuntimeError:
+                exc.request = request
+            raise
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
+
+
+_NO_COOKIES = _NoCookies()
+
+
+def limits_of(proxy: ProxySettings) -> httpx.Limits:
+    return httpx.Limits(
         max_connections=proxy.max_connections,
         max_keepalive_connections=proxy.max_keepalive,
         keepalive_expiry=proxy.keepalive_expiry,
     )
-    return httpx.AsyncClient(
+
+
+def build_client(
+    upstream: Upstream,
+    proxy: ProxySettings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The proxy's client for ``upstream``; ``transport`` replaces the default (benchmarks)."""
+    return _ProxyClient(
         base_url=upstream.url,
-        transport=AiohttpTransport(limits=limits),
+        transport=transport or H1Transport(limits=limits_of(proxy)),
         timeout=httpx.Timeout(
             connect=proxy.connect_timeout,
             read=proxy.read_timeout,
             write=proxy.read_timeout,
             pool=proxy.connect_timeout,
         ),
-        cookies=httpx.Cookies(_jar_that_keeps_nothing()),
         follow_redirects=False,
         trust_env=False,
     )
