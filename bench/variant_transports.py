@@ -1,7 +1,7 @@
 """The transports the benchmarks compare, by name: ``FACTORIES[name](limits)``.
 
 - ``httpcore``: httpx's default ``AsyncHTTPTransport`` (httpcore's pool).
-- ``aiohttp``: ``service.transport.AiohttpTransport`` (aiohttp's pool under httpx).
+- ``aiohttp``: ``bench.aiohttp_transport.AiohttpTransport`` (aiohttp's pool under httpx).
 - ``h1``: ``service.transport_h1.H1Transport`` (asyncio protocol + httptools).
 - ``httpx-aiohttp``: the ``httpx-aiohttp`` package's transport, when it is installed.
 - ``null``: answers ``{"ok":true}`` at once without any I/O: the ceiling any transport could
@@ -22,7 +22,7 @@ def _httpcore(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
 
 
 def _aiohttp(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    from service.transport import AiohttpTransport
+    from bench.aiohttp_transport import AiohttpTransport
 
     return AiohttpTransport(limits=limits)
 

@@ -4,8 +4,8 @@ Built in a ``before_server_start`` listener onto ``app.ctx.upstreams`` and close
 ``after_server_stop``, so every request of a worker reuses the same connection pool.
 
 Under each client is ``service.transport_h1.H1Transport``, chosen by measurement over
-httpx's own pool (httpcore) and ``service.transport.AiohttpTransport``: per proxied request
-on one worker it costs the least CPU of the three (figures and the command in
+httpx's own pool (httpcore) and aiohttp's (``bench/aiohttp_transport.py``, kept for the
+comparison): per proxied request on one worker it costs the least CPU of the three (figures and the command in
 bench/README.md). ``build_client(..., transport=...)`` takes another one for benchmarks.
 """
 
