@@ -75,6 +75,6 @@ def _install(spec: str) -> None:
 
 _install(os.environ.get("BENCH_VARIANT", "service"))
 
-from service.app import app  # noqa: E402  (after the swap, on purpose)
+from service.app import app
 
 __all__ = ["app"]

@@ -6,7 +6,8 @@ Built in a ``before_server_start`` listener onto ``app.ctx.upstreams`` and close
 Under each client is ``service.transport_h1.H1Transport``, chosen by measurement over
 httpx's own pool (httpcore) and aiohttp's (``bench/aiohttp_transport.py``, kept for the
 comparison): per proxied request on one worker it costs the least CPU of the three
-(figures and the command in bench/README.md). ``build_client(..., transport=...)`` takes another one for benchmarks.
+(figures and the command in bench/README.md). ``build_client(..., transport=...)`` takes
+another one, for the benchmarks.
 """
 
 from __future__ import annotations

@@ -60,7 +60,9 @@ def assert_error_body(response: httpx.Response, upstream: str) -> dict:
 def test_refused_is_502_fast(broken_lb: LoadBalancer) -> None:
     for method in ("GET", "POST"):
         started = time.monotonic()
-        response = broken_lb.client.request(method, "/api/x", content=b"abc" if method == "POST" else None)
+        response = broken_lb.client.request(
+            method, "/api/x", content=b"abc" if method == "POST" else None
+        )
         elapsed = time.monotonic() - started
         assert response.status_code == 502
         body = assert_error_body(response, "api-gateway")
@@ -139,18 +141,23 @@ def test_body_cut_midway_over_raw_socket(broken_lb: LoadBalancer) -> None:
         b"GET /page HTTP/1.1\r\nBad Header Without Colon\r\n\r\n",
     ],
 )
-def test_malformed_request_is_4xx(broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer], head: bytes) -> None:
+def test_malformed_request_is_4xx(
+    broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer], head: bytes
+) -> None:
     before = sum(upstreams["dashboard-ui"].hits.values())
     status, _, _ = raw_request(broken_lb.port, head)
     assert 400 <= status < 500
     assert sum(upstreams["dashboard-ui"].hits.values()) == before
 
 
-def test_oversized_headers_are_refused(broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
+def test_oversized_headers_are_refused(
+    broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]
+) -> None:
     before = sum(upstreams["dashboard-ui"].hits.values())
     big = "x" * (17 * 1024)
     status, _, _ = raw_request(
-        broken_lb.port, f"GET /page HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n".encode()
+        broken_lb.port,
+        f"GET /page HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n".encode(),
     )
     assert status in (400, 413, 431)
     many = "".join(f"X-H{i}: {'y' * 100}\r\n" for i in range(200))
@@ -162,7 +169,9 @@ def test_oversized_headers_are_refused(broken_lb: LoadBalancer, upstreams: dict[
     assert broken_lb.client.get("/lb-health").status_code == 200
 
 
-def test_body_over_limit_with_content_length_is_413(broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
+def test_body_over_limit_with_content_length_is_413(
+    broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]
+) -> None:
     before = upstreams["dashboard-ui"].hits["/upload"]
     response = broken_lb.client.post("/upload", content=b"z" * (MAX_BODY + 1))
     assert response.status_code == 413
@@ -175,7 +184,9 @@ def test_body_over_limit_with_content_length_is_413(broken_lb: LoadBalancer, ups
     assert ok.json()["body_size"] == MAX_BODY
 
 
-def test_chunked_body_over_limit_is_413(broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
+def test_chunked_body_over_limit_is_413(
+    broken_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]
+) -> None:
     def gen() -> Iterator[bytes]:
         for _ in range(10):
             yield b"z" * 500

@@ -75,7 +75,9 @@ class RawSocket:
         lines = head.decode("latin-1").split("\r\n")
         assert lines[0].split()[1] == "101", lines[0]
         accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
-        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])
+        }
         assert headers["sec-websocket-accept"] == accept
 
     def _read(self, n: int, deadline: float) -> bytes | None:
@@ -122,7 +124,9 @@ def quiet_lb(upstreams: dict[str, UpstreamServer]) -> Iterator[LoadBalancer]:
     balancer.stop()
 
 
-def test_opening_a_socket_counts(quiet_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
+def test_opening_a_socket_counts(
+    quiet_lb: LoadBalancer, upstreams: dict[str, UpstreamServer]
+) -> None:
     before = own(quiet_lb)
     assert before["ws_connections"] == 0
     assert before["has_real_traffic"] is False
@@ -155,7 +159,9 @@ def test_a_vanished_client_leaves_nothing_behind(quiet_lb: LoadBalancer, reset: 
     assert wait_for(quiet_lb, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
 
 
-def test_pongs_keep_a_socket_open_and_a_silent_one_is_closed(upstreams: dict[str, UpstreamServer]) -> None:
+def test_pongs_keep_a_socket_open_and_a_silent_one_is_closed(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
     idle_timeout = 3.0
     balancer = LoadBalancer(
         env_for(upstreams, LB_STATS_CACHE_TTL="0", LB_WS_PING_INTERVAL="1", LB_WS_IDLE_TIMEOUT="3")
@@ -219,7 +225,9 @@ def test_two_hundred_sockets(quiet_lb: LoadBalancer) -> None:
     assert wait_for(quiet_lb, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
 
 
-def test_sockets_on_any_worker_are_counted_by_every_worker(upstreams: dict[str, UpstreamServer]) -> None:
+def test_sockets_on_any_worker_are_counted_by_every_worker(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
     balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="0"), workers=2)
     try:
         # Ready means one worker answers; wait for both before counting anything.
@@ -256,7 +264,9 @@ def established_sockets_by_pid(port: int, pids: list[int]) -> dict[int, int]:
     return counts
 
 
-def test_sockets_of_a_killed_worker_are_no_longer_counted(upstreams: dict[str, UpstreamServer]) -> None:
+def test_sockets_of_a_killed_worker_are_no_longer_counted(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
     balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="0"), workers=2)
     try:
         assert wait_for(balancer, lambda e: e["workers"] == 2, timeout=10.0)["workers"] == 2
@@ -292,7 +302,9 @@ def test_sockets_of_a_killed_worker_are_no_longer_counted(upstreams: dict[str, U
         balancer.stop()
 
 
-def test_idle_close_reaches_the_client_as_a_close_frame(upstreams: dict[str, UpstreamServer]) -> None:
+def test_idle_close_reaches_the_client_as_a_close_frame(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
     """A websockets client closed for silence gets a proper close frame (code 1001)."""
     balancer = LoadBalancer(env_for(upstreams, LB_WS_PING_INTERVAL="60", LB_WS_IDLE_TIMEOUT="1"))
     try:

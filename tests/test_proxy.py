@@ -44,7 +44,9 @@ def header_values(echo: dict, name: str) -> list[str]:
 def test_method_path_query_body_unchanged(lb: LoadBalancer, method: str, body: bytes) -> None:
     target = "/api/items/42;v=1/x.json?b=2&a=1&a=%20x&empty="
     response = lb.client.request(
-        method, target, content=body if method != "GET" else None,
+        method,
+        target,
+        content=body if method != "GET" else None,
         headers={"X-Custom": "kept", "Content-Type": "application/x-test"},
     )
     assert response.status_code == 200
@@ -68,7 +70,10 @@ def test_chunked_request_body(lb: LoadBalancer) -> None:
     echo = lb.client.put("/blog/upload", content=gen()).json()
     whole = b"".join(parts)
     assert echo["upstream"] == "blog-service"
-    assert (echo["body_size"], echo["body_sha256"]) == (len(whole), hashlib.sha256(whole).hexdigest())
+    assert (echo["body_size"], echo["body_sha256"]) == (
+        len(whole),
+        hashlib.sha256(whole).hexdigest(),
+    )
 
 
 def test_head(lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
@@ -108,7 +113,9 @@ def test_end_to_end_headers_pass_unchanged(lb: LoadBalancer) -> None:
 
 
 @pytest.mark.parametrize("status", [201, 404, 500, 503])
-def test_status_and_body_pass_through(lb: LoadBalancer, upstreams: dict[str, UpstreamServer], status: int) -> None:
+def test_status_and_body_pass_through(
+    lb: LoadBalancer, upstreams: dict[str, UpstreamServer], status: int
+) -> None:
     target = f"/api/missing?status={status}"
     response = lb.client.get(target)
     assert response.status_code == status
@@ -138,7 +145,12 @@ def test_hop_by_hop_request_headers_stripped(lb: LoadBalancer) -> None:
     names = {k for k, _ in seen_headers(json.loads(body))}
     assert "x-visible" in names
     leaked = names & {
-        "x-secret", "keep-alive", "te", "proxy-authorization", "proxy-connection", "trailer",
+        "x-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+        "trailer",
     }
     assert not leaked
     # What the proxy says about its own connection to the upstream is its own business, but
@@ -248,7 +260,9 @@ def test_gzip_body_byte_exact(lb: LoadBalancer, upstreams: dict[str, UpstreamSer
     assert header_values(echo, "accept-encoding") == ["gzip"]
 
 
-def test_gzip_not_decoded_for_a_client_that_did_not_ask(lb: LoadBalancer, upstreams: dict[str, UpstreamServer]) -> None:
+def test_gzip_not_decoded_for_a_client_that_did_not_ask(
+    lb: LoadBalancer, upstreams: dict[str, UpstreamServer]
+) -> None:
     """The proxy never decompresses, whatever the client accepts; raw bytes over a socket."""
     target = "/blog/zipped?gzip=1&tag=raw"
     status, headers, body = raw_request(

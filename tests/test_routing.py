@@ -194,14 +194,10 @@ def test_routing_table_through_the_process(
     assert echo["upstream"] == upstream
     assert echo["raw_path"] == target  # path and query unchanged, byte for byte
     after = total_hits(upstreams)
-    assert {n: after[n] - before[n] for n in after} == {
-        n: int(n == upstream) for n in after
-    }
+    assert {n: after[n] - before[n] for n in after} == {n: int(n == upstream) for n in after}
 
 
-@pytest.mark.parametrize(
-    ("target", "location"), [("/blog", "/blog/"), ("/blog?x=1", "/blog/?x=1")]
-)
+@pytest.mark.parametrize(("target", "location"), [("/blog", "/blog/"), ("/blog?x=1", "/blog/?x=1")])
 def test_blog_redirect(
     lb: LoadBalancer, upstreams: dict[str, UpstreamServer], target: str, location: str
 ) -> None:

@@ -119,7 +119,15 @@ def _clean_env(**extra: str) -> dict[str, str]:
 )
 def test_sanic_command_exits_naming_the_variable(var: str, value: str) -> None:
     result = subprocess.run(
-        [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port()), "--single-process"],
+        [
+            SANIC,
+            "service.app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--single-process",
+        ],
         cwd=REPO,
         env=_clean_env(**{var: value}),
         capture_output=True,

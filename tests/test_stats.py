@@ -124,13 +124,17 @@ def test_durations_of_a_slow_upstream(fresh_lb: LoadBalancer) -> None:
     assert 550.0 <= streamed_ms <= 800.0
 
 
-def test_idle_after_ten_seconds_then_heartbeat_message(upstreams: dict[str, UpstreamServer]) -> None:
+def test_idle_after_ten_seconds_then_heartbeat_message(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
     """Real traffic and a socket's opening age out of the window; a message brings it back.
 
     Pings are far apart here, so the open socket shows no activity of its own meanwhile.
     """
     balancer = LoadBalancer(
-        env_for(upstreams, LB_STATS_CACHE_TTL="0", LB_WS_PING_INTERVAL="60", LB_WS_IDLE_TIMEOUT="60")
+        env_for(
+            upstreams, LB_STATS_CACHE_TTL="0", LB_WS_PING_INTERVAL="60", LB_WS_IDLE_TIMEOUT="60"
+        )
     )
     url = f"ws://127.0.0.1:{balancer.port}/api/ws-heartbeat"
     try:
@@ -185,8 +189,15 @@ def test_contract_keys_and_types(lb: LoadBalancer) -> None:
     assert "dashboard-ui" not in document  # not aggregated
     entry = document["load-balancer"]
     assert entry["status"] == "healthy"
-    assert isinstance(entry["total_requests"], int) and not isinstance(entry["total_requests"], bool)
-    for key in ("requests_per_second", "avg_response_time_ms", "avg_response_time_ms_lifetime", "success_rate"):
+    assert isinstance(entry["total_requests"], int) and not isinstance(
+        entry["total_requests"], bool
+    )
+    for key in (
+        "requests_per_second",
+        "avg_response_time_ms",
+        "avg_response_time_ms_lifetime",
+        "success_rate",
+    ):
         assert is_number(entry[key]), key
     assert isinstance(entry["has_real_traffic"], bool)
 
@@ -328,7 +339,9 @@ class ChunkedStatsServer:
 
 def test_too_large_without_content_length(upstreams: dict[str, UpstreamServer]) -> None:
     chunked = ChunkedStatsServer(3 * CAP)
-    balancer = LoadBalancer(env_for(upstreams, AUTH_SERVICE_URL=chunked.url, LB_STATS_CACHE_TTL="0"))
+    balancer = LoadBalancer(
+        env_for(upstreams, AUTH_SERVICE_URL=chunked.url, LB_STATS_CACHE_TTL="0")
+    )
     try:
         document = stats(balancer)
         assert_offline(document["auth"], "too large")
@@ -371,7 +384,10 @@ def test_fifty_concurrent_stats_calls_ask_each_upstream_a_handful_of_times(
         before = {s.name: s.hits["/stats"] for s in aggregated}
         started = time.monotonic()
         for _ in range(10):
-            assert stats(balancer)["auth"] == {"service_status": "online", "active_session_count": 0}
+            assert stats(balancer)["auth"] == {
+                "service_status": "online",
+                "active_session_count": 0,
+            }
         assert time.monotonic() - started < 0.9
         for server in aggregated:
             assert server.hits["/stats"] - before[server.name] <= 1, server.name

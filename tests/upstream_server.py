@@ -40,7 +40,9 @@ class UpstreamServer:
 
     def __init__(self, name: str = "upstream", stats_payload: Any = None) -> None:
         self.name = name
-        self.stats_payload: Any = stats_payload if stats_payload is not None else {name: {"service_status": "online"}}
+        self.stats_payload: Any = (
+            stats_payload if stats_payload is not None else {name: {"service_status": "online"}}
+        )
         self.hits: Counter[str] = Counter()
         self.bodies_received = 0
         self.sent: dict[str, bytes] = {}  # request target -> last body answered to it
