@@ -29,6 +29,9 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 15.0
     app.config.REQUEST_MAX_HEADER_SIZE = 16 * 1024
     app.config.ACCESS_LOG = False
+    # Sanic's own errors (405, 400 for a malformed request, 413, 431...) as short JSON, like
+    # the proxy's: {"description", "status", "message"}.
+    app.config.FALLBACK_ERROR_FORMAT = "json"
     app.ctx.settings = settings
     app.ctx.router = Router(settings.routes)
     upstreams.register(app)
