@@ -2,26 +2,31 @@
 """Metrics, /stats and pools under load, in one bounded invocation per benchmark, on 127.0.0.1.
 
     record     proxied /api/x throughput, 1 worker, metrics recording ON (the service) versus
-               OFF (bench/variant_norecord.py), interleaved repeats, medians; plus the
-               in-process cost of one ``record`` call
+               OFF and amplified (bench/variant_norecord.py: store, sample, times11) and an
+               A/A control; one app at a time (interleaved repeats, medians) and side by side
+               (each variant loaded together with ON on the same core); plus the in-process
+               cost of one recording step and, with --profile, py-spy's share of it
     stats      latency of sequential ``GET /stats`` calls, 1 worker: five healthy stdlib
                upstreams with the cache (default TTL, 1 s) and without (TTL 0); then one
-               upstream that never answers, TTL 0 and default TTL
+               upstream that never answers, with TTL 0, TTL 1 s, and at the dashboard's pace
     sustained  60 s of wrk on proxied /api/x, 1 worker, in consecutive 5-s runs, while the
-               worker's RSS and open descriptors are sampled every second
+               worker's RSS and open descriptors are sampled every second; the loaded load
+               balancer compared side by side with an identical idle one before and after
     pools      proxied /api/x throughput, 1 worker, through a pool of 3 nginx targets versus
                one target, for least_request and round_robin, equal weights and one target
-               at ``;weight=3``; the spread of requests over the targets, from ``/stats``
+               at ``;weight=3`` (one at a time and side by side); the spread of requests over
+               the targets, from ``/stats``; with --profile, py-spy's share of the balancing
 
 wrk: one thread, 32 keep-alive connections, ``--latency``; CPU pinning as in proxy_bench.py
 (the 1-worker load balancer on CPU 0, nginx, wrk and this script's own servers on CPU 1).
 Each run also records the serving process tree's CPU µs per request and the "other load"
-(CPUs busy with processes outside the run). Results go to bench/results/ as JSON.
+(CPUs busy with processes outside the run). Why side by side: bench/README.md. Results go to
+bench/results/ as JSON.
 
-    /work/venv/bin/python bench/stats_bench.py record [--duration 8] [--repeats 5] [--profile]
-    /work/venv/bin/python bench/stats_bench.py stats [--calls 300] [--hang-calls 15]
+    /work/venv/bin/python bench/stats_bench.py record [--duration 5] [--repeats 5] [--profile]
+    /work/venv/bin/python bench/stats_bench.py stats [--calls 300] [--pace 0.01]
     /work/venv/bin/python bench/stats_bench.py sustained [--seconds 60]
-    /work/venv/bin/python bench/stats_bench.py pools [--duration 8] [--repeats 3]
+    /work/venv/bin/python bench/stats_bench.py pools [--duration 6] [--repeats 3] [--profile]
 """
 
 from __future__ import annotations
