@@ -1,32 +1,86 @@
-"""The one place where an upstream failure becomes a status and a reason.
+"""Every answer the load balancer makes itself, and the one place a failure is classified.
 
 ::
 
-    UpstreamError              502  any failure talking to an upstream
-    ├── UpstreamRefused        502  no connection could be made ("refused")
-    ├── UpstreamTimeout        504  connect or read took longer than allowed ("timeout")
-    │   └── UpstreamConnectTimeout  no connection at all: nothing was sent
-    ├── UpstreamBroken         502  the connection broke after it was made ("broken")
-    └── UpstreamBadPayload     502  a /stats answer we cannot use (HTTP status, invalid JSON,
-                                    not a JSON object, too large)
+    LoadBalancerError            the answer's status, and {"error", "detail"} as its body
+    ├── ClientError         4xx  the request cannot be served as sent
+    │   ├── BadRequest      400  malformed request ("bad request")
+    │   │   └── BadPath     400  a path that cannot be routed safely
+    │   └── BodyTooLarge    413  a body over LB_MAX_BODY_SIZE ("payload too large")
+    └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
+        ├── UpstreamRefused        no connection could be made ("refused")
+        ├── UpstreamTimeout   504  connect or read took longer than allowed ("timeout")
+        │   └── UpstreamConnectTimeout  no connection at all: nothing was sent
+        ├── UpstreamBroken         the connection broke after it was made ("broken")
+        └── UpstreamBadPayload     a /stats answer we cannot use (HTTP status, invalid JSON,
+                                   not a JSON object, too large)
 
-The proxy answers ``status`` with :meth:`UpstreamError.body`; ``/stats`` shows ``reason``.
+:func:`classify` turns whatever an upstream call raised (httpx, asyncio, OS errors) into an
+:class:`UpstreamError`, for the proxy, the WebSocket tunnel and the ``/stats`` fan-out alike.
+The proxy answers :meth:`LoadBalancerError.body`; ``/stats`` shows ``reason``. Sanic's own
+errors (405, 431, a malformed request line) are given the same body shape by
+:func:`sanic_error_body`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from http import HTTPStatus
+from typing import Any
+
 import httpx
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse, json
+
+log = logging.getLogger("service.errors")
 
 
-class UpstreamError(Exception):
-    status: int = 502
-    error: str = "bad gateway"
+class LoadBalancerError(Exception):
+    status: int = 500
+    error: str = "internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "detail": self.detail}
+
+
+class ClientError(LoadBalancerError):
+    status = 400
+
+
+class BadRequest(ClientError):
+    error = "bad request"
+
+
+class BadPath(BadRequest):
+    """A request path that cannot be routed safely; the detail is the client's reason."""
+
+
+class BodyTooLarge(ClientError):
+    status = 413
+    error = "payload too large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over {limit} bytes")
+
+
+class UpstreamError(LoadBalancerError):
+    status = 502
+    error = "bad gateway"
 
     def __init__(self, upstream: str, reason: str) -> None:
-        super().__init__(f"{upstream}: {reason}")
+        super().__init__(reason)
         self.upstream = upstream
         self.reason = reason
         self.target: str | None = None  # the pool member that was tried, once known
+
+    def __str__(self) -> str:
+        return f"{self.upstream}: {self.reason}"
 
     def body(self) -> dict[str, str]:
         body = {"error": self.error, "upstream": self.upstream, "detail": self.reason}
@@ -56,13 +110,52 @@ class UpstreamBadPayload(UpstreamError):
     error = "bad upstream payload"
 
 
-def from_httpx(upstream: str, exc: httpx.HTTPError) -> UpstreamError:
-    """Classify an httpx exception raised while talking to ``upstream``."""
+def classify(upstream: str, exc: BaseException, *, connected: bool = True) -> UpstreamError:
+    """The :class:`UpstreamError` for what talking to ``upstream`` raised.
+
+    ``connected`` tells an OS error or a timeout before the connection was made (refused,
+    connect timeout) from one after it (broken, read timeout), for callers that see bare
+    socket errors (the WebSocket tunnel); httpx's exceptions say it themselves.
+    """
+    if isinstance(exc, UpstreamError):
+        return exc
     detail = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, httpx.ConnectTimeout) or (isinstance(exc, TimeoutError) and not connected):
         return UpstreamConnectTimeout(upstream, f"timeout: connect timed out ({detail})")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return UpstreamTimeout(upstream, "timeout: no answer within the read timeout")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError) or (isinstance(exc, OSError) and not connected):
         return UpstreamRefused(upstream, f"refused: {detail}")
+    if isinstance(exc, asyncio.IncompleteReadError | asyncio.LimitOverrunError):
+        return UpstreamBroken(upstream, "broken: invalid or missing answer")
     return UpstreamBroken(upstream, f"broken: {detail}")
+
+
+def sanic_error_body(status: int, message: str) -> dict[str, Any]:
+    """Sanic's own errors in the load balancer's shape: ``{"error", "detail"}``."""
+    try:
+        error = HTTPStatus(status).phrase.lower()
+    except ValueError:
+        error = "error"
+    return {"error": error, "detail": message}
+
+
+def error_response(error: LoadBalancerError) -> HTTPResponse:
+    """The load balancer's own answer for ``error``: its status and its JSON body."""
+    return json(error.body(), status=error.status)
+
+
+def startup(app: Sanic) -> None:
+    """Sanic's own errors (404 of a method it refuses, 405, a malformed request, oversized
+    headers, an unexpected exception) answered in the same shape as the proxy's."""
+
+    @app.exception(SanicException)
+    async def sanic_error(request: Request, exc: SanicException) -> HTTPResponse:
+        status = getattr(exc, "status_code", 500) or 500
+        message = str(exc) if status < 500 else "the load balancer could not answer"
+        return json(sanic_error_body(status, message), status=status, headers=exc.headers)
+
+    @app.exception(Exception)
+    async def unexpected(request: Request, exc: Exception) -> HTTPResponse:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return json(sanic_error_body(500, "the load balancer could not answer"), status=500)

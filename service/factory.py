@@ -7,21 +7,45 @@ can assemble an app from exactly the settings it needs.
 
 from __future__ import annotations
 
-import itertools
-
 from sanic import Sanic
 
-from service import metrics_setup, pools_setup, upstreams
-from service.blueprints import health, heartbeat, prometheus, proxy, stats
-from service.routing import Router
+from service import errors, metrics, pools, sharedmem, stats, transport
+from service.blueprints import health, heartbeat, proxy
+from service.blueprints import metrics as metrics_endpoint
+from service.blueprints import stats as stats_endpoint
+from service.context import WorkerContext
+from service.proxying.routing import Router
 from service.settings import Settings
-
-_names = itertools.count()
 
 
 def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app = Sanic(name or "load-balancer", configure_logging=True)
-    # Sanic's own limits where they are ours to set; the proxy enforces the body size itself.
+    _configure(app, settings)
+    plan = sharedmem.Plan()
+    app.ctx.lb = WorkerContext(
+        settings=settings,
+        router=Router(settings.routes),
+        plan=plan,
+        metrics_layout=metrics.reserve(plan, settings),
+        pool_layout=pools.reserve(plan, settings),
+    )
+    # Each feature registers its own listeners; before_server_start runs them in this order.
+    sharedmem.startup(app)  # the block, and this worker's row in it
+    metrics.startup(app)  # the metrics store on that row
+    transport.startup(app)  # one client per upstream
+    pools.startup(app)  # pools over the row, and active health checks
+    stats.startup(app)  # the /stats fan-out over clients and pools
+    errors.startup(app)  # Sanic's own errors in the proxy's JSON shape
+    app.blueprint(health.bp)
+    app.blueprint(stats_endpoint.bp)
+    app.blueprint(metrics_endpoint.bp)
+    app.blueprint(heartbeat.bp)
+    app.blueprint(proxy.bp)  # last: its catch-all route must not shadow the local endpoints
+    return app
+
+
+def _configure(app: Sanic, settings: Settings) -> None:
+    """Sanic's own limits where they are ours to set; the proxy enforces the body size."""
     app.config.AUTO_EXTEND = False
     app.config.REQUEST_TIMEOUT = 60
     app.config.RESPONSE_TIMEOUT = settings.proxy.read_timeout + 30
@@ -29,19 +53,6 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 15.0
     app.config.REQUEST_MAX_HEADER_SIZE = 16 * 1024
     app.config.ACCESS_LOG = False
-    # Sanic's own errors (405, 400 for a malformed request, 413, 431...) as short JSON, like
-    # the proxy's: {"description", "status", "message"}.
     app.config.FALLBACK_ERROR_FORMAT = "json"
-    app.ctx.settings = settings
-    app.ctx.router = Router(settings.routes)
-    upstreams.register(app)
-    metrics_setup.register(app)
-    pools_setup.register(app)
     app.config.WEBSOCKET_PING_INTERVAL = None  # the heartbeat blueprint pings itself
     app.config.WEBSOCKET_MAX_SIZE = 64 * 1024
-    app.blueprint(health.bp)
-    app.blueprint(stats.bp)
-    app.blueprint(prometheus.bp)
-    app.blueprint(heartbeat.bp)
-    app.blueprint(proxy.bp)  # last: its catch-all route must not shadow the local endpoints
-    return app

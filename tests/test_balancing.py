@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import heapq
+import os
 import random
 from collections import Counter
 
 import pytest
 
-from service.balancing import LeastRequest, RoundRobin
-from service.pool import Pool, RetryBudget
-from service.pool_state import EJECTED_UNTIL, PoolState, allocate
+from service.pools.balancing import LeastRequest, RoundRobin
+from service.pools import Pool, RetryBudget
+from service.pools import PoolLayout, PoolState
+from service.pools.state import EJECTED_UNTIL
+from service.sharedmem import Plan, SharedBlock
 from service.settings import PassiveHealth, TargetSpec, Upstream
 
 
@@ -35,8 +38,16 @@ def make_pool(
         balance=balance,
         passive=PassiveHealth(**passive),  # type: ignore[arg-type]
     )
-    state = PoolState(allocate(len(weights), 2), targets=len(weights), rows=2, row=0, clock=clock)
+    block, layout = host_block(len(weights))
+    state = PoolState(block.claim(os.getpid()), layout, clock=clock)
     return Pool(upstream, 0, state), clock
+
+
+def host_block(targets: int) -> tuple[SharedBlock, PoolLayout]:
+    """A shared block of two worker rows, laid out for ``targets`` pool targets."""
+    plan = Plan(rows=2)
+    layout = PoolLayout(plan, targets)
+    return SharedBlock(plan.allocate(), plan), layout
 
 
 def spread(pool: Pool, n: int) -> Counter[int]:
@@ -152,13 +163,14 @@ def test_a_retry_goes_to_a_target_not_yet_tried() -> None:
 
 def test_ejection_in_one_worker_is_seen_by_another() -> None:
     clock = Clock()
-    block = allocate(2, 2)
+    block, layout = host_block(2)
     upstream = Upstream(
         name="api", url_env="X_URL",
         targets=(TargetSpec(url="http://a:1"), TargetSpec(url="http://b:1")),
     )  # fmt: skip
-    worker_a = Pool(upstream, 0, PoolState(block, targets=2, rows=2, row=0, clock=clock))
-    worker_b = Pool(upstream, 0, PoolState(block, targets=2, rows=2, row=1, clock=clock))
+    # two live processes' rows: this one and its parent
+    worker_a = Pool(upstream, 0, PoolState(block.claim(os.getpid()), layout, clock=clock))
+    worker_b = Pool(upstream, 0, PoolState(block.claim(os.getppid()), layout, clock=clock))
     worker_a.started(worker_a.targets[0])
     worker_a.finished(worker_a.targets[0], 0.01, failed=True)
     assert worker_b.targets[0].ejected()

@@ -9,8 +9,10 @@ import random
 
 import pytest
 
-from service.metrics import HIST_BINS, RequestSample, bin_value, histogram_bin
-from service.shared_store import Layout, SharedMemoryStore, allocate
+from service.metrics import RequestSample
+from service.metrics.store import HIST_BINS, bin_value, histogram_bin
+from service.metrics import MetricsLayout, SharedMemoryStore
+from service.sharedmem import Plan, SharedBlock
 
 ROUTES = ("api-gateway", "dashboard-ui", "local")
 
@@ -23,12 +25,22 @@ class Clock:
         return self.now
 
 
-def make_store(
-    clock: Clock, rows: int = 4, pid: int | None = None, block=None
-) -> SharedMemoryStore:
-    layout = Layout(routes=ROUTES, rows=rows)
-    block = block if block is not None else allocate(layout, clock)
-    return SharedMemoryStore(block, layout, clock=clock, pid=pid or os.getpid())
+class Host:
+    """One host's shared block, laid out for the metrics store alone."""
+
+    def __init__(self, clock: Clock, rows: int = 4) -> None:
+        self.plan = Plan(rows=rows)
+        self.layout = MetricsLayout(self.plan, ROUTES)
+        self.block = SharedBlock(self.plan.allocate(clock), self.plan)
+        self.clock = clock
+
+    def store(self, pid: int) -> SharedMemoryStore:
+        """The store of the worker ``pid``, on the row it claims."""
+        return SharedMemoryStore(self.block.claim(pid), self.layout, clock=self.clock)
+
+
+def make_store(clock: Clock, rows: int = 4, pid: int | None = None) -> SharedMemoryStore:
+    return Host(clock, rows).store(pid or os.getpid())
 
 
 def real(duration: float = 0.01, status: int = 200) -> RequestSample:
@@ -130,11 +142,10 @@ def test_histogram_bins_bound_the_relative_error() -> None:
 
 def test_two_workers_rows_merge_and_percentiles_come_from_merged_histograms() -> None:
     clock = Clock()
-    layout = Layout(routes=ROUTES, rows=4)
-    block = allocate(layout, clock)
-    fast = SharedMemoryStore(block, layout, clock=clock, pid=os.getpid())
+    host = Host(clock, rows=4)
+    fast = host.store(os.getpid())
     # a second, live process id for the other row (the parent is certainly alive)
-    slow = SharedMemoryStore(block, layout, clock=clock, pid=os.getppid())
+    slow = host.store(os.getppid())
     for _ in range(90):
         fast.record(real(0.001))
     for _ in range(10):
@@ -149,27 +160,25 @@ def test_two_workers_rows_merge_and_percentiles_come_from_merged_histograms() ->
 
 def test_a_restarted_worker_takes_over_the_dead_rows_totals() -> None:
     clock = Clock()
-    layout = Layout(routes=ROUTES, rows=2)
-    block = allocate(layout, clock)
+    host = Host(clock, rows=2)
     dead = multiprocessing.Process(target=lambda: None)
     dead.start()
     dead.join()
-    first = SharedMemoryStore(block, layout, clock=clock, pid=dead.pid)
+    first = host.store(dead.pid)
     for _ in range(5):
         first.record(real())
-    SharedMemoryStore(block, layout, clock=clock, pid=os.getppid())  # fills row 2
-    replacement = SharedMemoryStore(block, layout, clock=clock, pid=os.getpid())
+    host.store(os.getppid())  # fills row 2
+    replacement = host.store(os.getpid())
     replacement.record(real())
     assert replacement.snapshot().total_requests == 6
 
 
 def test_full_store_refuses_a_new_worker_clearly() -> None:
     clock = Clock()
-    layout = Layout(routes=ROUTES, rows=1)
-    block = allocate(layout, clock)
-    SharedMemoryStore(block, layout, clock=clock, pid=os.getppid())
+    host = Host(clock, rows=1)
+    host.store(os.getppid())
     with pytest.raises(RuntimeError, match="full"):
-        SharedMemoryStore(block, layout, clock=clock, pid=os.getpid())
+        host.store(os.getpid())
 
 
 def test_heartbeat_and_sockets() -> None:

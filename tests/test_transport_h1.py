@@ -24,8 +24,8 @@ import pytest
 import uvloop
 
 from service.settings import ProxySettings
-from service.transport_h1 import HIGH_WATER, H1Transport
-from service.upstreams import build_client
+from service.transport.h1 import HIGH_WATER, H1Transport
+from service.transport import build_client
 import contextlib
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]

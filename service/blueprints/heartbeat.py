@@ -41,8 +41,8 @@ class Activity:
 
 @bp.websocket("/api/ws-heartbeat")
 async def ws_heartbeat(request: Request, ws: WebsocketImplProtocol) -> None:
-    store: MetricsStore = request.app.ctx.metrics
-    settings = request.app.ctx.settings.heartbeat
+    store: MetricsStore = request.app.ctx.lb.metrics
+    settings = request.app.ctx.lb.settings.heartbeat
     activity = Activity(store)
     store.socket_opened()
     pinger = asyncio.create_task(_ping(ws, activity, settings.ping_interval))

@@ -1,32 +1,36 @@
 """The reverse proxy: every path no local endpoint claims is routed and streamed upstream.
 
-request -> :class:`~service.routing.Router` -> upstream client -> streamed response, with the
-request measured once, here, when its last byte has been handed to the client.
+request -> ``Router.resolve`` (service.proxying.routing) -> ``Pool.attempt`` (service.pools:
+target, retries, passive health) -> ``exchange.send`` (service.proxying.exchange) ->
+streamed response, with the request measured once, here, when its last byte has been handed
+to the client. Every answer the load balancer makes itself is a ``LoadBalancerError``
+(service.errors), answered in one place.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import httpx
 from sanic import Blueprint, Request
 from sanic.compat import Header
-from sanic.exceptions import PayloadTooLarge
-from sanic.response import HTTPResponse, json, redirect
+from sanic.response import HTTPResponse, redirect
 
-from service import forwarding, websocket_tunnel
-from service.errors import UpstreamConnectTimeout, UpstreamError, UpstreamRefused
-from service.headers import end_to_end
-from service.metrics import RequestSample
-from service.pool import Pool, RetryBudget, Target
-from service.retries import FAILURE_STATUSES, may_retry_error, may_retry_status
-from service.routing import BadPath, Redirect
+from service.errors import BodyTooLarge, LoadBalancerError, UpstreamError, error_response
+from service.metrics import LOCAL, RequestSample
+from service.pools import FAILURE_STATUSES, Pool, RetryRule, Target
+from service.proxying import exchange, websocket_tunnel
+from service.proxying.headers import end_to_end
+from service.proxying.routing import Redirect
 
 bp = Blueprint("proxy")
 
-LOCAL = "local"  # the route of a request the proxy answered itself (redirect, bad path)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+# Once a target has the handshake it may have acted on it: retried only when no connection
+# was made.
+TUNNEL_RETRY = RetryRule(idempotent=False)
 
 
 class ProxiedResponse(HTTPResponse):
@@ -52,9 +56,12 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     outcome = Outcome()
     try:
         return await _exchange(request, outcome)
+    except LoadBalancerError as error:
+        outcome.proxy_error = isinstance(error, UpstreamError)
+        return _local(outcome, error_response(error))
     finally:
         duration = time.perf_counter() - started
-        request.app.ctx.metrics.record(
+        request.app.ctx.lb.metrics.record(
             RequestSample.of(
                 request,
                 outcome.route,
@@ -80,110 +87,75 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     """Route, forward and stream one request.
 
     Returns a response for Sanic to send (small, locally made ones, and HEAD answers), or
-    None when the upstream's response has already been streamed to the client.
+    None when the upstream's response has already been streamed to the client. Raises a
+    LoadBalancerError for every answer the proxy makes itself.
     """
-    try:
-        decision = request.app.ctx.router.resolve(request.path, request.query_string)
-    except BadPath as exc:
-        return _local(outcome, json({"error": "bad request", "detail": str(exc)}, 400))
+    lb = request.app.ctx.lb
+    decision = lb.router.resolve(request.path, request.query_string)
     if isinstance(decision, Redirect):
         return _local(outcome, redirect(decision.location, status=308))
     outcome.route = decision.route.upstream
-    limit = request.app.ctx.settings.proxy.max_body_size
+    limit = lb.settings.proxy.max_body_size
     if limit and _declared_length(request) > limit:
-        return _local(outcome, _too_large(limit))
+        raise BodyTooLarge(limit)
     if limit and request.stream is not None:
         request.stream.request_max_size = limit
-    pool: Pool = request.app.ctx.pools[decision.route.upstream]
+    pool: Pool = lb.pools[decision.route.upstream]
     if websocket_tunnel.is_upgrade(request):
         outcome.tunnel = True
         return await _tunnel(request, pool, outcome)
-    try:
-        target, upstream, started = await _attempts(request, pool)
-    except UpstreamError as exc:
-        outcome.proxy_error = True
-        return _local(outcome, json(exc.body(), status=exc.status))
-    except PayloadTooLarge:
-        return _local(outcome, _too_large(limit))
+    body = exchange.body_of(request)
+
+    def send(target: Target) -> Awaitable[httpx.Response]:
+        return exchange.send(
+            request, upstream=pool.name, target_url=target.url,
+            client=lb.clients[pool.name], proxy=lb.settings.proxy, body=body,
+        )  # fmt: skip
+
+    attempt = await pool.attempt(
+        send, RetryRule.for_method(request.method, body), lb.retry_budget,
+        status=_status, discard=_discard,
+    )  # fmt: skip
+    upstream = attempt.answer
     outcome.status = upstream.status_code
-    failed = upstream.status_code in FAILURE_STATUSES
-    try:
-        if request.method == "HEAD":
-            # Sanic sends a HEAD answer's head itself; streaming one through respond() trips
-            # over Sanic's head_response_ignored (a sync function it later awaits).
-            return ProxiedResponse(status=upstream.status_code, headers=_response_headers(upstream))
-        failed = not await _relay(request, upstream) or failed
-        return None
-    finally:
-        await upstream.aclose()
-        pool.finished(target, time.perf_counter() - started, failed=failed)
-
-
-async def _attempts(request: Request, pool: Pool) -> tuple[Target, httpx.Response, float]:
-    """Send to a target of ``pool``; on a retryable failure, once more to another target.
-
-    Returns the target, its response and when the attempt started; the caller must finish
-    the attempt with the pool. A failed attempt is finished here. Raises the last
-    UpstreamError when no attempt worked.
-    """
-    ctx = request.app.ctx
-    body = forwarding.body_of(request)
-    budget: RetryBudget = ctx.retry_budget
-    budget.request()
-    tried: frozenset[int] = frozenset()
-    while True:
-        target = pool.choose(tried)
-        pool.started(target)
-        started = time.perf_counter()
-        retry_left = not tried and len(pool.targets) > 1
+    async with attempt:
+        attempt.failed = upstream.status_code in FAILURE_STATUSES
         try:
-            response = await forwarding.send(
-                request, upstream=pool.name, target_url=target.url,
-                client=ctx.upstreams[pool.name], proxy=ctx.settings.proxy, body=body,
-            )  # fmt: skip
-        except UpstreamError as error:
-            pool.finished(target, time.perf_counter() - started, failed=True)
-            if retry_left and may_retry_error(request.method, body, error) and budget.try_spend():
-                tried = frozenset({target.position})
-                continue
-            raise
-        except BaseException:
-            pool.finished(target, time.perf_counter() - started, failed=False)
-            raise
-        status = response.status_code
-        if retry_left and may_retry_status(request.method, body, status) and budget.try_spend():
-            await response.aclose()
-            pool.finished(target, time.perf_counter() - started, failed=True)
-            tried = frozenset({target.position})
-            continue
-        return target, response, started
+            if request.method == "HEAD":
+                # Sanic sends a HEAD answer's head itself; streaming one through respond()
+                # trips over Sanic's head_response_ignored (a sync function it later awaits).
+                headers = _response_headers(upstream)
+                return ProxiedResponse(status=upstream.status_code, headers=headers)
+            if not await _relay(request, upstream):
+                attempt.failed = True
+            return None
+        finally:
+            await upstream.aclose()
+
+
+def _status(response: httpx.Response) -> int:
+    return response.status_code
+
+
+async def _discard(response: httpx.Response) -> None:
+    await response.aclose()
 
 
 async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPResponse | None:
     """Hand a WebSocket upgrade to a target and relay bytes until either side closes."""
-    proxy = request.app.ctx.settings.proxy
-    tried: frozenset[int] = frozenset()
-    while True:
-        target = pool.choose(tried)
-        pool.started(target)
-        started = time.perf_counter()
-        try:
-            reader, writer, handshake = await websocket_tunnel.open_tunnel(
-                request, upstream=pool.name, target_url=target.url,
-                connect_timeout=proxy.connect_timeout, read_timeout=proxy.read_timeout,
-            )  # fmt: skip
-        except UpstreamError as error:
-            pool.finished(target, time.perf_counter() - started, failed=True)
-            connect_failed = isinstance(error, (UpstreamRefused, UpstreamConnectTimeout))
-            if connect_failed and not tried and len(pool.targets) > 1:
-                tried = frozenset({target.position})
-                continue
-            error.target = target.url
-            outcome.proxy_error = True
-            return _local(outcome, json(error.body(), status=error.status))
-        break
+    lb = request.app.ctx.lb
+    proxy = lb.settings.proxy
+
+    def open_tunnel(target: Target) -> Awaitable[websocket_tunnel.Opened]:
+        return websocket_tunnel.open_tunnel(
+            request, upstream=pool.name, target_url=target.url,
+            connect_timeout=proxy.connect_timeout, read_timeout=proxy.read_timeout,
+        )  # fmt: skip
+
+    attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, lb.retry_budget)
+    reader, writer, handshake = attempt.answer
     outcome.status = handshake.status
-    try:
+    async with attempt:
         if handshake.status != 101:
             try:
                 return await websocket_tunnel.refused_upgrade(handshake, reader, proxy.read_timeout)
@@ -193,8 +165,6 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
             reader, writer, handshake.head
         )
         return None
-    finally:
-        pool.finished(target, time.perf_counter() - started, failed=False)
 
 
 def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:
@@ -232,7 +202,3 @@ async def _relay(request: Request, upstream: httpx.Response) -> bool:
 def _response_headers(upstream: httpx.Response) -> Header:
     connection = upstream.headers.get_list("connection")
     return Header(end_to_end(upstream.headers.multi_items(), connection))
-
-
-def _too_large(limit: int) -> HTTPResponse:
-    return json({"error": "payload too large", "detail": f"request body over {limit} bytes"}, 413)

@@ -1,13 +1,12 @@
-"""``GET /metrics``: the same figures as ``/stats``, in Prometheus' text format, all workers.
+"""``GET /metrics``: the same report as ``/stats``, in Prometheus' text format, all workers.
 
-prometheus_client writes the format; this module only maps one metrics snapshot (and the
-upstreams' last known state) onto metric families, in a collector built per scrape.
+prometheus_client writes the format; this module only maps one report
+(``service.stats.report``) onto metric families, in a collector built per scrape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -19,23 +18,18 @@ from prometheus_client.core import (
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
-from service.metrics import Snapshot
+from service.stats import Report, build_report
 
-bp = Blueprint("prometheus")
+bp = Blueprint("metrics")
 
 
-class SnapshotCollector:
-    """A prometheus_client collector over one snapshot and the upstreams' entries."""
+class ReportCollector:
+    """A prometheus_client collector over one report."""
 
-    def __init__(
-        self,
-        snap: Snapshot,
-        services: dict[str, dict[str, Any]],
-        pools: dict[str, dict[str, Any]],
-    ) -> None:
-        self._snap = snap
-        self._services = services
-        self._pools = pools
+    def __init__(self, report: Report) -> None:
+        self._snap = report.snapshot
+        self._services = report.services
+        self._pools = report.pools
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snap
@@ -105,8 +99,6 @@ def _bound(bound: float) -> str:
 
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
-    services = await request.app.ctx.aggregator.collect()
     registry = CollectorRegistry(auto_describe=False)
-    pools = {name: pool.describe() for name, pool in request.app.ctx.pools.items()}
-    registry.register(SnapshotCollector(request.app.ctx.metrics.snapshot(), services, pools))
+    registry.register(ReportCollector(await build_report(request.app.ctx.lb)))
     return raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from service.errors import UpstreamBadPayload, UpstreamError, UpstreamTimeout, from_httpx
+from service.errors import UpstreamBadPayload, UpstreamError, UpstreamTimeout, classify
 from service.settings import StatsSettings, Upstream
 
 Entry = dict[str, Any]
@@ -84,7 +84,7 @@ class StatsAggregator:
                     raise UpstreamBadPayload(upstream.name, f"HTTP {response.status_code}")
                 body = await self._read_capped(upstream, response)
         except httpx.HTTPError as exc:
-            raise from_httpx(upstream.name, exc) from exc
+            raise classify(upstream.name, exc) from exc
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:

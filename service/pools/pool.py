@@ -13,13 +13,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Generic, TypeVar
 
-from service.balancing import PICKERS, LeastRequest, RoundRobin
-from service.pool_state import ACTIVE_DOWN, EJECTED_UNTIL, EJECTIONS, PoolState
+from service.errors import UpstreamError
+from service.pools.balancing import PICKERS, LeastRequest, RoundRobin
+from service.pools.retries import RetryBudget, RetryRule
+from service.pools.state import ACTIVE_DOWN, EJECTED_UNTIL, EJECTIONS, PoolState
 from service.settings import Upstream
 
 log = logging.getLogger("service.pool")
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True, eq=False)
@@ -87,6 +94,58 @@ class Pool:
         """The target for the next attempt; ``tried`` holds positions already attempted."""
         return self._picker.pick(self.targets, tried)
 
+    def peek(self) -> Target:
+        """A target for a read that is not traffic (``/stats``): the first available one,
+        else the first. The picker is not consulted, so balancing is not disturbed."""
+        return next((t for t in self.targets if t.available()), self.targets[0])
+
+    async def attempt(
+        self,
+        send: Callable[[Target], Awaitable[T]],
+        rule: RetryRule,
+        budget: RetryBudget,
+        *,
+        status: Callable[[T], int] | None = None,
+        discard: Callable[[T], Awaitable[None]] | None = None,
+    ) -> Attempt[T]:
+        """``send`` to a target, and after a failure ``rule`` allows, once more to another.
+
+        Returns the attempt that answered, still open: the caller finishes it (``async
+        with attempt:``) once the answer has been relayed. ``status`` reads an answer's
+        status for the rule (a 503 may be retried), ``discard`` drops an answer that is
+        retried. Raises the last :class:`UpstreamError`, naming the target it came from.
+        """
+        budget.request()
+        tried: frozenset[int] = frozenset()
+        while True:
+            attempt: Attempt[T] = Attempt(self, self.choose(tried))
+            may_retry = not tried and len(self.targets) > 1
+            try:
+                answer = await send(attempt.target)
+            except UpstreamError as error:
+                attempt.finish(failed=True)
+                error.target = attempt.target.url
+                if may_retry and rule.after_error(error) and budget.try_spend():
+                    tried = frozenset({attempt.target.position})
+                    continue
+                raise
+            except BaseException:
+                attempt.finish(failed=False)
+                raise
+            if (
+                may_retry
+                and status is not None
+                and rule.after_status(status(answer))
+                and budget.try_spend()
+            ):
+                if discard is not None:
+                    await discard(answer)
+                attempt.finish(failed=True)
+                tried = frozenset({attempt.target.position})
+                continue
+            attempt.answer = answer
+            return attempt
+
     def started(self, target: Target) -> None:
         target.outstanding += 1
         self._state.started(target.index)
@@ -120,34 +179,35 @@ class Pool:
         )  # fmt: skip
 
 
-class RetryBudget:
-    """Retries may be at most ``ratio`` of the requests of the last ``window_s`` seconds.
+class Attempt(Generic[T]):
+    """One try of one target, from its choice to its end: the pool's books for it.
 
-    Envoy's retry budget: an outage cannot turn every request into two. ``floor`` retries
-    are always allowed per window so that a quiet service can still retry at all. Counts
-    are kept in one-second buckets, so memory does not depend on the traffic.
+    Counted as outstanding from creation until :meth:`finish`; ``async with attempt:``
+    finishes it on the way out, as a failure if ``failed`` was set or an UpstreamError left
+    the block. ``answer`` is what the target answered.
     """
 
-    def __init__(self, ratio: float = 0.2, window_s: int = 10, floor: int = 3) -> None:
-        self._ratio, self._window, self._floor = ratio, window_s, floor
-        self._buckets: dict[int, list[int]] = {}  # second -> [requests, retries]
+    __slots__ = ("_done", "_started", "answer", "failed", "pool", "target")
 
-    def _current(self, now: float | None) -> list[int]:
-        second = int(time.monotonic() if now is None else now)
-        if second not in self._buckets:
-            for old in [s for s in self._buckets if s <= second - self._window]:
-                del self._buckets[old]
-            self._buckets[second] = [0, 0]
-        return self._buckets[second]
+    def __init__(self, pool: Pool, target: Target) -> None:
+        self.pool, self.target = pool, target
+        self.failed = False
+        self._done = False
+        pool.started(target)
+        self._started = time.perf_counter()
 
-    def request(self, now: float | None = None) -> None:
-        self._current(now)[0] += 1
+    def finish(self, *, failed: bool) -> None:
+        if not self._done:
+            self._done = True
+            self.pool.finished(self.target, time.perf_counter() - self._started, failed=failed)
 
-    def try_spend(self, now: float | None = None) -> bool:
-        current = self._current(now)
-        requests = sum(b[0] for b in self._buckets.values())
-        retries = sum(b[1] for b in self._buckets.values())
-        if retries >= max(self._floor, self._ratio * requests):
-            return False
-        current[1] += 1
-        return True
+    async def __aenter__(self) -> Attempt[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.finish(failed=self.failed or isinstance(exc, UpstreamError))

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import httpx
 
-from service.pool import Pool, Target
-from service.pool_state import (
+from service.pools.pool import Pool, Target
+from service.pools.state import (
     ACTIVE_DOWN,
     CHECKED_AT,
     EJECTED_UNTIL,

@@ -1,8 +1,8 @@
-"""One attempt: the client's request sent to one target, its streamed response back.
+"""One exchange with one target: the client's request sent, its streamed response back.
 
-Everything about *which* target and *whether to try again* lives in the proxy blueprint
-and ``service.retries``; this module only translates a Sanic request into an httpx request
-for a given target and classifies what went wrong.
+Which target, and whether to try again, is the pool's (``service.pools``); this module only
+translates a Sanic request into an httpx request for a given target and classifies what
+went wrong.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import httpx
 from sanic import Request
 from sanic.exceptions import PayloadTooLarge
 
-from service.errors import UpstreamError, from_httpx
-from service.headers import request_headers
+from service.errors import BodyTooLarge, classify
+from service.proxying.headers import request_headers
 from service.settings import ProxySettings
 
 
@@ -74,14 +74,14 @@ async def send(
     )
     try:
         return await client.send(outgoing, stream=True)
+    except PayloadTooLarge as exc:
+        raise BodyTooLarge(proxy.max_body_size) from exc
     except httpx.HTTPError as exc:
         if body is not None and body.too_large:
             # The client's (chunked) body went over the limit while it was being sent: the
             # transport reports that as a failed send, but it is the client's fault.
-            raise PayloadTooLarge("Request body exceeds the size limit") from exc
-        error: UpstreamError = from_httpx(upstream, exc)
-        error.target = target_url
-        raise error from exc
+            raise BodyTooLarge(proxy.max_body_size) from exc
+        raise classify(upstream, exc) from exc
 
 
 def forwarded_proto(request: Request) -> str:

@@ -18,15 +18,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from service.errors import BadPath
 from service.settings import Route
 
 _ENCODED_SEPARATORS = ("%2f", "%5c")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-
-
-class BadPath(ValueError):
-    """A request path that cannot be routed safely; the message is the client's reason."""
 
 
 @dataclass(frozen=True, slots=True)

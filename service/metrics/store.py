@@ -1,19 +1,19 @@
-"""What is measured, and the narrow seam between whoever records it and whoever reads it.
+"""The narrow seam between whoever records figures and whoever reads them.
 
-Callers see three things: a :class:`RequestSample` (one finished request), the
-:class:`MetricsStore` protocol (``record``, heartbeat calls, ``snapshot``) and the
-:class:`Snapshot` it returns. The shared-memory store in ``service.shared_store`` is the
-one backend today; a store shared across replicas on several hosts can replace it behind
-the same protocol without touching a caller.
+Callers see three things: a :class:`~service.metrics.sample.RequestSample` (one finished
+request), the :class:`MetricsStore` protocol (``record``, heartbeat calls, ``snapshot``) and
+the :class:`Snapshot` it returns. The shared-memory store (``service.metrics.shared``) is
+the one backend today; another can replace it behind the same protocol without touching a
+caller.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from sanic import Request
+from service.metrics.sample import RequestSample
 
 WINDOW_S = 10.0
 
@@ -36,42 +36,6 @@ def histogram_bin(seconds: float) -> int:
 def bin_value(index: int) -> float:
     """The representative duration of a bin, in seconds (its geometric middle)."""
     return HIST_MIN_S * HIST_RATIO ** (index + 0.5)
-
-
-def is_real_api_traffic(path: str, method: str, heartbeat_header: str | None) -> bool:
-    """The contract's definition, unchanged from the Go original."""
-    return path.startswith("/api/") and method != "HEAD" and heartbeat_header != "true"
-
-
-class RequestSample(NamedTuple):
-    """One proxied request, finished: its route, its class and what it cost.
-
-    A NamedTuple rather than a frozen dataclass: one is built per request, and building a
-    frozen dataclass costs about four times as much (measured: 1.1 vs 0.3 µs).
-    """
-
-    route: str  # the upstream it was routed to, or "local" when the proxy answered itself
-    real_api: bool
-    status: int  # what the client got; 0 if the exchange died before a status was sent
-    duration_s: float
-    proxy_error: bool = False  # a 502/504 the proxy itself produced
-
-    @classmethod
-    def of(
-        cls,
-        request: Request,
-        route: str,
-        status: int,
-        duration_s: float,
-        proxy_error: bool,
-        tunnel: bool = False,
-    ) -> RequestSample:
-        """``tunnel``: a proxied WebSocket, which (like the heartbeat socket) is not a request
-        in the contract's sense: its lifetime would swamp the response-time figures."""
-        real = not tunnel and is_real_api_traffic(
-            request.path, request.method, request.headers.get("x-heartbeat")
-        )
-        return cls(route, real, status, duration_s, proxy_error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,6 @@
 """The upstream clients: one ``httpx.AsyncClient`` per upstream per worker.
 
-Built in a ``before_server_start`` listener onto ``app.ctx.upstreams`` and closed in
-``after_server_stop``, so every request of a worker reuses the same connection pool.
-
-Under each client is ``service.transport_h1.H1Transport``, chosen by measurement over
+Under each client is ``service.transport.h1.H1Transport``, chosen by measurement over
 httpx's own pool (httpcore) and aiohttp's (``bench/aiohttp_transport.py``, kept for the
 comparison): per proxied request on one worker it costs the least CPU of the three
 (figures and the command in bench/README.md). ``build_client(..., transport=...)`` takes
@@ -16,10 +13,8 @@ from http.cookiejar import Cookie, CookieJar
 from typing import Any
 
 import httpx
-from sanic import Sanic
-
 from service.settings import ProxySettings, Settings, Upstream
-from service.transport_h1 import H1Transport
+from service.transport.h1 import H1Transport
 
 
 class _JarThatKeepsNothing(CookieJar):
@@ -148,13 +143,3 @@ class UpstreamClients:
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
-
-
-def register(app: Sanic) -> None:
-    @app.before_server_start
-    async def open_clients(app: Sanic) -> None:
-        app.ctx.upstreams = UpstreamClients(app.ctx.settings)
-
-    @app.after_server_stop
-    async def close_clients(app: Sanic) -> None:
-        await app.ctx.upstreams.aclose()

@@ -24,8 +24,8 @@ from sanic import Request
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from service.errors import UpstreamConnectTimeout, UpstreamError, UpstreamRefused, UpstreamTimeout
-from service.headers import end_to_end, request_headers
+from service.errors import classify
+from service.proxying.headers import end_to_end, request_headers
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
@@ -51,9 +51,12 @@ class Handshake:
         ]
 
 
+Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, Handshake]
+
+
 async def open_tunnel(
     request: Request, *, upstream: str, target_url: str, connect_timeout: float, read_timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Handshake]:
+) -> Opened:
     """Connect to the target and exchange the handshake; raise UpstreamError on failure."""
     parts = urlsplit(target_url)
     secure = parts.scheme == "https"
@@ -65,28 +68,22 @@ async def open_tunnel(
             ),
             connect_timeout,
         )
-    except TimeoutError:
-        raise UpstreamConnectTimeout(upstream, "timeout: connect timed out") from None
-    except OSError as exc:
-        raise UpstreamRefused(upstream, f"refused: {exc}") from None
+    except (TimeoutError, OSError) as exc:
+        raise classify(upstream, exc, connected=False) from None
     writer.write(_request_head(request, parts.netloc))
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
         return reader, writer, Handshake(head)
-    except TimeoutError:
-        writer.close()
-        raise UpstreamTimeout(
-            upstream, "timeout: no handshake answer within the read timeout"
-        ) from None
     except (
+        TimeoutError,
         asyncio.IncompleteReadError,
         asyncio.LimitOverrunError,
         ValueError,
         IndexError,
         OSError,
-    ):
+    ) as exc:
         writer.close()
-        raise UpstreamError(upstream, "broken: invalid or missing handshake answer") from None
+        raise classify(upstream, exc) from None
 
 
 def _request_head(request: Request, netloc: str) -> bytes:

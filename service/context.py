@@ -1,0 +1,39 @@
+"""What a worker holds, in one typed object: ``app.ctx.lb``.
+
+Built in two steps. ``create_app`` makes it with what is the same in every process (the
+settings, the router, the shared block's layout as the features reserved it); each feature
+package's ``startup`` then fills in its own part in ``before_server_start``, in the order
+``create_app`` calls them: the worker row, the metrics store, the clients, the pools, the
+``/stats`` fan-out. Nothing else is kept on ``app.ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from service.metrics import MetricsLayout, MetricsStore
+from service.pools import Pool, PoolLayout, PoolState, RetryBudget
+from service.proxying.routing import Router
+from service.settings import Settings
+from service.sharedmem import Plan, WorkerRow
+from service.stats import StatsAggregator
+from service.transport import UpstreamClients
+
+
+@dataclass(eq=False)
+class WorkerContext:
+    settings: Settings
+    router: Router
+    plan: Plan
+    metrics_layout: MetricsLayout
+    pool_layout: PoolLayout
+    # filled in before the worker serves (see the module docstring)
+    row: WorkerRow = field(init=False)
+    metrics: MetricsStore = field(init=False)
+    clients: UpstreamClients = field(init=False)
+    pool_state: PoolState = field(init=False)
+    pools: dict[str, Pool] = field(init=False)
+    retry_budget: RetryBudget = field(init=False)
+    aggregator: StatsAggregator = field(init=False)
+    health_task: asyncio.Task[None] | None = None

@@ -1,0 +1,42 @@
+"""What is measured and where it is kept: the sample and its classification (``sample``),
+the store protocol and snapshot (``store``), the shared-memory backend (``shared``).
+
+``startup(app)`` opens this worker's store on its row of the shared block.
+"""
+
+from __future__ import annotations
+
+from sanic import Sanic
+
+from service.metrics.sample import RequestSample, is_real_api_traffic
+from service.metrics.shared import MetricsLayout, SharedMemoryStore
+from service.metrics.store import WINDOW_S, MetricsStore, Snapshot
+from service.settings import Settings
+from service.sharedmem import Plan
+
+LOCAL = "local"  # the route of a request the load balancer answered itself
+
+__all__ = [
+    "LOCAL",
+    "WINDOW_S",
+    "MetricsLayout",
+    "MetricsStore",
+    "RequestSample",
+    "SharedMemoryStore",
+    "Snapshot",
+    "is_real_api_traffic",
+    "reserve",
+    "startup",
+]
+
+
+def reserve(plan: Plan, settings: Settings) -> MetricsLayout:
+    """The store's space in the shared block: counters for every route, and "local"."""
+    return MetricsLayout(plan, (*(u.name for u in settings.upstreams), LOCAL))
+
+
+def startup(app: Sanic) -> None:
+    @app.before_server_start
+    async def open_store(app: Sanic) -> None:
+        lb = app.ctx.lb
+        lb.metrics = SharedMemoryStore(lb.row, lb.metrics_layout)

@@ -1,0 +1,188 @@
+"""The metrics store shared by every worker process of one host, on the shared block.
+
+Each worker writes only its own row (``service.sharedmem``), so recording is lock-free and
+O(1); ``snapshot`` sums every row. A row holds lifetime counters, per-route counters and two
+time rings for the sliding window: fine buckets (50 ms: count and duration sum, so the 10 s
+window is exact to 0.5 %) and coarse buckets (250 ms: the latency histogram for
+percentiles).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+
+from service.metrics.sample import RequestSample
+from service.metrics.store import HIST_BINS, STATUS_CLASSES, WINDOW_S, Snapshot, histogram_bin
+from service.sharedmem import Plan, TimeRing, WorkerRow
+
+FINE = TimeRing(resolution_s=0.05, in_window=round(WINDOW_S / 0.05), slots=256, values=2)
+COARSE = TimeRing(resolution_s=0.25, in_window=round(WINDOW_S / 0.25), slots=48, values=HIST_BINS)
+# Upper bounds (s) of the lifetime duration histogram exported to Prometheus.
+LIFETIME_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Lifetime fields of a row, in order.
+_FIELDS = (
+    "total", "real_count", "real_duration", "real_success", "proxy_502", "proxy_504",
+    "ws_open", "last_heartbeat", "duration_sum",
+)  # fmt: skip
+F = {name: i for i, name in enumerate(_FIELDS)}
+_TOTAL, _REAL_COUNT, _REAL_DURATION, _REAL_SUCCESS = (
+    F["total"],
+    F["real_count"],
+    F["real_duration"],
+    F["real_success"],
+)
+_PROXY_502, _PROXY_504, _DURATION_SUM = F["proxy_502"], F["proxy_504"], F["duration_sum"]
+_WS_OPEN, _LAST_HEARTBEAT = F["ws_open"], F["last_heartbeat"]
+_N_CLASSES = len(STATUS_CLASSES)
+_CLASSES_AT = len(_FIELDS)
+_LIFETIME_AT = _CLASSES_AT + _N_CLASSES
+_ROUTES_AT = _LIFETIME_AT + len(LIFETIME_BOUNDS) + 1
+
+
+class MetricsLayout:
+    """The store's per-worker region of the block, reserved on ``plan`` for ``routes``."""
+
+    def __init__(self, plan: Plan, routes: tuple[str, ...]) -> None:
+        self.routes = routes
+        self.fine_at = _ROUTES_AT + len(routes) * _N_CLASSES
+        self.coarse_at = self.fine_at + FINE.size
+        self.region = plan.per_worker(self.coarse_at + COARSE.size)
+
+
+class SharedMemoryStore:
+    """A :class:`~service.metrics.store.MetricsStore` over the worker rows of the block."""
+
+    def __init__(
+        self, row: WorkerRow, layout: MetricsLayout, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._block = row.block
+        self._layout = layout
+        self._clock = clock
+        self._mem = row.block.mem
+        self._route_index = {name: i for i, name in enumerate(layout.routes)}
+        self._row = row.at + layout.region.at
+        self._fine_at = self._row + layout.fine_at
+        self._coarse_at = self._row + layout.coarse_at
+        self._mem[self._row + _WS_OPEN] = 0  # a dead predecessor's sockets died with it
+
+    # -- writing (this worker's row only) -------------------------------------------------
+
+    def record(self, sample: RequestSample) -> None:
+        mem, row = self._mem, self._row
+        duration = sample.duration_s
+        mem[row + _TOTAL] += 1
+        mem[row + _DURATION_SUM] += duration
+        mem[row + _LIFETIME_AT + bisect_left(LIFETIME_BOUNDS, duration)] += 1
+        status = sample.status
+        if status:
+            status_class = (5 if status >= 500 else status // 100 if status >= 100 else 1) - 1
+            mem[row + _CLASSES_AT + status_class] += 1
+            route = self._route_index.get(sample.route)
+            if route is not None:
+                mem[row + _ROUTES_AT + route * _N_CLASSES + status_class] += 1
+            if sample.proxy_error and status in (502, 504):
+                mem[row + (_PROXY_502 if status == 502 else _PROXY_504)] += 1
+        if sample.real_api:
+            self._record_real(duration, status)
+
+    def _record_real(self, duration: float, status: int) -> None:
+        mem, row = self._mem, self._row
+        mem[row + _REAL_COUNT] += 1
+        mem[row + _REAL_DURATION] += duration
+        if 0 < status < 400:
+            mem[row + _REAL_SUCCESS] += 1
+        now = self._clock()
+        fine = FINE.current(mem, self._fine_at, now)
+        mem[fine] += 1
+        mem[fine + 1] += duration
+        mem[COARSE.current(mem, self._coarse_at, now) + histogram_bin(duration)] += 1
+
+    def heartbeat(self) -> None:
+        self._mem[self._row + _LAST_HEARTBEAT] = self._clock()
+
+    def socket_opened(self) -> None:
+        self._mem[self._row + _WS_OPEN] += 1
+        self.heartbeat()
+
+    def socket_closed(self) -> None:
+        self._mem[self._row + _WS_OPEN] -= 1
+
+    # -- reading (every row) --------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        now = self._clock()
+        claimed = self._block.claimed_rows()
+        live = self._block.live_rows()
+        rows = [at + self._layout.region.at for at in claimed]
+        mem, layout = self._mem, self._layout
+
+        def total(field: int) -> float:
+            return sum(mem[r + field] for r in rows)
+
+        window_count, window_duration = self._window_totals(rows, now)
+        classes = _column_sums(mem, rows, _CLASSES_AT, _N_CLASSES)
+        by_route = {}
+        for i, name in enumerate(layout.routes):
+            counts = _column_sums(mem, rows, _ROUTES_AT + i * _N_CLASSES, _N_CLASSES)
+            by_route[name] = dict(zip(STATUS_CLASSES, map(int, counts), strict=True))
+        last_heartbeat = max((mem[r + _LAST_HEARTBEAT] for r in rows), default=0.0)
+        return Snapshot(
+            total_requests=int(total(_TOTAL)),
+            window_count=window_count,
+            window_duration_s=window_duration,
+            window_histogram=self._window_histogram(rows, now),
+            real_count=int(total(_REAL_COUNT)),
+            real_duration_s=total(_REAL_DURATION),
+            real_success=int(total(_REAL_SUCCESS)),
+            status_classes=dict(zip(STATUS_CLASSES, map(int, classes), strict=True)),
+            proxy_502=int(total(_PROXY_502)),
+            proxy_504=int(total(_PROXY_504)),
+            by_route=by_route,
+            lifetime_buckets=self._lifetime_buckets(rows),
+            lifetime_duration_s=total(_DURATION_SUM),
+            # a dead worker's sockets died with it; its lifetime counters still count
+            ws_connections=int(sum(mem[at + layout.region.at + _WS_OPEN] for at in live)),
+            heartbeat_age_s=(now - last_heartbeat) if last_heartbeat else None,
+            workers=len(live),
+            uptime_s=max(0.0, now - self._block.started_at),
+            requests_by_worker={
+                str(self._block.owner(at)): int(mem[at + layout.region.at + _TOTAL])
+                for at in claimed
+            },
+        )
+
+    def _lifetime_buckets(self, rows: Sequence[int]) -> tuple[tuple[float, int], ...]:
+        counts = _column_sums(self._mem, rows, _LIFETIME_AT, len(LIFETIME_BOUNDS) + 1)
+        cumulative, buckets = 0, []
+        for bound, count in zip((*LIFETIME_BOUNDS, math.inf), counts, strict=True):
+            cumulative += int(count)
+            buckets.append((bound, cumulative))
+        return tuple(buckets)
+
+    def _window_totals(self, rows: Sequence[int], now: float) -> tuple[int, float]:
+        count, duration = 0.0, 0.0
+        for r in rows:
+            for at in FINE.window(self._mem, r + self._layout.fine_at, now):
+                count += self._mem[at]
+                duration += self._mem[at + 1]
+        return int(count), duration
+
+    def _window_histogram(self, rows: Sequence[int], now: float) -> tuple[int, ...]:
+        merged = [0.0] * HIST_BINS
+        for r in rows:
+            for at in COARSE.window(self._mem, r + self._layout.coarse_at, now):
+                merged = [
+                    a + b for a, b in zip(merged, self._mem[at : at + HIST_BINS], strict=True)
+                ]
+        return tuple(int(c) for c in merged)
+
+
+def _column_sums(mem: memoryview, rows: Sequence[int], at: int, width: int) -> list[float]:
+    sums = [0.0] * width
+    for r in rows:
+        sums = [a + b for a, b in zip(sums, mem[r + at : r + at + width], strict=True)]
+    return sums

@@ -1,0 +1,91 @@
+"""When a failed attempt may be tried again on another target, and how often at most.
+
+nginx's ``proxy_next_upstream error timeout http_502 http_503 http_504`` with its
+``non_idempotent`` rule, and Envoy's retry budget on top:
+
+- a request whose connection could not be made is retried whatever its method: nothing
+  reached the upstream;
+- otherwise only idempotent requests are retried (RFC 9110 §9.2.2), and only while nothing
+  of the response has reached the client;
+- a request whose body has started to stream is never retried: the body cannot be replayed;
+- retries are at most a fifth of the requests of the last 10 s (:class:`RetryBudget`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.errors import UpstreamConnectTimeout, UpstreamError, UpstreamRefused
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Statuses that count against a target (passive health) and that an idempotent request
+# may be retried on.
+FAILURE_STATUSES = frozenset({502, 503, 504})
+
+
+class Replayable(Protocol):
+    """What the rule needs of a request body: whether any of it was taken yet."""
+
+    started: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRule:
+    """The rule for one request. A WebSocket upgrade is not ``idempotent``: once the
+    handshake reached a target, the target may have acted on it."""
+
+    idempotent: bool
+    body: Replayable | None = None
+
+    @classmethod
+    def for_method(cls, method: str, body: Replayable | None) -> RetryRule:
+        return cls(idempotent=method in IDEMPOTENT, body=body)
+
+    def after_error(self, error: UpstreamError) -> bool:
+        if self.body is not None and self.body.started:
+            return False
+        if isinstance(error, UpstreamRefused | UpstreamConnectTimeout):
+            return True
+        return self.idempotent
+
+    def after_status(self, status: int) -> bool:
+        return (
+            status in FAILURE_STATUSES
+            and self.idempotent
+            and not (self.body is not None and self.body.started)
+        )
+
+
+class RetryBudget:
+    """Retries may be at most ``ratio`` of the requests of the last ``window_s`` seconds.
+
+    Envoy's retry budget: an outage cannot turn every request into two. ``floor`` retries
+    are always allowed per window so that a quiet service can still retry at all. Counts
+    are kept in one-second buckets, so memory does not depend on the traffic.
+    """
+
+    def __init__(self, ratio: float = 0.2, window_s: int = 10, floor: int = 3) -> None:
+        self._ratio, self._window, self._floor = ratio, window_s, floor
+        self._buckets: dict[int, list[int]] = {}  # second -> [requests, retries]
+
+    def _current(self, now: float | None) -> list[int]:
+        second = int(time.monotonic() if now is None else now)
+        if second not in self._buckets:
+            for old in [s for s in self._buckets if s <= second - self._window]:
+                del self._buckets[old]
+            self._buckets[second] = [0, 0]
+        return self._buckets[second]
+
+    def request(self, now: float | None = None) -> None:
+        self._current(now)[0] += 1
+
+    def try_spend(self, now: float | None = None) -> bool:
+        current = self._current(now)
+        requests = sum(b[0] for b in self._buckets.values())
+        retries = sum(b[1] for b in self._buckets.values())
+        if retries >= max(self._floor, self._ratio * requests):
+            return False
+        current[1] += 1
+        return True

@@ -1,0 +1,121 @@
+"""Per-target state that every worker of a host must agree on, on the shared block.
+
+- *Shared per target* (one copy for the host): when its ejection ends, how many times in a
+  row it has been ejected, and the active health checker's verdict. Any worker may eject a
+  target; only the worker that holds the checker lease writes the active verdict.
+- *Per worker, per target* (in each worker's row, written only by that worker): outstanding
+  requests, requests, failures and a ring of 1 s latency buckets, summed for ``/stats``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.sharedmem import Plan, TimeRing, WorkerRow
+
+WINDOW = TimeRing(resolution_s=1.0, in_window=10, slots=12, values=2)  # count, duration sum
+
+# shared, per target
+EJECTED_UNTIL, EJECTIONS, ACTIVE_DOWN, OK_STREAK, FAIL_STREAK, CHECKED_AT = range(6)
+_SHARED_WIDTH = 6
+# per worker, per target
+OUTSTANDING, REQUESTS, FAILURES = range(3)
+_RING_AT = 3
+_ROW_WIDTH = _RING_AT + WINDOW.size
+# the checker lease, shared by the host
+LEASE_PID, LEASE_UNTIL = range(2)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFigures:
+    outstanding: int
+    requests: int
+    failures: int
+    window_count: int
+    window_duration_s: float
+
+
+class PoolLayout:
+    """The pools' regions of the block, reserved on ``plan`` for ``targets`` targets."""
+
+    def __init__(self, plan: Plan, targets: int) -> None:
+        self.targets = targets
+        self.lease = plan.shared(2)
+        self.shared = plan.shared(targets * _SHARED_WIDTH)
+        self.per_worker = plan.per_worker(targets * _ROW_WIDTH)
+
+
+class PoolState:
+    """This worker's view of the pools' state: its own row plus the shared fields."""
+
+    def __init__(
+        self, row: WorkerRow, layout: PoolLayout, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._block = row.block
+        self._mem = row.block.mem
+        self._layout = layout
+        self._row = row.at
+        self.clock = clock
+        for target in range(layout.targets):  # a dead predecessor's requests died with it
+            self._mem[self._row_at(target, row.at) + OUTSTANDING] = 0
+
+    def _shared_at(self, target: int) -> int:
+        return self._layout.shared.at + target * _SHARED_WIDTH
+
+    def _row_at(self, target: int, row_at: int) -> int:
+        return row_at + self._layout.per_worker.at + target * _ROW_WIDTH
+
+    # -- shared fields ----------------------------------------------------------------------
+
+    def get(self, target: int, field: int) -> float:
+        return self._mem[self._shared_at(target) + field]
+
+    def set(self, target: int, field: int, value: float) -> None:
+        self._mem[self._shared_at(target) + field] = value
+
+    def lease(self, pid: int, term_s: float, alive: Callable[[int], bool]) -> bool:
+        """Hold or take the active-checker lease; True if this worker holds it now.
+
+        Two workers can both see an expired lease at the same instant and both check
+        once; the checks are idempotent, and the next renewal settles on one holder.
+        """
+        now, at = self.clock(), self._layout.lease.at
+        holder = int(self._mem[at + LEASE_PID])
+        expired = self._mem[at + LEASE_UNTIL] < now or not alive(holder)
+        if holder == pid or holder == 0 or expired:
+            self._mem[at + LEASE_PID] = pid
+            self._mem[at + LEASE_UNTIL] = now + term_s
+        return int(self._mem[at + LEASE_PID]) == pid
+
+    # -- this worker's row --------------------------------------------------------------------
+
+    def started(self, target: int) -> None:
+        at = self._row_at(target, self._row)
+        self._mem[at + OUTSTANDING] += 1
+        self._mem[at + REQUESTS] += 1
+
+    def finished(self, target: int, duration_s: float, failed: bool) -> None:
+        at = self._row_at(target, self._row)
+        self._mem[at + OUTSTANDING] -= 1
+        if failed:
+            self._mem[at + FAILURES] += 1
+        bucket = WINDOW.current(self._mem, at + _RING_AT, self.clock())
+        self._mem[bucket] += 1
+        self._mem[bucket + 1] += duration_s
+
+    # -- reading every row ----------------------------------------------------------------
+
+    def figures(self, target: int) -> TargetFigures:
+        now = self.clock()
+        sums = [0.0, 0.0, 0.0]
+        count, duration = 0.0, 0.0
+        for row_at in self._block.claimed_rows():
+            at = self._row_at(target, row_at)
+            for field in (OUTSTANDING, REQUESTS, FAILURES):
+                sums[field] += self._mem[at + field]
+            for bucket in WINDOW.window(self._mem, at + _RING_AT, now):
+                count += self._mem[bucket]
+                duration += self._mem[bucket + 1]
+        return TargetFigures(int(sums[0]), int(sums[1]), int(sums[2]), int(count), duration)

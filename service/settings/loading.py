@@ -1,0 +1,284 @@
+"""Loading the settings: the TOML file, then the environment, validated once.
+
+The model (``service.settings.model``) holds every default and names every variable; this
+module reads ``config/defaults.toml`` (or ``LB_CONFIG``), applies the environment over it,
+and validates each value, so that nothing downstream re-reads or re-checks one. A bad value
+stops start-up with a :class:`SettingsError` naming the variable and the value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import Field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from service.settings.model import (
+    BALANCERS,
+    ActiveHealth,
+    HeartbeatSettings,
+    PassiveHealth,
+    ProxySettings,
+    Route,
+    Settings,
+    StatsSettings,
+    TargetSpec,
+    Upstream,
+)
+
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "defaults.toml"
+CONFIG_ENV = "LB_CONFIG"
+SERVER = "server"  # the TOML section of Settings' own scalars (port, workers)
+SECTIONS: dict[str, type] = {
+    "proxy": ProxySettings,
+    "stats": StatsSettings,
+    "heartbeat": HeartbeatSettings,
+}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable and the value."""
+
+
+def scalar_fields() -> Iterator[tuple[str, Field[Any]]]:
+    """(TOML section, field) for every scalar setting of the model, in order."""
+    for item in fields(Settings):
+        if "env" in item.metadata:
+            yield SERVER, item
+    for section, model in SECTIONS.items():
+        for item in fields(model):
+            yield section, item
+
+
+def upstream_fields() -> Iterator[tuple[str, Field[Any]]]:
+    """(TOML table, field) for every per-upstream setting: "" for the upstream's own table
+    (balance and passive health), "health" for its active health checks."""
+    for model, table in ((Upstream, ""), (PassiveHealth, ""), (ActiveHealth, "health")):
+        for item in fields(model):
+            if "suffix" in item.metadata:
+                yield table, item
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+EXPECTED = {
+    "bool": "true or false",
+    "port": "a port number from 1 to 65535",
+    "positive_int": "a whole number of at least 1",
+    "size": "a whole number of at least 0",
+    "seconds": "a number of seconds greater than 0",
+    "size_seconds": "a number of seconds of at least 0",
+    "path": "a path starting with '/'",
+    "balance": f"one of {BALANCERS}",
+}
+
+
+def _parse(kind: str, name: str, raw: Any) -> Any:
+    """Turn one raw value (TOML value or environment string) into its typed form."""
+    try:
+        return _PARSERS[kind](raw, str(raw).strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not valid: expected {EXPECTED[kind]}") from None
+
+
+def _bool(raw: Any, text: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if text.lower() not in _TRUE | _FALSE:
+        raise ValueError
+    return text.lower() in _TRUE
+
+
+def _whole(low: int, high: float = math.inf) -> Any:
+    def parse(raw: Any, text: str) -> int:
+        if isinstance(raw, bool) or not low <= (value := int(text)) <= high:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _seconds(allow_zero: bool) -> Any:
+    def parse(raw: Any, text: str) -> float:
+        value = float(text)
+        if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Any:
+    def parse(raw: Any, text: str) -> str:
+        if text not in options:
+            raise ValueError
+        return text
+
+    return parse
+
+
+def _path(raw: Any, text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError
+    return text
+
+
+_PARSERS = {
+    "bool": _bool,
+    "port": _whole(1, 65535),
+    "positive_int": _whole(1),
+    "size": _whole(0),
+    "seconds": _seconds(allow_zero=False),
+    "size_seconds": _seconds(allow_zero=True),
+    "path": _path,
+    "balance": _choice(BALANCERS),
+}
+
+
+def parse_upstream_url(name: str, raw: str) -> str:
+    """Validate an upstream base URL; return it as scheme://host[:port]."""
+    text = raw.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        reason = "it has no scheme" if not parts.scheme else f"unknown scheme {parts.scheme!r}"
+        raise SettingsError(f"{name}={raw!r} is not a valid upstream URL: {reason}")
+    if not parts.hostname:
+        raise SettingsError(f"{name}={raw!r} is not a valid upstream URL: empty host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise SettingsError(f"{name}={raw!r} is not a valid upstream URL: a path is not allowed")
+    if parts.username or parts.password:
+        raise SettingsError(f"{name}={raw!r} is not a valid upstream URL: credentials in URL")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _normalise_prefix(raw: str) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/") or "//" in raw:
+        raise SettingsError(f"route prefix {raw!r} must start with '/' and have no empty segment")
+    return raw.rstrip("/") or "/"
+
+
+def parse_targets(name: str, raw: str) -> tuple[TargetSpec, ...]:
+    """``url[;weight=N][, url[;weight=N] ...]`` -> targets, validated."""
+    targets = []
+    for item in (part.strip() for part in str(raw).split(",")):
+        if not item:
+            raise SettingsError(f"{name}={raw!r} is not valid: an empty target in the list")
+        url, *options = (piece.strip() for piece in item.split(";"))
+        weight = 1
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip() != "weight":
+                raise SettingsError(f"{name}={raw!r} is not valid: unknown option {option!r}")
+            weight = _parse("positive_int", f"{name} weight", value)
+        targets.append(TargetSpec(url=parse_upstream_url(name, url), weight=weight))
+    return tuple(targets)
+
+
+def _env_prefix(url_env: str) -> str:
+    return url_env.removesuffix("_URL")
+
+
+def _upstream_values(
+    model: type, table: Mapping[str, Any], label: str, env: Mapping[str, str], prefix: str
+) -> dict[str, Any]:
+    """The per-upstream fields of ``model``: ``<PREFIX><suffix>`` wins over the TOML table."""
+    values: dict[str, Any] = {}
+    for item in fields(model):
+        if "suffix" not in item.metadata:
+            continue
+        var = prefix + item.metadata["suffix"]
+        if var in env:
+            raw, name = env[var], var
+        else:
+            raw, name = table.get(item.name), f"{label}.{item.name}"
+        if raw is not None:
+            values[item.name] = _parse(item.metadata["kind"], name, raw)
+    return values
+
+
+def _upstreams(table: list[Mapping[str, Any]], env: Mapping[str, str]) -> tuple[Upstream, ...]:
+    upstreams = []
+    for item in table:
+        url_env, name = str(item["url_env"]), str(item["name"])
+        prefix = _env_prefix(url_env)
+        own = _upstream_values(Upstream, item, name, env, prefix)
+        passive = _upstream_values(PassiveHealth, item, name, env, prefix)
+        active = _upstream_values(
+            ActiveHealth, dict(item.get("health", {})), f"{name}.health", env, prefix
+        )
+        upstreams.append(
+            Upstream(
+                name=name,
+                url_env=url_env,
+                targets=parse_targets(url_env, env.get(url_env, item["url"])),
+                stats_key=item.get("stats_key"),
+                passive=PassiveHealth(**passive),
+                active=ActiveHealth(**active) if active.get("path") else None,
+                **own,
+            )
+        )
+    names = [u.name for u in upstreams]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"upstream names must be unique, got {names}")
+    return tuple(upstreams)
+
+
+def _routes(table: list[Mapping[str, Any]], names: set[str]) -> tuple[Route, ...]:
+    routes = []
+    for item in table:
+        route = Route(
+            prefix=_normalise_prefix(item["prefix"]),
+            upstream=str(item["upstream"]),
+            redirect_bare=bool(item.get("redirect_bare", False)),
+        )
+        if route.upstream not in names:
+            raise SettingsError(f"route {route.prefix!r} names unknown upstream {route.upstream!r}")
+        routes.append(route)
+    if not any(r.prefix == "/" for r in routes):
+        raise SettingsError("the routing table needs a catch-all route with prefix '/'")
+    # Longest prefix first, so the first match is the most specific one.
+    return tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, defaults_file: Path | None = None
+) -> Settings:
+    """Read the defaults file, apply the environment, validate everything once."""
+    env = os.environ if env is None else env
+    path = Path(env.get(CONFIG_ENV, "") or defaults_file or DEFAULTS_FILE)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{CONFIG_ENV}: cannot read {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{CONFIG_ENV}: {str(path)!r} is not valid TOML: {exc}") from None
+
+    values: dict[str, dict[str, Any]] = {SERVER: {}, **{s: {} for s in SECTIONS}}
+    for section, item in scalar_fields():
+        var, kind = item.metadata["env"], item.metadata["kind"]
+        if var in env:
+            values[section][item.name] = _parse(kind, var, env[var])
+        elif item.name in document.get(section, {}):
+            raw = document[section][item.name]
+            values[section][item.name] = _parse(kind, f"[{section}] {item.name}", raw)
+
+    try:
+        upstreams = _upstreams(document.get("upstreams", []), env)
+        routes = _routes(document.get("routes", []), {u.name for u in upstreams})
+    except KeyError as exc:
+        raise SettingsError(f"{str(path)!r}: an upstream or route lacks {exc}") from None
+    return Settings(
+        **values[SERVER],
+        **{section: model(**values[section]) for section, model in SECTIONS.items()},
+        upstreams=upstreams,
+        routes=routes,
+    )

@@ -1,0 +1,25 @@
+"""Talking to upstreams: the HTTP/1.1 transport under httpx (``h1``) and one client per
+upstream per worker (``clients``).
+
+``startup(app)`` builds the clients before the worker serves, so every request of a worker
+reuses the same connection pools, and closes them after it stops.
+"""
+
+from __future__ import annotations
+
+from sanic import Sanic
+
+from service.transport.clients import UpstreamClients, build_client, limits_of
+from service.transport.h1 import H1Transport
+
+__all__ = ["H1Transport", "UpstreamClients", "build_client", "limits_of", "startup"]
+
+
+def startup(app: Sanic) -> None:
+    @app.before_server_start
+    async def open_clients(app: Sanic) -> None:
+        app.ctx.lb.clients = UpstreamClients(app.ctx.lb.settings)
+
+    @app.after_server_stop
+    async def close_clients(app: Sanic) -> None:
+        await app.ctx.lb.clients.aclose()
