@@ -1,16 +1,9 @@
-"""Settings: the typed model (``model``) and its loading from TOML and the environment
-(``loading``), read once at start-up into one immutable value."""
+"""Settings: the typed model with every default and variable (``model``), and its loading
+from TOML and the environment (``loading``), read once at start-up into one immutable value.
+"""
 
-from service.settings.loading import (
-    CONFIG_ENV,
-    DEFAULTS_FILE,
-    SettingsError,
-    load_settings,
-    parse_targets,
-    parse_upstream_url,
-)
+from service.settings.loading import CONFIG_ENV, SettingsError, load_settings
 from service.settings.model import (
-    BALANCERS,
     ActiveHealth,
     HeartbeatSettings,
     PassiveHealth,
@@ -23,9 +16,7 @@ from service.settings.model import (
 )
 
 __all__ = [
-    "BALANCERS",
     "CONFIG_ENV",
-    "DEFAULTS_FILE",
     "ActiveHealth",
     "HeartbeatSettings",
     "PassiveHealth",
@@ -37,6 +28,4 @@ __all__ = [
     "TargetSpec",
     "Upstream",
     "load_settings",
-    "parse_targets",
-    "parse_upstream_url",
 ]

@@ -11,56 +11,24 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
-from dataclasses import Field, fields
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.settings.model import (
-    BALANCERS,
-    ActiveHealth,
-    HeartbeatSettings,
-    PassiveHealth,
-    ProxySettings,
-    Route,
-    Settings,
-    StatsSettings,
-    TargetSpec,
-    Upstream,
-)
+from service.settings import model
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "defaults.toml"
 CONFIG_ENV = "LB_CONFIG"
-SERVER = "server"  # the TOML section of Settings' own scalars (port, workers)
 SECTIONS: dict[str, type] = {
-    "proxy": ProxySettings,
-    "stats": StatsSettings,
-    "heartbeat": HeartbeatSettings,
+    "proxy": model.ProxySettings,
+    "stats": model.StatsSettings,
+    "heartbeat": model.HeartbeatSettings,
 }
 
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the variable and the value."""
-
-
-def scalar_fields() -> Iterator[tuple[str, Field[Any]]]:
-    """(TOML section, field) for every scalar setting of the model, in order."""
-    for item in fields(Settings):
-        if "env" in item.metadata:
-            yield SERVER, item
-    for section, model in SECTIONS.items():
-        for item in fields(model):
-            yield section, item
-
-
-def upstream_fields() -> Iterator[tuple[str, Field[Any]]]:
-    """(TOML table, field) for every per-upstream setting: "" for the upstream's own table
-    (balance and passive health), "health" for its active health checks."""
-    for model, table in ((Upstream, ""), (PassiveHealth, ""), (ActiveHealth, "health")):
-        for item in fields(model):
-            if "suffix" in item.metadata:
-                yield table, item
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -73,7 +41,7 @@ EXPECTED = {
     "seconds": "a number of seconds greater than 0",
     "size_seconds": "a number of seconds of at least 0",
     "path": "a path starting with '/'",
-    "balance": f"one of {BALANCERS}",
+    "balance": f"one of {model.BALANCERS}",
 }
 
 
@@ -135,7 +103,7 @@ _PARSERS = {
     "seconds": _seconds(allow_zero=False),
     "size_seconds": _seconds(allow_zero=True),
     "path": _path,
-    "balance": _choice(BALANCERS),
+    "balance": _choice(model.BALANCERS),
 }
 
 
@@ -166,7 +134,7 @@ def _normalise_prefix(raw: str) -> str:
     return raw.rstrip("/") or "/"
 
 
-def parse_targets(name: str, raw: str) -> tuple[TargetSpec, ...]:
+def parse_targets(name: str, raw: str) -> tuple[model.TargetSpec, ...]:
     """``url[;weight=N][, url[;weight=N] ...]`` -> targets, validated."""
     targets = []
     for item in (part.strip() for part in str(raw).split(",")):
@@ -179,7 +147,7 @@ def parse_targets(name: str, raw: str) -> tuple[TargetSpec, ...]:
             if key.strip() != "weight":
                 raise SettingsError(f"{name}={raw!r} is not valid: unknown option {option!r}")
             weight = _parse("positive_int", f"{name} weight", value)
-        targets.append(TargetSpec(url=parse_upstream_url(name, url), weight=weight))
+        targets.append(model.TargetSpec(url=parse_upstream_url(name, url), weight=weight))
     return tuple(targets)
 
 
@@ -188,41 +156,40 @@ def _env_prefix(url_env: str) -> str:
 
 
 def _upstream_values(
-    model: type, table: Mapping[str, Any], label: str, env: Mapping[str, str], prefix: str
+    table: str, item: Mapping[str, Any], label: str, env: Mapping[str, str], prefix: str
 ) -> dict[str, Any]:
-    """The per-upstream fields of ``model``: ``<PREFIX><suffix>`` wins over the TOML table."""
+    """The per-upstream settings of ``table``: ``<PREFIX><suffix>`` wins over the TOML."""
     values: dict[str, Any] = {}
-    for item in fields(model):
-        if "suffix" not in item.metadata:
-            continue
-        var = prefix + item.metadata["suffix"]
+    for variable in (v for v in model.VARIABLES if v.section == table):
+        var = variable.name.format(PREFIX=prefix)
         if var in env:
             raw, name = env[var], var
         else:
-            raw, name = table.get(item.name), f"{label}.{item.name}"
+            raw, name = item.get(variable.key), f"{label}.{variable.key}"
         if raw is not None:
-            values[item.name] = _parse(item.metadata["kind"], name, raw)
+            values[variable.key] = _parse(variable.kind, name, raw)
     return values
 
 
-def _upstreams(table: list[Mapping[str, Any]], env: Mapping[str, str]) -> tuple[Upstream, ...]:
+def _upstreams(
+    table: list[Mapping[str, Any]], env: Mapping[str, str]
+) -> tuple[model.Upstream, ...]:
     upstreams = []
     for item in table:
         url_env, name = str(item["url_env"]), str(item["name"])
         prefix = _env_prefix(url_env)
-        own = _upstream_values(Upstream, item, name, env, prefix)
-        passive = _upstream_values(PassiveHealth, item, name, env, prefix)
-        active = _upstream_values(
-            ActiveHealth, dict(item.get("health", {})), f"{name}.health", env, prefix
-        )
+        own = _upstream_values("upstream", item, name, env, prefix)
+        passive = _upstream_values("passive", item, name, env, prefix)
+        health = dict(item.get("health", {}))
+        active = _upstream_values("active", health, f"{name}.health", env, prefix)
         upstreams.append(
-            Upstream(
+            model.Upstream(
                 name=name,
                 url_env=url_env,
                 targets=parse_targets(url_env, env.get(url_env, item["url"])),
                 stats_key=item.get("stats_key"),
-                passive=PassiveHealth(**passive),
-                active=ActiveHealth(**active) if active.get("path") else None,
+                passive=model.PassiveHealth(**passive),
+                active=model.ActiveHealth(**active) if active.get("path") else None,
                 **own,
             )
         )
@@ -232,10 +199,10 @@ def _upstreams(table: list[Mapping[str, Any]], env: Mapping[str, str]) -> tuple[
     return tuple(upstreams)
 
 
-def _routes(table: list[Mapping[str, Any]], names: set[str]) -> tuple[Route, ...]:
+def _routes(table: list[Mapping[str, Any]], names: set[str]) -> tuple[model.Route, ...]:
     routes = []
     for item in table:
-        route = Route(
+        route = model.Route(
             prefix=_normalise_prefix(item["prefix"]),
             upstream=str(item["upstream"]),
             redirect_bare=bool(item.get("redirect_bare", False)),
@@ -251,7 +218,7 @@ def _routes(table: list[Mapping[str, Any]], names: set[str]) -> tuple[Route, ...
 
 def load_settings(
     env: Mapping[str, str] | None = None, defaults_file: Path | None = None
-) -> Settings:
+) -> model.Settings:
     """Read the defaults file, apply the environment, validate everything once."""
     env = os.environ if env is None else env
     path = Path(env.get(CONFIG_ENV, "") or defaults_file or DEFAULTS_FILE)
@@ -262,22 +229,22 @@ def load_settings(
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{CONFIG_ENV}: {str(path)!r} is not valid TOML: {exc}") from None
 
-    values: dict[str, dict[str, Any]] = {SERVER: {}, **{s: {} for s in SECTIONS}}
-    for section, item in scalar_fields():
-        var, kind = item.metadata["env"], item.metadata["kind"]
+    values: dict[str, dict[str, Any]] = {"server": {}, **{s: {} for s in SECTIONS}}
+    for var, section, key, kind, _ in model.VARIABLES:
+        if section in model.PER_UPSTREAM:
+            continue
         if var in env:
-            values[section][item.name] = _parse(kind, var, env[var])
-        elif item.name in document.get(section, {}):
-            raw = document[section][item.name]
-            values[section][item.name] = _parse(kind, f"[{section}] {item.name}", raw)
+            values[section][key] = _parse(kind, var, env[var])
+        elif key in document.get(section, {}):
+            values[section][key] = _parse(kind, f"[{section}] {key}", document[section][key])
 
     try:
         upstreams = _upstreams(document.get("upstreams", []), env)
         routes = _routes(document.get("routes", []), {u.name for u in upstreams})
     except KeyError as exc:
         raise SettingsError(f"{str(path)!r}: an upstream or route lacks {exc}") from None
-    return Settings(
-        **values[SERVER],
+    return model.Settings(
+        **values["server"],
         **{section: model(**values[section]) for section, model in SECTIONS.items()},
         upstreams=upstreams,
         routes=routes,

@@ -1,26 +1,16 @@
 """The typed settings model: every setting, its default, its variable and its meaning, once.
 
-Defaults live here and nowhere else (``config/defaults.toml`` holds the deployment's
-upstreams and routes, and may override any scalar). Each scalar field carries its
-environment variable, its kind (how ``service.settings.loading`` parses it) and a one-line
-meaning, so that the loader, the error messages and any generated help read one source.
+Defaults live in the dataclasses below and nowhere else (``config/defaults.toml`` holds the
+deployment's upstreams and routes, and may override any scalar). :data:`VARIABLES` names
+the environment variable of every field, its kind (how
+``service.settings.loading`` parses it) and its meaning, so that the loader, its error
+messages and any generated help read one source.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-
-def setting(default: Any, *, env: str, kind: str, meaning: str) -> Any:
-    """A scalar setting: ``env`` overrides it, ``kind`` is its parser's name."""
-    return field(default=default, metadata={"env": env, "kind": kind, "meaning": meaning})
-
-
-def per_upstream(default: Any, *, suffix: str, kind: str, meaning: str) -> Any:
-    """A setting of each upstream: overridden by ``<PREFIX><suffix>``, where PREFIX is the
-    upstream's URL variable without ``_URL`` (``API_GATEWAY_MAX_FAILS``)."""
-    return field(default=default, metadata={"suffix": suffix, "kind": kind, "meaning": meaning})
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,39 +25,18 @@ class TargetSpec:
 class PassiveHealth:
     """nginx's ``max_fails``/``fail_timeout``, with Envoy's growing ejection."""
 
-    max_fails: int = per_upstream(
-        1, suffix="_MAX_FAILS", kind="positive_int",
-        meaning="failures within fail_timeout that eject a target",
-    )  # fmt: skip
-    fail_timeout: float = per_upstream(
-        10.0, suffix="_FAIL_TIMEOUT", kind="seconds",
-        meaning="window for counting failures, and the first ejection's length",
-    )  # fmt: skip
-    max_ejection: float = per_upstream(
-        300.0, suffix="_MAX_EJECTION", kind="seconds",
-        meaning="longest ejection (each repeated ejection doubles)",
-    )  # fmt: skip
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    max_ejection: float = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class ActiveHealth:
-    path: str = per_upstream(
-        "", suffix="_HEALTH_PATH", kind="path", meaning="path of the active check; unset: none"
-    )
-    interval: float = per_upstream(
-        5.0, suffix="_HEALTH_INTERVAL", kind="seconds", meaning="seconds between checks"
-    )
-    timeout: float = per_upstream(
-        2.0, suffix="_HEALTH_TIMEOUT", kind="seconds", meaning="seconds one check may take"
-    )
-    healthy_threshold: int = per_upstream(
-        2, suffix="_HEALTH_HEALTHY_THRESHOLD", kind="positive_int",
-        meaning="passing checks in a row that bring a target back",
-    )  # fmt: skip
-    unhealthy_threshold: int = per_upstream(
-        2, suffix="_HEALTH_UNHEALTHY_THRESHOLD", kind="positive_int",
-        meaning="failing checks in a row that take a target out",
-    )  # fmt: skip
+    path: str = ""
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
 
 
 BALANCERS = ("least_request", "round_robin")
@@ -79,10 +48,7 @@ class Upstream:
     url_env: str
     targets: tuple[TargetSpec, ...]
     stats_key: str | None = None
-    balance: str = per_upstream(
-        "least_request", suffix="_BALANCE", kind="balance",
-        meaning="least_request (P2C) or round_robin",
-    )  # fmt: skip
+    balance: str = "least_request"
     passive: PassiveHealth = field(default_factory=PassiveHealth)
     active: ActiveHealth | None = None
 
@@ -101,85 +67,94 @@ class Route:
 
 @dataclass(frozen=True, kw_only=True)
 class ProxySettings:
-    connect_timeout: float = setting(
-        2.0, env="LB_CONNECT_TIMEOUT", kind="seconds",
-        meaning="seconds to connect to an upstream",
-    )  # fmt: skip
-    read_timeout: float = setting(
-        30.0, env="LB_READ_TIMEOUT", kind="seconds",
-        meaning="seconds between bytes from an upstream before a 504",
-    )  # fmt: skip
-    keep_host: bool = setting(
-        True, env="LB_KEEP_HOST", kind="bool",
-        meaning="forward the client's Host header unchanged",
-    )  # fmt: skip
-    max_body_size: int = setting(
-        8 * 1024**3, env="LB_MAX_BODY_SIZE", kind="size",
-        meaning="largest request body in bytes (0: no limit)",
-    )  # fmt: skip
-    max_connections: int = setting(
-        256, env="LB_MAX_CONNECTIONS", kind="positive_int",
-        meaning="connections per upstream per worker",
-    )  # fmt: skip
-    max_keepalive: int = setting(
-        64, env="LB_MAX_KEEPALIVE", kind="size",
-        meaning="idle keep-alive connections kept per upstream per worker",
-    )  # fmt: skip
-    keepalive_expiry: float = setting(
-        30.0, env="LB_KEEPALIVE_EXPIRY", kind="seconds",
-        meaning="seconds an idle upstream connection is kept",
-    )  # fmt: skip
-    websocket_idle_timeout: float = setting(
-        300.0, env="LB_WS_TUNNEL_IDLE_TIMEOUT", kind="seconds",
-        meaning="seconds a proxied WebSocket may be silent",
-    )  # fmt: skip
+    """How the proxy talks to upstreams: timeouts, body limit, connection pools."""
+
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+    keep_host: bool = True
+    max_body_size: int = 8 * 1024**3
+    max_connections: int = 256
+    max_keepalive: int = 64
+    keepalive_expiry: float = 30.0
+    websocket_idle_timeout: float = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class StatsSettings:
-    timeout: float = setting(
-        2.0, env="LB_STATS_TIMEOUT", kind="seconds",
-        meaning="seconds for each upstream's /stats answer",
-    )  # fmt: skip
-    cache_ttl: float = setting(
-        1.0, env="LB_STATS_CACHE_TTL", kind="size_seconds",
-        meaning="seconds the upstream part of /stats is reused (0: never)",
-    )  # fmt: skip
-    max_payload: int = setting(
-        1024 * 1024, env="LB_STATS_MAX_PAYLOAD", kind="positive_int",
-        meaning="largest upstream /stats answer in bytes",
-    )  # fmt: skip
+    """The ``/stats`` fan-out: each service's deadline and size cap, and answer reuse."""
+
+    timeout: float = 2.0
+    cache_ttl: float = 1.0
+    max_payload: int = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
 class HeartbeatSettings:
-    ping_interval: float = setting(
-        5.0, env="LB_WS_PING_INTERVAL", kind="seconds",
-        meaning="seconds between the heartbeat socket's pings",
-    )  # fmt: skip
-    idle_timeout: float = setting(
-        30.0, env="LB_WS_IDLE_TIMEOUT", kind="seconds",
-        meaning="seconds of silence before a heartbeat socket is closed",
-    )  # fmt: skip
+    """The heartbeat socket (``/api/ws-heartbeat``): its pings and its idle close."""
+
+    ping_interval: float = 5.0
+    idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    port: int = setting(7100, env="LB_PORT", kind="port", meaning="listening port")
-    workers: int = setting(
-        1, env="LB_WORKERS", kind="positive_int",
-        meaning="worker processes (python -m service)",
-    )  # fmt: skip
-    proxy: ProxySettings = field(default_factory=ProxySettings, metadata={"section": "proxy"})
-    stats: StatsSettings = field(default_factory=StatsSettings, metadata={"section": "stats"})
-    heartbeat: HeartbeatSettings = field(
-        default_factory=HeartbeatSettings, metadata={"section": "heartbeat"}
-    )
+    """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
+
     upstreams: tuple[Upstream, ...] = ()
     routes: tuple[Route, ...] = ()
+    port: int = 7100
+    workers: int = 1
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
             if upstream.name == name:
                 return upstream
         raise KeyError(name)
+
+
+class Variable(NamedTuple):
+    """One setting's environment variable: ``name`` overrides the field ``key`` of the TOML
+    section and model part ``section``. A per-upstream setting's name starts with
+    ``{PREFIX}``, the upstream's URL variable without ``_URL`` (``API_GATEWAY_MAX_FAILS``),
+    and its section is the upstream's own table, its passive or its active health."""
+
+    name: str
+    section: str
+    key: str
+    kind: str
+    meaning: str
+
+
+PER_UPSTREAM = ("upstream", "passive", "active")
+
+# fmt: off
+VARIABLES = (
+    Variable("LB_PORT", "server", "port", "port", "listening port"),
+    Variable("LB_WORKERS", "server", "workers", "positive_int", "worker processes (python -m service)"),
+    Variable("LB_CONNECT_TIMEOUT", "proxy", "connect_timeout", "seconds", "seconds to connect to an upstream"),
+    Variable("LB_READ_TIMEOUT", "proxy", "read_timeout", "seconds", "seconds between bytes from an upstream before a 504"),
+    Variable("LB_KEEP_HOST", "proxy", "keep_host", "bool", "forward the client's Host header unchanged"),
+    Variable("LB_MAX_BODY_SIZE", "proxy", "max_body_size", "size", "largest request body in bytes (0: no limit)"),
+    Variable("LB_MAX_CONNECTIONS", "proxy", "max_connections", "positive_int", "connections per upstream per worker"),
+    Variable("LB_MAX_KEEPALIVE", "proxy", "max_keepalive", "size", "idle keep-alive connections kept per upstream per worker"),
+    Variable("LB_KEEPALIVE_EXPIRY", "proxy", "keepalive_expiry", "seconds", "seconds an idle upstream connection is kept"),
+    Variable("LB_WS_TUNNEL_IDLE_TIMEOUT", "proxy", "websocket_idle_timeout", "seconds", "seconds a proxied WebSocket may be silent"),
+    Variable("LB_STATS_TIMEOUT", "stats", "timeout", "seconds", "seconds for each upstream's /stats answer"),
+    Variable("LB_STATS_CACHE_TTL", "stats", "cache_ttl", "size_seconds", "seconds the upstream part of /stats is reused (0: never)"),
+    Variable("LB_STATS_MAX_PAYLOAD", "stats", "max_payload", "positive_int", "largest upstream /stats answer in bytes"),
+    Variable("LB_WS_PING_INTERVAL", "heartbeat", "ping_interval", "seconds", "seconds between the heartbeat socket's pings"),
+    Variable("LB_WS_IDLE_TIMEOUT", "heartbeat", "idle_timeout", "seconds", "seconds of silence before a heartbeat socket is closed"),
+    Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
+    Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
+    Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),
+    Variable("{PREFIX}_HEALTH_PATH", "active", "path", "path", "path of the active check; unset: none"),
+    Variable("{PREFIX}_HEALTH_INTERVAL", "active", "interval", "seconds", "seconds between checks"),
+    Variable("{PREFIX}_HEALTH_TIMEOUT", "active", "timeout", "seconds", "seconds one check may take"),
+    Variable("{PREFIX}_HEALTH_HEALTHY_THRESHOLD", "active", "healthy_threshold", "positive_int", "passing checks in a row that bring a target back"),
+    Variable("{PREFIX}_HEALTH_UNHEALTHY_THRESHOLD", "active", "unhealthy_threshold", "positive_int", "failing checks in a row that take a target out"),
+    Variable("{PREFIX}_BALANCE", "upstream", "balance", "balance", "least_request (P2C) or round_robin"),
+)
+# fmt: on
