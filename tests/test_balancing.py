@@ -82,6 +82,24 @@ def test_round_robin_is_smooth() -> None:
     assert order == [0, 0, 1, 0, 2, 0, 0]
 
 
+def test_a_stats_read_does_not_move_the_balancer() -> None:
+    """``/stats`` asks ``peek()``; the smooth round-robin order is the same with or without."""
+    pool, _ = make_pool([5, 1, 1], "round_robin")
+    order = []
+    for _ in range(7):
+        assert pool.peek().position == 0  # the first available target, every time
+        order.append(pool.choose().position)
+    assert order == [0, 0, 1, 0, 2, 0, 0]
+
+
+def test_peek_skips_an_ejected_target() -> None:
+    pool, _ = make_pool([1, 1])
+    pool.started(pool.targets[0])
+    pool.finished(pool.targets[0], 0.01, failed=True)
+    assert pool.targets[0].ejected()
+    assert pool.peek().position == 1
+
+
 def test_least_request_avoids_a_ten_times_slower_target() -> None:
     """Discrete-event run: 32 clients in a closed loop, target 2 takes 10x as long."""
     pool, clock = make_pool([1, 1, 1])
