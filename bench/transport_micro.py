@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.variant_transports import FACTORIES
 from service.settings import ProxySettings
-from service.upstreams import build_client, limits_of
+from service.transport import build_client, limits_of
 
 HEADERS = [
     ("Host", "127.0.0.1:7100"),

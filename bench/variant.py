@@ -24,7 +24,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpx
 
 from bench.variant_transports import FACTORIES
-from service import upstreams
+from service.transport import clients as upstreams
 from service.settings import ProxySettings, Upstream
 
 

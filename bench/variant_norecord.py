@@ -27,7 +27,7 @@ from typing import Any
 
 from service.blueprints import proxy
 from service.metrics import RequestSample
-from service.shared_store import SharedMemoryStore
+from service.metrics import SharedMemoryStore
 
 MODES = ("store", "sample", "times<N>")
 
@@ -103,8 +103,8 @@ from service.app import app
 
 @app.before_server_start
 async def _swap_store(app: Any) -> None:
-    store = app.ctx.metrics
-    app.ctx.metrics = AmplifiedStore(store, times) if times else NoRecordStore(store)
+    store = app.ctx.lb.metrics
+    app.ctx.lb.metrics = AmplifiedStore(store, times) if times else NoRecordStore(store)
 
 
 __all__ = ["app"]

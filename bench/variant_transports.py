@@ -28,7 +28,7 @@ def _aiohttp(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
 
 
 def _h1(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    from service.transport_h1 import H1Transport
+    from service.transport.h1 import H1Transport
 
     return H1Transport(limits=limits)
 
