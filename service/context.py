@@ -37,3 +37,5 @@ class WorkerContext:
     retry_budget: RetryBudget = field(init=False)
     aggregator: StatsAggregator = field(init=False)
     health_task: asyncio.Task[None] | None = None
+    # True from the start of a graceful shutdown: readiness answers 503, /stats says so
+    draining: bool = False
