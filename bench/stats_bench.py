@@ -492,9 +492,8 @@ def check(document: dict[str, Any], hanging: str | None) -> bool:
 
 
 def bench_stats(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
-    from tests.conftest import STATS_PAYLOADS
-    from tests.conftest import URL_VARS as VAR_OF
-    from tests.upstream_server import SilentServer, UpstreamServer
+    from tests.support import STATS_PAYLOADS, SilentServer, UpstreamServer
+    from tests.support import URL_VARS as VAR_OF
 
     if procs.pin:  # this process (client and upstream threads) on CPU 1, the LB on CPU 0
         os.sched_setaffinity(0, {int(LOAD_CPUS)})

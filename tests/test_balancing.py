@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections import Counter
 
@@ -12,6 +13,20 @@ from service.balancing import LeastRequest, RoundRobin
 from service.pool import Pool, RetryBudget
 from service.pool_state import EJECTED_UNTIL, PoolState, allocate
 from service.settings import PassiveHealth, TargetSpec, Upstream
+
+
+@pytest.fixture(autouse=True)
+def _seeded_least_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool builds its ``LeastRequest()`` with an OS-seeded ``random.Random()`` (which
+    ``random.seed`` does not reach): give each one a seeded generator instead, so every run
+    draws the same numbers."""
+    unseeded_init = LeastRequest.__init__
+    seeds = itertools.count(1)
+
+    def seeded_init(self: LeastRequest, rng: random.Random | None = None) -> None:
+        unseeded_init(self, rng if rng is not None else random.Random(next(seeds)))
+
+    monkeypatch.setattr(LeastRequest, "__init__", seeded_init)
 
 
 class Clock:

@@ -16,8 +16,7 @@ from sanic_testing.testing import SanicTestClient
 from service.factory import create_app
 from service.routing import BadPath, Forward, Redirect, Router, canonical_path
 from service.settings import Route, load_settings
-from tests.conftest import LoadBalancer, raw_request
-from tests.upstream_server import UpstreamServer
+from tests.support import LoadBalancer, UpstreamServer, raw_request
 
 # --------------------------------------------------------------------------- unit
 
