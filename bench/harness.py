@@ -9,6 +9,12 @@ then SIGKILL of the whole session) by ``close``.
 
 CPU pinning (``taskset``, 2 cores): a 1-worker load balancer on :data:`LB_CPUS`, nginx and
 wrk on :data:`LOAD_CPUS`.
+
+How the four benchmark scripts (record_cost, stats_latency, sustained, pool_cost) measure:
+wrk with one thread, 32 keep-alive connections, ``--latency``; the 1-worker load balancer on
+CPU 0, nginx, wrk and the script's own servers on CPU 1. Each run also records the serving
+process tree's CPU µs per request and the "other load" (CPUs busy with processes outside the
+run). Why side by side: bench/README.md. Results go to bench/results/ as JSON.
 """
 
 from __future__ import annotations
@@ -603,6 +609,23 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     return parser
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser, *, duration: float, repeats: int, what: str
+) -> None:
+    """--duration, --repeats, --pair-repeats, --pair-duration: the interleaved one-at-a-time
+    runs (medians) and the side-by-side pairs (:func:`side_by_side`)."""
+    parser.add_argument(
+        "--duration", type=float, default=duration, help=f"seconds per wrk run ({duration:g})"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help=f"runs per {what}; medians ({repeats})"
+    )
+    parser.add_argument(
+        "--pair-repeats", type=int, default=2, help="side-by-side repeats, 0 to skip (2)"
+    )
+    parser.add_argument("--pair-duration", type=float, default=5.0, help="seconds per pair run (5)")
 
 
 Bench = Callable[[argparse.Namespace, Processes, Path, str], None]

@@ -6,11 +6,7 @@ least_request and round_robin, equal weights and one target at ``;weight=3`` (on
 and side by side); the spread of requests over the targets, from ``/stats``; with --profile,
 py-spy's share of the balancing.
 
-wrk: one thread, 32 keep-alive connections, ``--latency``; CPU pinning as in proxy_bench.py
-(the 1-worker load balancer on CPU 0, nginx, wrk and this script's own servers on CPU 1).
-Each run also records the serving process tree's CPU µs per request and the "other load"
-(CPUs busy with processes outside the run). Why side by side: bench/README.md. Results go to
-bench/results/ as JSON. Shared with the other benchmarks: bench/harness.py.
+How it measures (wrk, pinning, CPU per request, other load, results): bench/harness.py.
 
     /work/venv/bin/python bench/pool_cost.py
         [--duration 6] [--repeats 3] [--pair-repeats 2] [--profile]
@@ -36,6 +32,7 @@ from bench.harness import (
     LoadBalancer,
     Pairs,
     Processes,
+    add_run_options,
     bench_env,
     bench_parser,
     frame_shares,
@@ -216,12 +213,7 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
 
 def main() -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (6)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per case; medians (3)")
-    parser.add_argument(
-        "--pair-repeats", type=int, default=2, help="side-by-side repeats, 0 to skip (2)"
-    )
-    parser.add_argument("--pair-duration", type=float, default=5.0, help="seconds per pair run (5)")
+    add_run_options(parser, duration=6.0, repeats=3, what="case")
     parser.add_argument(
         "--profile", action="store_true", help="then py-spy the single-target and pool LBs"
     )

@@ -7,11 +7,7 @@ time (interleaved repeats, medians) and side by side (each variant loaded togeth
 the same core); plus the in-process cost of one recording step and, with --profile, py-spy's
 share of it.
 
-wrk: one thread, 32 keep-alive connections, ``--latency``; CPU pinning as in proxy_bench.py
-(the 1-worker load balancer on CPU 0, nginx, wrk and this script's own servers on CPU 1).
-Each run also records the serving process tree's CPU µs per request and the "other load"
-(CPUs busy with processes outside the run). Why side by side: bench/README.md. Results go to
-bench/results/ as JSON. Shared with the other benchmarks: bench/harness.py.
+How it measures (wrk, pinning, CPU per request, other load, results): bench/harness.py.
 
     /work/venv/bin/python bench/record_cost.py
         [--duration 5] [--repeats 5] [--pair-repeats 2] [--profile]
@@ -38,6 +34,7 @@ from bench.harness import (
     Pairs,
     Processes,
     WrkRun,
+    add_run_options,
     bench_env,
     bench_parser,
     frame_shares,
@@ -234,18 +231,13 @@ def sequential_ratios(
 
 def main() -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per variant; medians (5)")
+    add_run_options(parser, duration=5.0, repeats=5, what="variant")
     parser.add_argument(
         "--modes", default="store,sample,times11",
         help="variants of bench/variant_norecord.py: store, sample, times<N> "
         "(default: store,sample,times11)",
     )  # fmt: skip
     parser.add_argument("--no-control", action="store_true", help="skip the A/A control (ON twice)")
-    parser.add_argument(
-        "--pair-repeats", type=int, default=2, help="side-by-side repeats, 0 to skip (2)"
-    )
-    parser.add_argument("--pair-duration", type=float, default=5.0, help="seconds per pair run (5)")
     parser.add_argument("--profile", action="store_true", help="then py-spy the ON worker")
     return run_bench("record", parser.parse_args(), bench_record)
 

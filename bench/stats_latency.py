@@ -5,11 +5,7 @@ Latency of sequential ``GET /stats`` calls, 1 worker: five healthy stdlib upstre
 cache (default TTL, 1 s) and without (TTL 0); then one upstream that never answers, with TTL 0,
 TTL 1 s, and at the dashboard's pace.
 
-wrk: one thread, 32 keep-alive connections, ``--latency``; CPU pinning as in proxy_bench.py
-(the 1-worker load balancer on CPU 0, nginx, wrk and this script's own servers on CPU 1).
-Each run also records the serving process tree's CPU µs per request and the "other load"
-(CPUs busy with processes outside the run). Why side by side: bench/README.md. Results go to
-bench/results/ as JSON. Shared with the other benchmarks: bench/harness.py.
+How it measures (wrk, pinning, CPU per request, other load, results): bench/harness.py.
 
     /work/venv/bin/python bench/stats_latency.py
         [--calls 300] [--pace 0.01] [--hang-calls 15] [--hang-seconds 12]

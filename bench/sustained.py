@@ -5,11 +5,7 @@
 open descriptors are sampled every second; the loaded load balancer compared side by side with
 an identical idle one before and after.
 
-wrk: one thread, 32 keep-alive connections, ``--latency``; CPU pinning as in proxy_bench.py
-(the 1-worker load balancer on CPU 0, nginx, wrk and this script's own servers on CPU 1).
-Each run also records the serving process tree's CPU µs per request and the "other load"
-(CPUs busy with processes outside the run). Why side by side: bench/README.md. Results go to
-bench/results/ as JSON. Shared with the other benchmarks: bench/harness.py.
+How it measures (wrk, pinning, CPU per request, other load, results): bench/harness.py.
 
     /work/venv/bin/python bench/sustained.py [--seconds 60] [--step 5]
 """
