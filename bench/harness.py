@@ -1,40 +1,50 @@
 """What the benchmarks share: processes, nginx, the load balancer, wrk, /proc accounting, py-spy.
 
-Used by ``bench/proxy_bench.py`` and ``bench/stats_bench.py``. Everything listens on
-127.0.0.1 on ephemeral ports; every process started through :class:`Processes` runs in its
-own session and is stopped (SIGTERM, then SIGKILL of the whole session) by ``close``.
+Used by ``bench/proxy_bench.py``, ``bench/record_cost.py``, ``bench/stats_latency.py``,
+``bench/sustained.py`` and ``bench/pool_cost.py``. The load-balancer process, free ports, the
+/proc helpers and the stdlib upstream servers are the tests' own (:mod:`tests.support`).
+Everything listens on 127.0.0.1 on ephemeral ports; every process started through
+:class:`Processes` (or :func:`launch_lb`) runs in its own session and is stopped (SIGTERM,
+then SIGKILL of the whole session) by ``close``.
 
 CPU pinning (``taskset``, 2 cores): a 1-worker load balancer on :data:`LB_CPUS`, nginx and
 wrk on :data:`LOAD_CPUS`.
+
+How the four benchmark scripts (record_cost, stats_latency, sustained, pool_cost) measure:
+wrk with one thread, 32 keep-alive connections, ``--latency``; the 1-worker load balancer on
+CPU 0, nginx, wrk and the script's own servers on CPU 1. Each run also records the serving
+process tree's CPU µs per request and the "other load" (CPUs busy with processes outside the
+run). Why side by side: bench/README.md. Results go to bench/results/ as JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
+import http.client
+import json
+import math
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+import tempfile
 import urllib.request
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import support
+from tests.support import REPO, children, clean_env, cpu_ticks, free_port
+
 RESULTS = REPO / "bench" / "results"
 BIN = Path(sys.executable).parent
-URL_VARS = (
-    "API_GATEWAY_URL",
-    "DASHBOARD_UI_URL",
-    "BLOG_SERVICE_URL",
-    "AUTH_SERVICE_URL",
-    "USER_SERVICE_URL",
-)
+URL_VARS = tuple(support.URL_VARS.values())  # the environment variables of the upstreams' URLs
 LB_CPUS, LOAD_CPUS = "0", "1"
 
 NGINX_HEAD = """\
@@ -88,6 +98,12 @@ class Processes:
         self.pin = pin
         self.logs = logs
         self._started: list[subprocess.Popen[bytes]] = []
+        self._balancers: list[LoadBalancer] = []
+
+    def adopt(self, lb: LoadBalancer) -> LoadBalancer:
+        """A load balancer started elsewhere (:func:`launch_lb`), to be stopped in ``close``."""
+        self._balancers.append(lb)
+        return lb
 
     def start(
         self, name: str, argv: list[str], *, cpus: str | None, env: dict[str, str] | None = None
@@ -119,6 +135,12 @@ class Processes:
             self._started.remove(proc)
 
     def close(self) -> None:
+        while self._balancers:
+            lb = self._balancers.pop()
+            lb.stop(timeout=10.0)
+            # whatever is left of its session (workers of a killed main process...)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(lb.process.pid, signal.SIGKILL)
         while self._started:
             self.stop(self._started[-1])
 
@@ -128,47 +150,9 @@ class Processes:
             print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
 
 
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = Path(f"/proc/{pid}/task").iterdir()
-        for task in tasks:
-            for child in (task / "children").read_text().split():
-                out += [int(child), *children(int(child))]
-    except OSError:
-        pass
-    return out
-
-
-def cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError):
-        return 0
-
-
 def tree_ticks(proc: subprocess.Popen[bytes]) -> int:
     """CPU ticks of a process and all its descendants (a load balancer and its workers)."""
     return sum(cpu_ticks(pid) for pid in [proc.pid, *children(proc.pid)])
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process, KiB (0 if it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def open_fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
 
 
 def busy_ticks() -> int:
@@ -176,12 +160,6 @@ def busy_ticks() -> int:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
     return user + nice + system + irq + softirq + steal
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -230,12 +208,20 @@ def start_nginx(procs: Processes, tmp: Path) -> tuple[str, subprocess.Popen[byte
 # ------------------------------------------------------------------------ load balancer
 
 
-@dataclass
-class LoadBalancer:
-    variant: str
-    workers: int
-    url: str
-    proc: subprocess.Popen[bytes]
+class LoadBalancer(support.LoadBalancer):
+    """The tests' load-balancer process, with what the benchmarks ask of it."""
+
+    @property
+    def variant(self) -> str:
+        return self.name
+
+    @variant.setter
+    def variant(self, value: str) -> None:
+        self.name = value
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process
 
     def worker_pids(self) -> list[int]:
         return children(self.proc.pid) or [self.proc.pid]
@@ -249,11 +235,10 @@ class LoadBalancer:
         (Its other children, multiprocessing's resource tracker and Sanic's spawned helper,
         serve nothing.)
         """
-        port = int(self.url.rsplit(":", 1)[1])
         inodes = set()
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:  # LISTEN
                 inodes.add(f"socket:[{fields[9]}]")
         workers = []
         for pid in children(self.proc.pid):
@@ -266,11 +251,7 @@ class LoadBalancer:
 
 def lb_env(urls: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a load balancer: ours minus LB_/SANIC_/BENCH_, plus ``urls``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "SANIC_", "BENCH_"))}
-    env.update(urls)
-    env.update(extra or {})
-    env["PYTHONPATH"] = str(REPO)
-    return env
+    return clean_env({**urls, **(extra or {}), "PYTHONPATH": str(REPO)})
 
 
 def launch_lb(
@@ -282,18 +263,20 @@ def launch_lb(
     workers: int = 1,
     ready: Iterable[str] = ("/lb-health", "/api/x"),
 ) -> LoadBalancer:
-    """``sanic <app>`` on an ephemeral port; a 1-worker one is pinned to LB_CPUS."""
-    port = free_port()
-    argv = [
-        str(BIN / "sanic"), app,
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-logs",
-    ]  # fmt: skip
-    cpus = LB_CPUS if workers == 1 else None
-    proc = procs.start(f"lb-{name}", argv, cpus=cpus, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for path in ready:
-        wait_http(url + path, proc)
-    return LoadBalancer(name, workers, url, proc)
+    """``sanic <app>`` on an ephemeral port, no access logs; a 1-worker one is pinned to
+    LB_CPUS. Its output goes to ``lb-<name>.log`` in ``procs.logs``; ``procs.close`` stops it."""
+    lb = LoadBalancer(
+        env,
+        workers=workers,
+        app=app,
+        name=name,
+        cpus=LB_CPUS if workers == 1 and procs.pin else None,
+        args=["--no-access-logs"],
+        ready=tuple(ready),
+        log=procs.logs / f"lb-{name}.log",
+        timeout=30.0,
+    )
+    return procs.adopt(lb)
 
 
 # ---------------------------------------------------------------------------------- wrk
@@ -434,6 +417,242 @@ def measure_wrk(
 
 def median(runs: list[WrkRun], field: str) -> float:
     return statistics.median(getattr(run, field) for run in runs)
+
+
+# ------------------------------------------------- cases, interleaved runs, side by side
+
+
+@dataclass
+class Case:
+    label: str
+    lb: LoadBalancer
+
+    @property
+    def url(self) -> str:
+        return self.lb.url + "/api/x"
+
+
+def bench_env(urls: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A load balancer's environment, with one hash seed for all (fewer per-instance quirks)."""
+    return lb_env(urls, {"PYTHONHASHSEED": "0", **(extra or {})})
+
+
+def get_json(base: str, path: str, timeout: float = 10.0) -> Any:
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {base}{path}: HTTP {response.status}")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def interleaved(
+    cases: list[Case],
+    *,
+    repeats: int,
+    duration: float,
+    connections: int,
+    pin: bool,
+    nginx: subprocess.Popen[bytes],
+    warm_up: bool = True,
+) -> dict[str, list[WrkRun]]:
+    """Every case once per repeat, the order rotated each repeat; medians are taken later."""
+    for case in cases if warm_up else ():  # pools filled, first-request costs paid
+        run_wrk(case.url, 2, connections, pin)
+    results: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
+    for rep in range(repeats):
+        shift = rep % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            run = measure_wrk(case.url, case.lb.proc, [nginx], duration, connections, pin)
+            results[case.label].append(run)
+            print(
+                f"  rep {rep + 1}/{repeats} {case.label:<30} {run.rps:>9,.0f} req/s "
+                f"{run.server_cpu_us:6.0f} µs CPU/req  other load {run.other_load:4.2f} CPU"
+                + (f"  ERRORS {run.errors}" if run.errors else ""),
+                flush=True,
+            )
+    return results
+
+
+def print_runs_table(
+    cases: list[Case], results: dict[str, list[WrkRun]], base: str, base_name: str
+) -> None:
+    base_rps = median(results[base], "rps")
+    base_cpu = median(results[base], "server_cpu_us")
+    print(
+        f"\n{'case':<30} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'/' + base_name:>8} "
+        f"{'CPU µs/req':>10} {'Δ CPU µs':>8} {'other':>6}  {'runs (req/s)':<40} errors"
+    )
+    for case in cases:
+        runs = results[case.label]
+        rps = median(runs, "rps")
+        cpu = median(runs, "server_cpu_us")
+        spread = " ".join(f"{r.rps:,.0f}" for r in runs)
+        print(
+            f"{case.label:<30} {rps:>8,.0f} {median(runs, 'p50_ms'):>7.2f} "
+            f"{median(runs, 'p99_ms'):>7.2f} {rps / base_rps:>8.3f} {cpu:>10.1f} "
+            f"{cpu - base_cpu:>+8.1f} {median(runs, 'other_load'):>6.2f}  {spread:<40} "
+            f"{sum(r.errors for r in runs)}"
+        )
+    print(
+        "CPU µs/req: CPU time of the load balancer (main process + worker) per request; "
+        "other: CPUs busy with processes outside this run (should be ~0)."
+    )
+
+
+@dataclass
+class Pairs:
+    ratios: list[float] = field(default_factory=list)  # X req/s / base req/s, one per run
+    cpu_ratios: list[float] = field(default_factory=list)  # base CPU/req / X CPU/req
+    rps: list[tuple[float, float]] = field(default_factory=list)  # (base, X)
+    errors: int = 0
+
+
+def side_by_side(
+    base: Case,
+    others: list[Case],
+    *,
+    repeats: int,
+    duration: float,
+    connections: int,
+    pin: bool,
+) -> dict[str, Pairs]:
+    """Each X loaded at the same time as ``base``, both on the load balancer's core.
+
+    Whatever slows the core down during a run slows both alike, so the ratio of their
+    req/s is the ratio of their costs per request, free of the drift between runs that
+    dominates one-at-a-time figures on a VM. Each pair runs in both orders (whose wrk
+    starts first), which cancels any advantage of the order.
+    """
+    pairs = {case.label: Pairs() for case in others}
+    for rep in range(repeats):
+        for case in others:
+            for first, second in ((base, case), (case, base)):
+                runs = measure_side_by_side(
+                    [(first.url, first.lb.proc), (second.url, second.lb.proc)],
+                    duration, connections, pin,
+                )  # fmt: skip
+                by = {first.label: runs[0], second.label: runs[1]}
+                x, b = by[case.label], by[base.label]
+                pair = pairs[case.label]
+                pair.ratios.append(x.rps / b.rps)
+                pair.cpu_ratios.append(b.server_cpu_us / x.server_cpu_us)
+                pair.rps.append((b.rps, x.rps))
+                pair.errors += x.errors + b.errors
+            print(
+                f"  rep {rep + 1}/{repeats} {case.label:<32} / {base.label}: "
+                + " ".join(f"{r:.3f}" for r in pairs[case.label].ratios[-2:]),
+                flush=True,
+            )
+    return pairs
+
+
+def print_pairs(base: Case, others: list[Case], pairs: dict[str, Pairs]) -> None:
+    print(
+        f"\n{'case':<32} {'X/' + base.label.split()[0] + ' req/s':>12} {'min':>6} {'max':>6} "
+        f"{'CPU ratio':>9} {'req/s (base, X)':>18} {'runs':>5} errors"
+    )
+    for case in others:
+        pair = pairs[case.label]
+        b = statistics.median(r[0] for r in pair.rps)
+        x = statistics.median(r[1] for r in pair.rps)
+        print(
+            f"{case.label:<32} {statistics.median(pair.ratios):>12.3f} {min(pair.ratios):>6.3f} "
+            f"{max(pair.ratios):>6.3f} {statistics.median(pair.cpu_ratios):>9.3f} "
+            f"{b:>8,.0f} {x:>8,.0f} {len(pair.ratios):>5} {pair.errors}"
+        )
+    print(
+        "X/base req/s: median over the runs (both orders) of X's req/s over the base's in the "
+        "same run; CPU ratio: base's CPU µs/req over X's."
+    )
+
+
+def save(kind: str, stamp: str, document: dict[str, Any]) -> None:
+    out = RESULTS / f"stats-bench-{kind}-{stamp}.json"
+    out.write_text(json.dumps(document, indent=2, default=str))
+    print(f"raw results: {out.relative_to(REPO)}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def frame_shares(raw: Path, frames: dict[str, str]) -> dict[str, float]:
+    """Inclusive share (%) of a py-spy profile's samples per frame; ``frames``: name -> part of
+    the frame as :func:`bench.harness.frame_name` spells it (``[Class.]function (path``)."""
+    total, _own, inclusive = read_profile(raw)
+    out = {
+        name: 100 * sum(n for frame, n in inclusive.items() if part in frame) / total
+        if total
+        else 0.0
+        for name, part in frames.items()
+    }
+    out["samples"] = float(total)
+    return out
+
+
+# ------------------------------------------------------------------------ running one
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark script's parser: its docstring's first paragraph, and the common options."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    return parser
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser, *, duration: float, repeats: int, what: str
+) -> None:
+    """--duration, --repeats, --pair-repeats, --pair-duration: the interleaved one-at-a-time
+    runs (medians) and the side-by-side pairs (:func:`side_by_side`)."""
+    parser.add_argument(
+        "--duration", type=float, default=duration, help=f"seconds per wrk run ({duration:g})"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help=f"runs per {what}; medians ({repeats})"
+    )
+    parser.add_argument(
+        "--pair-repeats", type=int, default=2, help="side-by-side repeats, 0 to skip (2)"
+    )
+    parser.add_argument("--pair-duration", type=float, default=5.0, help="seconds per pair run (5)")
+
+
+Bench = Callable[[argparse.Namespace, Processes, Path, str], None]
+
+
+def run_bench(kind: str, args: argparse.Namespace, bench: Bench) -> int:
+    """``bench(args, procs, tmp, stamp)`` with every process it starts stopped at the end,
+    on error, Ctrl-C or SIGTERM; the exit status."""
+    interrupt_on_signals()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
+        procs = Processes(can_pin(args.no_pin), Path(tmp))
+        try:
+            bench(args, procs, Path(tmp), stamp)
+        except KeyboardInterrupt as exc:
+            print(f"interrupted ({exc}), cleaning up", file=sys.stderr)
+            return 130
+        except (RuntimeError, subprocess.SubprocessError, ValueError, OSError, KeyError) as exc:
+            print(f"{kind}: {exc!r}", file=sys.stderr)
+            procs.print_logs()
+            return 1
+        finally:
+            procs.close()
+    print(f"({kind}: {time.monotonic() - started:.0f} s)")
+    return 0
 
 
 # ------------------------------------------------------------------------------ profile

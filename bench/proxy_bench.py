@@ -130,7 +130,7 @@ def main() -> int:
         "--transport",
         default="service,httpcore,aiohttp",
         help="comma-separated variants (bench/variant.py) measured in (b) and (c): service "
-        "(as shipped), <transport>, <transport>@httpx, <transport>+proposal; "
+        "(as shipped), <transport>, <transport>@httpx; "
         "default: service,httpcore,aiohttp",
     )
     parser.add_argument("--no-w2", action="store_true", help="skip (c), the 2-worker runs")

@@ -5,15 +5,15 @@ its workers and each re-imports this module, so the swap happens here, at module
 before ``service.app`` builds the application: ``service.upstreams.build_client`` is
 replaced; everything else (routing, headers, metrics, the proxy blueprint) is the service's.
 
-``<spec>`` is ``service`` (nothing swapped) or ``<transport>[@httpx][+proposal]``:
+``<spec>`` is ``service`` (nothing swapped) or ``<transport>[@httpx]``:
 
 - ``<transport>``: a name of ``bench.variant_transports.FACTORIES`` (httpcore, aiohttp, h1,
   httpx-aiohttp, null) under the service's own client (``service.upstreams.build_client``);
 - ``@httpx``: under a plain ``httpx.AsyncClient`` built as the first version of the service
-  built it (so ``aiohttp@httpx`` is that version, and ``httpcore@httpx`` is stock httpx);
-- ``+proposal``: also applies ``bench.proxy_proposal`` (changes proposed for
-  ``service/forwarding.py`` and ``service/blueprints/proxy.py``, measured without editing
-  them); ``+url`` or ``+stream`` applies only the first or only the second of them.
+  built it (so ``aiohttp@httpx`` is that version, and ``httpcore@httpx`` is stock httpx).
+
+(The ``+proposal``, ``+url`` and ``+stream`` suffixes of bench/README.md's older runs applied
+``bench/proxy_proposal.py``, since deleted: stale against the service.)
 """
 
 from __future__ import annotations
@@ -48,13 +48,8 @@ def _plain_client(
 
 
 def _install(spec: str) -> None:
-    rest, _, proposal = spec.partition("+")
-    name, _, client = rest.partition("@")
-    if (
-        (name != "service" and name not in FACTORIES)
-        or client not in ("", "httpx")
-        or proposal not in ("", "proposal", "url", "stream")
-    ):
+    name, _, client = spec.partition("@")
+    if (name != "service" and name not in FACTORIES) or client not in ("", "httpx"):
         raise SystemExit(f"bench.variant: unknown BENCH_VARIANT {spec!r} (see bench/variant.py)")
     if name != "service":
         factory = FACTORIES[name]
@@ -67,10 +62,6 @@ def _install(spec: str) -> None:
             return original(upstream, proxy, transport=transport)
 
         upstreams.build_client = build_client  # type: ignore[assignment]
-    if proposal:
-        from bench import proxy_proposal
-
-        proxy_proposal.install(url=proposal != "stream", stream=proposal != "url")
 
 
 _install(os.environ.get("BENCH_VARIANT", "service"))

@@ -7,7 +7,7 @@
   the worker's row), by :class:`NoRecordStore`, whose ``record`` does nothing. Every other
   method (``heartbeat``, ``socket_opened``, ``socket_closed``, ``snapshot``) and ``row_index``
   (which the pools use) are the real store's, so ``/stats`` still answers; its
-  ``total_requests`` stays 0, which is how ``bench/stats_bench.py`` checks the swap worked.
+  ``total_requests`` stays 0, which is how ``bench/record_cost.py`` checks the swap worked.
 - ``sample``: the same, and the proxy handler no longer builds the ``RequestSample`` either
   (``service.blueprints.proxy.RequestSample.of`` returns None): all of the handler's recording
   step is off except the two ``perf_counter`` calls and the ``Outcome`` it shares with the pool.

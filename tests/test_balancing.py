@@ -9,9 +9,8 @@ from collections import Counter
 
 import pytest
 
+from service.pools import Pool, PoolLayout, PoolState, RetryBudget
 from service.pools.balancing import LeastRequest, RoundRobin
-from service.pools import Pool, RetryBudget
-from service.pools import PoolLayout, PoolState
 from service.pools.state import EJECTED_UNTIL
 from service.sharedmem import Plan, SharedBlock
 from service.settings import PassiveHealth, TargetSpec, Upstream
@@ -40,7 +39,8 @@ def make_pool(
     )
     block, layout = host_block(len(weights))
     state = PoolState(block.claim(os.getpid()), layout, clock=clock)
-    return Pool(upstream, 0, state), clock
+    # a seeded generator: every run draws the same numbers
+    return Pool(upstream, 0, state, rng=random.Random(len(weights))), clock
 
 
 def host_block(targets: int) -> tuple[SharedBlock, PoolLayout]:

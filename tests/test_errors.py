@@ -17,7 +17,7 @@ from service.errors import (
     UpstreamTimeout,
     classify,
 )
-from tests.conftest import LoadBalancer, env_for, raw_request
+from tests.support import LoadBalancer, env_for, raw_request
 
 SHAPE = {"error", "detail"}
 

@@ -7,7 +7,6 @@ connections and never answers, the dashboard is a real upstream; read timeout 1 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,8 +14,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import LoadBalancer, env_for, raw_request
-from tests.upstream_server import SilentServer, UpstreamServer, closed_port_url
+from tests.support import (
+    ClosingServer,
+    LoadBalancer,
+    SilentServer,
+    UpstreamServer,
+    closed_port_url,
+    env_for,
+    raw_request,
+    wait_for,
+)
 
 READ_TIMEOUT = 1.0
 MAX_BODY = 1000
@@ -80,17 +87,22 @@ def test_silent_upstream_is_504_after_read_timeout(broken_lb: LoadBalancer) -> N
     assert READ_TIMEOUT * 0.9 <= elapsed < READ_TIMEOUT + 1.0, elapsed
 
 
-def test_one_failing_upstream_never_slows_the_others(broken_lb: LoadBalancer) -> None:
+def test_one_failing_upstream_never_slows_the_others(
+    broken_lb: LoadBalancer, silent: SilentServer
+) -> None:
     results: list[int] = []
 
     def slow() -> None:
         with httpx.Client(base_url=broken_lb.url, trust_env=False) as client:
             results.append(client.get("/blog/hang").status_code)
 
+    accepted = silent.accepted
     threads = [threading.Thread(target=slow) for _ in range(5)]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)  # the silent requests are now in flight
+    # the silent requests are now in flight: the silent upstream took their five connections
+    # (this was a fixed 0.2-s sleep)
+    wait_for(lambda: silent.accepted >= accepted + 5, timeout=READ_TIMEOUT / 2, step=0.01)
     started = time.monotonic()
     for _ in range(10):
         assert broken_lb.client.get("/page").status_code == 200
@@ -221,24 +233,8 @@ def test_upstream_stalling_mid_body_ends_in_an_error(broken_lb: LoadBalancer) ->
 
 def test_upstream_closing_without_answer_is_502(upstreams: dict[str, UpstreamServer]) -> None:
     """An upstream that accepts and closes at once: 502 with the JSON body, quickly."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    stop = threading.Event()
-
-    def accept_and_close() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            conn.close()
-
-    thread = threading.Thread(target=accept_and_close, daemon=True)
-    thread.start()
-    port = listener.getsockname()[1]
-    balancer = LoadBalancer(env_for(upstreams, API_GATEWAY_URL=f"http://127.0.0.1:{port}"))
+    closing = ClosingServer()
+    balancer = LoadBalancer(env_for(upstreams, API_GATEWAY_URL=closing.url))
     try:
         started = time.monotonic()
         response = balancer.client.get("/api/x")
@@ -248,6 +244,4 @@ def test_upstream_closing_without_answer_is_502(upstreams: dict[str, UpstreamSer
         assert balancer.client.get("/blog/x").status_code == 200
     finally:
         balancer.stop()
-        stop.set()
-        thread.join()
-        listener.close()
+        closing.stop()

@@ -25,8 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import LoadBalancer, _children, env_for
-from tests.upstream_server import UpstreamServer
+from tests.support import LoadBalancer, UpstreamServer, children, env_for, wait_for
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CLOSE, OP_PING = 0x8, 0x9
@@ -42,12 +41,14 @@ def own(balancer: LoadBalancer) -> dict:
     return response.json()["load-balancer"]
 
 
-def wait_for(balancer: LoadBalancer, check: Callable[[dict], bool], timeout: float = 2.0) -> dict:
-    """Poll ``/stats`` until ``check(entry)`` holds or ``timeout`` passes; return the last entry."""
-    deadline = time.monotonic() + timeout
-    while not check(entry := own(balancer)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return entry
+def own_when(balancer: LoadBalancer, check: Callable[[dict], bool], timeout: float = 2.0) -> dict:
+    """Poll ``/stats`` until ``check(entry)`` holds (fails after ``timeout``); that entry."""
+
+    def entry() -> dict | None:
+        found = own(balancer)
+        return found if check(found) else None
+
+    return wait_for(entry, timeout).value
 
 
 def open_ws(balancer: LoadBalancer) -> ClientConnection:
@@ -131,12 +132,12 @@ def test_opening_a_socket_counts(
     assert before["ws_connections"] == 0
     assert before["has_real_traffic"] is False
     with open_ws(quiet_lb):
-        entry = wait_for(quiet_lb, lambda e: e["ws_connections"] == 1)
+        entry = own_when(quiet_lb, lambda e: e["ws_connections"] == 1)
         assert entry["ws_connections"] == 1
         assert entry["has_real_traffic"] is True
         assert entry["total_requests"] == 0  # the socket is not a proxied request
         assert entry["requests_per_second"] == 0
-    assert wait_for(quiet_lb, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
+    assert own_when(quiet_lb, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
     assert upstreams["api-gateway"].hits["/api/ws-heartbeat"] == 0  # answered locally
 
 
@@ -154,9 +155,9 @@ def test_a_plain_get_is_not_a_socket_and_not_proxied(
 @pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
 def test_a_vanished_client_leaves_nothing_behind(quiet_lb: LoadBalancer, reset: bool) -> None:
     raw = RawSocket(quiet_lb.port)
-    assert wait_for(quiet_lb, lambda e: e["ws_connections"] == 1)["ws_connections"] == 1
+    assert own_when(quiet_lb, lambda e: e["ws_connections"] == 1)["ws_connections"] == 1
     raw.close(reset=reset)  # no close frame
-    assert wait_for(quiet_lb, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
+    assert own_when(quiet_lb, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
 
 
 def test_pongs_keep_a_socket_open_and_a_silent_one_is_closed(
@@ -171,7 +172,7 @@ def test_pongs_keep_a_socket_open_and_a_silent_one_is_closed(
             opened = time.monotonic()
             silent = RawSocket(balancer.port)  # answers nothing
             silent_opened = time.monotonic()
-            assert wait_for(balancer, lambda e: e["ws_connections"] == 2)["ws_connections"] == 2
+            assert own_when(balancer, lambda e: e["ws_connections"] == 2)["ws_connections"] == 2
 
             pings, closed_by = 0, None
             deadline = silent_opened + idle_timeout + 2.0
@@ -196,9 +197,9 @@ def test_pongs_keep_a_socket_open_and_a_silent_one_is_closed(
             with pytest.raises(TimeoutError):
                 answering.recv(timeout=0.2)  # no close frame has come either
             answering.send("hb")
-            entry = wait_for(balancer, lambda e: e["ws_connections"] == 1)
+            entry = own_when(balancer, lambda e: e["ws_connections"] == 1)
             assert entry["ws_connections"] == 1
-        assert wait_for(balancer, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
+        assert own_when(balancer, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
     finally:
         balancer.stop()
 
@@ -206,11 +207,11 @@ def test_pongs_keep_a_socket_open_and_a_silent_one_is_closed(
 def test_two_hundred_sockets(quiet_lb: LoadBalancer) -> None:
     with open_ws(quiet_lb):
         pass  # warm-up: the first socket pays for imports and buffers
-    wait_for(quiet_lb, lambda e: e["ws_connections"] == 0)
+    own_when(quiet_lb, lambda e: e["ws_connections"] == 0)
     rss_before = quiet_lb.rss_kib()
     with ExitStack() as stack:
         sockets = [stack.enter_context(open_ws(quiet_lb)) for _ in range(200)]
-        entry = wait_for(quiet_lb, lambda e: e["ws_connections"] == 200)
+        entry = own_when(quiet_lb, lambda e: e["ws_connections"] == 200)
         assert entry["ws_connections"] == 200
         grown_mib = (quiet_lb.rss_kib() - rss_before) / 1024
         assert grown_mib < 60, f"RSS grew by {grown_mib:.1f} MiB for 200 sockets"
@@ -222,7 +223,7 @@ def test_two_hundred_sockets(quiet_lb: LoadBalancer) -> None:
             closer.start()
         for closer in closers:
             closer.join()
-    assert wait_for(quiet_lb, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
+    assert own_when(quiet_lb, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
 
 
 def test_sockets_on_any_worker_are_counted_by_every_worker(
@@ -231,18 +232,19 @@ def test_sockets_on_any_worker_are_counted_by_every_worker(
     balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="0"), workers=2)
     try:
         # Ready means one worker answers; wait for both before counting anything.
-        assert wait_for(balancer, lambda e: e["workers"] == 2, timeout=10.0)["workers"] == 2
+        assert own_when(balancer, lambda e: e["workers"] == 2, timeout=10.0)["workers"] == 2
         with ExitStack() as stack:
             for _ in range(10):
                 stack.enter_context(open_ws(balancer))
-            time.sleep(0.3)
+            # every socket counted (this was a fixed 0.3-s sleep)
+            own_when(balancer, lambda e: e["ws_connections"] == 10)
             seen = []
             for _ in range(10):
                 # A new connection each time, so the kernel may hand it to either worker.
                 response = balancer.client.get("/stats", headers={"Connection": "close"})
                 seen.append(response.json()["load-balancer"]["ws_connections"])
             assert seen == [10] * 10
-        assert wait_for(balancer, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
+        assert own_when(balancer, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
     finally:
         balancer.stop()
 
@@ -264,27 +266,32 @@ def established_sockets_by_pid(port: int, pids: list[int]) -> dict[int, int]:
     return counts
 
 
+def held_by_workers(balancer: LoadBalancer) -> dict[int, int]:
+    return established_sockets_by_pid(balancer.port, children(balancer.process.pid))
+
+
 def test_sockets_of_a_killed_worker_are_no_longer_counted(
     upstreams: dict[str, UpstreamServer],
 ) -> None:
     balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="0"), workers=2)
     try:
-        assert wait_for(balancer, lambda e: e["workers"] == 2, timeout=10.0)["workers"] == 2
+        assert own_when(balancer, lambda e: e["workers"] == 2, timeout=10.0)["workers"] == 2
         balancer.client.close()  # no keep-alive connection of ours in the way
         with ExitStack() as stack:
             sockets = [stack.enter_context(open_ws(balancer)) for _ in range(10)]
-            time.sleep(0.3)
-            held = established_sockets_by_pid(balancer.port, _children(balancer.process.pid))
+            # every socket held by a worker (this was a fixed 0.3-s sleep)
+            wait_for(lambda: sum(held_by_workers(balancer).values()) == 10, timeout=2.0)
+            held = held_by_workers(balancer)
             victim = max(held, key=held.__getitem__)
             assert held[victim] >= 1 and sum(held.values()) == 10, held
             os.kill(victim, signal.SIGKILL)
+
             # The victim's sockets died with it: their clients see the connection end.
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline:
-                open_now = sum(1 for ws in sockets if ws.protocol.state is State.OPEN)
-                if open_now == 10 - held[victim]:
-                    break
-                time.sleep(0.05)
+            def still_open() -> int:
+                return sum(1 for ws in sockets if ws.protocol.state is State.OPEN)
+
+            wait_for(lambda: still_open() == 10 - held[victim], timeout=3.0)
+            open_now = still_open()
             assert open_now == 10 - held[victim]
 
             def count() -> dict:
@@ -293,9 +300,11 @@ def test_sockets_of_a_killed_worker_are_no_longer_counted(
                 )
                 return response.json()["load-balancer"]
 
-            deadline = time.monotonic() + 2.0
-            while (entry := count())["ws_connections"] != open_now and time.monotonic() < deadline:
-                time.sleep(0.1)
+            entry = wait_for(
+                lambda: e if (e := count())["ws_connections"] == open_now else None,
+                timeout=2.0,
+                step=0.1,
+            ).value
             assert entry["workers"] == 1
             assert entry["ws_connections"] == open_now
     finally:
@@ -314,6 +323,6 @@ def test_idle_close_reaches_the_client_as_a_close_frame(
                 ws.recv(timeout=4)
             assert 0.5 <= time.monotonic() - started <= 3.0
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-        assert wait_for(balancer, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
+        assert own_when(balancer, lambda e: e["ws_connections"] == 0)["ws_connections"] == 0
     finally:
         balancer.stop()

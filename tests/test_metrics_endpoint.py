@@ -3,15 +3,13 @@ traffic the test sent and against ``/stats``."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from tests.conftest import LoadBalancer, env_for
-from tests.upstream_server import UpstreamServer, closed_port_url
+from tests.support import LoadBalancer, UpstreamServer, closed_port_url, env_for, wait_for
 
 
 def scrape(balancer: LoadBalancer) -> dict[str, list]:
@@ -89,10 +87,7 @@ def test_ws_connections_gauge(metrics_lb: LoadBalancer) -> None:
     with connect(url, ping_interval=None) as first, connect(url, ping_interval=None):
         first.send("hb")
         assert value(scrape(metrics_lb), "lb_ws_connections") == 2
-    for _ in range(40):
-        if value(scrape(metrics_lb), "lb_ws_connections") == 0:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: value(scrape(metrics_lb), "lb_ws_connections") == 0, timeout=2)
     assert value(scrape(metrics_lb), "lb_ws_connections") == 0
 
 

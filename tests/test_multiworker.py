@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import LoadBalancer, env_for
-from tests.upstream_server import UpstreamServer
+from tests.support import LoadBalancer, UpstreamServer, env_for
 
 
 @pytest.fixture(scope="module")

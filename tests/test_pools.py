@@ -5,11 +5,11 @@ balancer process with the API gateway pointed at them (``API_GATEWAY_URL=a,b,c``
 at two things: what each target actually received (its ``hits``) and what the balancer says
 about the pool in ``/stats`` -> ``load-balancer.upstreams.api-gateway``.
 
-``Knob`` is the target used here: the tests' ``UpstreamServer`` with a few switches (slow on
-every request, a fixed status for every GET, the status of ``/health``, an ordered log of
-arrivals shared by several targets) and a ``stop`` that behaves like a killed process: the
-listening socket is closed *and* every open connection is shut, so keep-alive connections
-pooled by the balancer die too.
+``Knob`` (tests/support/servers.py) is the target used here: the tests' ``UpstreamServer``
+with a few switches (slow on every request, a fixed status for every GET, the status of
+``/health``, an ordered log of arrivals shared by several targets) and a ``stop`` that behaves
+like a killed process: the listening socket is closed *and* every open connection is shut, so
+keep-alive connections pooled by the balancer die too.
 """
 
 from __future__ import annotations
@@ -20,121 +20,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from http.server import ThreadingHTTPServer
+from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import LoadBalancer, env_for
-from tests.upstream_server import UpstreamServer, _Handler
+from tests.support import Knob, LoadBalancer, UpstreamServer, env_for, wait_for
 
 POOL = "api-gateway"
 
 
 # ------------------------------------------------------------------------ the targets
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a connection shut by stop() mid-request is expected, not worth a traceback
-
-
-class _KnobHandler(_Handler):
-    upstream: Knob
-
-    def setup(self) -> None:
-        super().setup()
-        self.upstream.track(self.connection, open_=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.upstream.track(self.connection, open_=False)
-
-    def _handle(self) -> None:
-        server = self.upstream
-        path = urlsplit(self.path).path
-        if server.log is not None:
-            server.log.append((server.name, path))  # list.append is atomic
-        if path == "/health":
-            return self._fixed(path, server.health_status)
-        if server.delay:
-            time.sleep(server.delay)
-        if server.get_status is not None and self.command == "GET" and path != "/stats":
-            return self._fixed(path, server.get_status)
-        super()._handle()
-
-    def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        # A whole answer or nothing: stop() never cuts one in half (see Knob.stop).
-        with self.upstream.replying:
-            if self.upstream.dead:
-                self.close_connection = True
-                raise ConnectionAbortedError("stopped")
-            super()._reply(status, headers, body)
-
-    def _fixed(self, path: str, status: int) -> None:
-        self.upstream.count(path)
-        self._read_body()
-        body = b'{"upstream": "%s"}' % self.upstream.name.encode()
-        self._reply(status, [("Content-Type", "application/json")], body)
-
-
-class Knob(UpstreamServer):
-    def __init__(
-        self,
-        name: str,
-        *,
-        delay: float = 0.0,
-        get_status: int | None = None,
-        health_status: int = 200,
-        log: list[tuple[str, str]] | None = None,
-    ) -> None:
-        super().__init__(name)
-        self.delay = delay  # seconds slept on every request but /health
-        self.get_status = get_status  # the status of every GET (but /health and /stats)
-        self.health_status = health_status
-        self.log = log
-        self._connections: set[socket.socket] = set()
-        self.replying = threading.Lock()
-        self.dead = False
-
-    def start(self, port: int = 0) -> Knob:
-        handler = type("Handler", (_KnobHandler,), {"upstream": self})
-        self._server = _QuietServer(("127.0.0.1", port), handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def track(self, connection: socket.socket, *, open_: bool) -> None:
-        with self._lock:
-            (self._connections.add if open_ else self._connections.discard)(connection)
-
-    def stop(self) -> None:
-        """Like a killed process: refuse new connections and drop the open ones.
-
-        A request in flight gets no answer at all (its connection is shut), never half of
-        one: the kill falls between two answers, where a retry on another target is possible.
-        """
-        super().stop()
-        with self.replying, self._lock:
-            self.dead = True
-            connections = list(self._connections)
-        for connection in connections:
-            with suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def total(self, prefix: str = "/api/") -> int:
-        with self._lock:
-            return sum(n for path, n in self.hits.items() if path.startswith(prefix))
 
 
 @pytest.fixture
@@ -184,14 +81,9 @@ def entry(stats: dict[str, Any], server: UpstreamServer) -> dict[str, Any]:
     return found
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    """Seconds until ``predicate()`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(step)
-    return time.monotonic() - start
+def logged(lb: LoadBalancer, text: str) -> bool:
+    """Whether a line of the balancer's output so far contains ``text``."""
+    return any(text in line for line in list(lb.output))
 
 
 def blast(lb: LoadBalancer, path: str, total: int, clients: int) -> Counter[int]:
@@ -320,6 +212,10 @@ class Load:
                 with self._lock:
                     self.statuses[outcome] += 1
 
+    def count(self, outcome: int | str) -> int:
+        with self._lock:
+            return self.statuses[outcome]
+
     def stop(self) -> Counter[int | str]:
         self._stop.set()
         for thread in self._threads:
@@ -333,14 +229,22 @@ def test_killing_a_target_mid_load_costs_no_request(upstreams, knobs) -> None:
     with balancer(upstreams, [s.url for s in servers]) as lb:
         load = Load(lb, "/api/load")
         try:
-            time.sleep(1.0)
+            # the load is flowing and the victim is in rotation (it was a fixed 1-s sleep)
+            wait_for(lambda: load.count(200) >= 150 and victim.total() >= 20, timeout=10)
             assert victim.total() > 0  # it was in rotation
             victim.stop()
-            killed_at = time.monotonic()
             wait_for(lambda: entry(pool_stats(lb), victim)["state"] == "ejected", timeout=2)
             at_ejection = entry(pool_stats(lb), victim)
             survivors_then = [s.total() for s in survivors]
-            time.sleep(max(0.0, 2.0 - (time.monotonic() - killed_at)))
+            # traffic after the ejection, on both survivors (it was a fixed sleep to 2 s after
+            # the kill): enough for a stray attempt on the dead target to have shown
+            wait_for(
+                lambda: (
+                    load.count(200) > 300
+                    and all(s.total() >= then + 100 for s, then in zip(survivors, survivors_then))
+                ),
+                timeout=10,
+            )
         finally:
             statuses = load.stop()
         assert set(statuses) == {200}, statuses  # every GET answered: retried on a survivor
@@ -375,7 +279,7 @@ def _seconds_until_traffic(lb: LoadBalancer, revived: Knob, path: str, timeout: 
             assert client.get(path).status_code == 200
             return revived.total() > 0
 
-        return wait_for(served, timeout=timeout, step=0.01)
+        return wait_for(served, timeout=timeout, step=0.01).elapsed
 
 
 def test_restarted_target_comes_back_after_the_cool_down(upstreams, knobs) -> None:
@@ -401,7 +305,9 @@ def test_restarted_target_comes_back_through_active_health_checks(upstreams, kno
     }
     with balancer(upstreams, [s.url for s in servers], **env) as lb:
         _kill_and_eject(lb, victim, "/api/back")
-        time.sleep(1.2)  # the checker has seen it dead (unhealthy_threshold 2 x 0.5 s)
+        # the checker has seen it dead (unhealthy_threshold 2 x 0.5 s; this was a fixed 1.2-s
+        # sleep): /stats shows "ejected" over "down", so the balancer's own log tells
+        wait_for(lambda: logged(lb, f"target {victim.url} is down (health check)"), timeout=3)
         revived = knobs("h0-again", port=victim.port)
         # one good check (interval 0.5 s, threshold 1) should be enough, long before 30 s
         assert _seconds_until_traffic(lb, revived, "/api/back", timeout=2.5) <= 1.5
@@ -505,7 +411,7 @@ def test_failing_health_check_takes_a_target_out_and_back(upstreams, knobs) -> N
         assert entry(pool_stats(lb), sick)["state"] == "up"
 
         sick.health_status = 500
-        took = wait_for(lambda: entry(pool_stats(lb), sick)["state"] == "down", timeout=3)
+        took = wait_for(lambda: entry(pool_stats(lb), sick)["state"] == "down", timeout=3).elapsed
         assert took <= 0.5 * 2 + 0.5 + 0.5  # interval x threshold, one interval of phase, slack
         before = sick.total()
         assert blast(lb, "/api/sick", 150, clients=3) == {200: 150}
@@ -513,7 +419,7 @@ def test_failing_health_check_takes_a_target_out_and_back(upstreams, knobs) -> N
         assert pool_stats(lb)["panic"] is False
 
         sick.health_status = 200
-        took = wait_for(lambda: entry(pool_stats(lb), sick)["state"] == "up", timeout=3)
+        took = wait_for(lambda: entry(pool_stats(lb), sick)["state"] == "up", timeout=3).elapsed
         assert took <= 0.5 * 2 + 0.5 + 0.5
         assert blast(lb, "/api/sick", 150, clients=3) == {200: 150}
         assert sick.total() > before

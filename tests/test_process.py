@@ -12,17 +12,16 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import REPO, SANIC, LoadBalancer, env_for, free_port
-from tests.upstream_server import UpstreamServer
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.support import (
+    REPO,
+    SANIC,
+    LoadBalancer,
+    UpstreamServer,
+    children,
+    env_for,
+    free_port,
+    wait_for,
+)
 
 
 def test_two_workers_serve_and_drain_on_sigterm(upstreams: dict[str, UpstreamServer]) -> None:
@@ -51,7 +50,7 @@ def test_two_workers_serve_and_drain_on_sigterm(upstreams: dict[str, UpstreamSer
         before = server.hits["/api/slow"]
         thread = threading.Thread(target=slow)
         thread.start()
-        assert wait_for(lambda: server.hits["/api/slow"] > before)  # in flight upstream
+        assert wait_for(lambda: server.hits["/api/slow"] > before, step=0.02)  # in flight upstream
         started = time.monotonic()
         returncode = balancer.stop(signal.SIGTERM)
         thread.join(10)
@@ -83,7 +82,7 @@ def test_python_m_service(upstreams: dict[str, UpstreamServer]) -> None:
             except httpx.TransportError:
                 return process.poll() is not None
 
-        assert wait_for(healthy, timeout=20)
+        assert wait_for(healthy, timeout=20, step=0.02)
         assert process.poll() is None
         # Give the main process time to see the worker's start-up ack: a SIGTERM before that
         # hangs Sanic forever (see test_sigterm_during_startup_exits below).
@@ -115,7 +114,7 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer]) -> N
     )
     try:
         # The worker process exists (spawned after the manager) but is not serving yet.
-        assert wait_for(lambda: len(_spawned(process.pid)) >= 2, timeout=20)
+        assert wait_for(lambda: len(_spawned(process.pid)) >= 2, timeout=20, step=0.02)
         process.send_signal(signal.SIGTERM)
         process.wait(5)
     finally:
@@ -127,10 +126,8 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer]) -> N
 
 def _spawned(pid: int) -> list[int]:
     """Children started by multiprocessing's spawn (the sync manager and the workers)."""
-    from tests.conftest import _children
-
     found = []
-    for child in _children(pid):
+    for child in children(pid):
         try:
             cmdline = open(f"/proc/{child}/cmdline", "rb").read()
         except OSError:

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import LoadBalancer, env_for, raw_request
-from tests.upstream_server import UpstreamServer
+from tests.support import LoadBalancer, UpstreamServer, env_for, raw_request
 
 
 def seen_headers(echo: dict) -> list[tuple[str, str]]:

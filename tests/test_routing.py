@@ -17,8 +17,7 @@ from service.factory import create_app
 from service.errors import BadPath
 from service.proxying.routing import Forward, Redirect, Router, canonical_path
 from service.settings import Route, load_settings
-from tests.conftest import LoadBalancer, raw_request
-from tests.upstream_server import UpstreamServer
+from tests.support import LoadBalancer, UpstreamServer, raw_request
 
 # --------------------------------------------------------------------------- unit
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from service.settings import SettingsError, load_settings
-from tests.conftest import REPO, SANIC, free_port
+from tests.support import REPO, SANIC, free_port
 
 CONTRACT_URLS = {
     "api-gateway": ("API_GATEWAY_URL", "http://local-api-gateway-service:8000"),

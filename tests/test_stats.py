@@ -19,8 +19,14 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import STATS_PAYLOADS, LoadBalancer, env_for
-from tests.upstream_server import SilentServer, UpstreamServer, closed_port_url
+from tests.support import (
+    STATS_PAYLOADS,
+    LoadBalancer,
+    SilentServer,
+    UpstreamServer,
+    closed_port_url,
+    env_for,
+)
 
 AGGREGATED = ("api-gateway", "auth", "blog_service", "user_service")
 CAP = 1024 * 1024  # the default LB_STATS_MAX_PAYLOAD

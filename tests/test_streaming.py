@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LoadBalancer
+from tests.support import LoadBalancer
 
 SIZE = 256 * 1024 * 1024
 RSS_GROWTH_LIMIT_KIB = 50 * 1024

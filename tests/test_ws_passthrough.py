@@ -11,8 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.conftest import LoadBalancer, env_for
-from tests.upstream_server import UpstreamServer
+from tests.support import LoadBalancer, UpstreamServer, env_for, wait_for
 
 
 class EchoServer:
@@ -59,6 +58,10 @@ def ws_lb(upstreams: dict[str, UpstreamServer], echo: EchoServer) -> Iterator[Lo
     )
     yield balancer
     balancer.stop()
+
+
+def stats(lb: LoadBalancer) -> dict:
+    return lb.client.get("/stats").json()["load-balancer"]
 
 
 def ws_url(lb: LoadBalancer, path: str) -> str:
@@ -116,9 +119,10 @@ def test_the_heartbeat_socket_is_still_answered_locally(
     before = len(echo.paths)
     with connect(ws_url(ws_lb, "/api/ws-heartbeat")) as ws:
         ws.send("hb")
-        time.sleep(0.2)
+        # the socket is open and counted here (this was a fixed 0.2-s sleep)
+        wait_for(lambda: stats(ws_lb)["ws_connections"] == 1, timeout=2)
     assert len(echo.paths) == before
-    assert ws_lb.client.get("/stats").json()["load-balancer"]["has_real_traffic"] is True
+    assert stats(ws_lb)["has_real_traffic"] is True
 
 
 def test_tunnels_do_not_count_as_real_api_traffic_and_the_proxy_stays_healthy(

@@ -111,6 +111,3 @@ def _usable(targets: Sequence[T], exclude: frozenset[int]) -> list[T]:
     """Available targets not yet tried; else any not yet tried; else all (panic)."""
     untried = [t for i, t in enumerate(targets) if i not in exclude] or list(targets)
     return [t for t in untried if t.available()] or untried
-
-
-PICKERS = {"least_request": LeastRequest, "round_robin": RoundRobin}

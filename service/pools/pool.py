@@ -11,6 +11,7 @@ the worker that makes them.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from types import TracebackType
 from typing import Generic, TypeVar
 
 from service.errors import UpstreamError
-from service.pools.balancing import PICKERS, LeastRequest, RoundRobin
+from service.pools.balancing import LeastRequest, RoundRobin
 from service.pools.retries import RetryBudget, RetryRule
 from service.pools.state import ACTIVE_DOWN, EJECTED_UNTIL, EJECTIONS, PoolState
 from service.settings import Upstream
@@ -73,14 +74,24 @@ class Target:
 
 
 class Pool:
-    def __init__(self, upstream: Upstream, first_index: int, state: PoolState) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        first_index: int,
+        state: PoolState,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``rng`` feeds the least-request draws (seeded in tests; the OS seeds it else)."""
         self.upstream = upstream
         self.name = upstream.name
         self.targets = tuple(
             Target(first_index + i, i, spec.url, spec.weight, state)
             for i, spec in enumerate(upstream.targets)
         )
-        self._picker: LeastRequest | RoundRobin = PICKERS[upstream.balance]()
+        self._picker: LeastRequest | RoundRobin = (
+            LeastRequest(rng) if upstream.balance == "least_request" else RoundRobin()
+        )
         self._state = state
 
     def describe(self) -> dict[str, object]:

@@ -1,6 +1,14 @@
-"""A real HTTP upstream for tests: stdlib ``ThreadingHTTPServer`` on 127.0.0.1, ephemeral port.
+"""The servers the tests and benchmarks stand up, all on 127.0.0.1 on ephemeral ports.
 
-Its behaviour is chosen per request by query parameters, so one server plays every role:
+- :class:`UpstreamServer`: a real HTTP upstream (stdlib ``ThreadingHTTPServer``);
+  :func:`start_upstreams` starts one per upstream of the service (:data:`URL_VARS`), each
+  answering ``/stats`` with its :data:`STATS_PAYLOADS` entry.
+- :class:`Knob`: an ``UpstreamServer`` with switches, whose ``stop`` behaves like a kill.
+- :class:`SilentServer`: accepts connections and never answers; :class:`ClosingServer`:
+  accepts connections and closes them at once.
+
+An ``UpstreamServer``'s behaviour is chosen per request by query parameters, so one server
+plays every role:
 
 - default: 200 and a JSON echo of what arrived (method, path, query, headers, body size and
   sha256), so a test sees exactly what the proxy forwarded.
@@ -27,12 +35,34 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 CHUNK = 64 * 1024
+
+# upstream name -> environment variable of its URL
+URL_VARS = {
+    "api-gateway": "API_GATEWAY_URL",
+    "dashboard-ui": "DASHBOARD_UI_URL",
+    "blog-service": "BLOG_SERVICE_URL",
+    "auth-service": "AUTH_SERVICE_URL",
+    "user-service": "USER_SERVICE_URL",
+}
+STATS_PAYLOADS = {
+    "api-gateway": {"api-gateway": {"service_status": "online", "info": "Proxying API requests"}},
+    "dashboard-ui": {"dashboard-ui": {"service_status": "online"}},
+    "blog-service": {"blog_service": {"service_status": "online", "post_count": 3}},
+    "auth-service": {"auth": {"service_status": "online", "active_session_count": 0}},
+    "user-service": {
+        "user_service": {
+            "service_status": "online",
+            "database": {"status": "healthy"},
+            "cache": {"status": "healthy", "hit_ratio": 0},
+        }
+    },
+}
 
 
 class UpstreamServer:
@@ -215,48 +245,170 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def start_upstreams() -> dict[str, UpstreamServer]:
+    """One started ``UpstreamServer`` per upstream of the service, by name."""
+    return {name: UpstreamServer(name, STATS_PAYLOADS[name]).start() for name in URL_VARS}
+
+
+# ------------------------------------------------------------------------ Knob
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a connection shut by stop() mid-request is expected, not worth a traceback
+
+
+class _KnobHandler(_Handler):
+    upstream: Knob
+
+    def setup(self) -> None:
+        super().setup()
+        self.upstream.track(self.connection, open_=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.upstream.track(self.connection, open_=False)
+
+    def _handle(self) -> None:
+        server = self.upstream
+        path = urlsplit(self.path).path
+        if server.log is not None:
+            server.log.append((server.name, path))  # list.append is atomic
+        if path == "/health":
+            return self._fixed(path, server.health_status)
+        if server.delay:
+            time.sleep(server.delay)
+        if server.get_status is not None and self.command == "GET" and path != "/stats":
+            return self._fixed(path, server.get_status)
+        super()._handle()
+
+    def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        # A whole answer or nothing: stop() never cuts one in half (see Knob.stop).
+        with self.upstream.replying:
+            if self.upstream.dead:
+                self.close_connection = True
+                raise ConnectionAbortedError("stopped")
+            super()._reply(status, headers, body)
+
+    def _fixed(self, path: str, status: int) -> None:
+        self.upstream.count(path)
+        self._read_body()
+        body = b'{"upstream": "%s"}' % self.upstream.name.encode()
+        self._reply(status, [("Content-Type", "application/json")], body)
+
+
+class Knob(UpstreamServer):
+    """The ``UpstreamServer`` with a few switches and a ``stop`` that behaves like a kill.
+
+    Switches: slow on every request (``delay``), a fixed status for every GET
+    (``get_status``), the status of ``/health`` (``health_status``), an ordered log of
+    arrivals shared by several targets (``log``). ``stop`` closes the listening socket *and*
+    shuts every open connection, so keep-alive connections pooled by a client die too.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        delay: float = 0.0,
+        get_status: int | None = None,
+        health_status: int = 200,
+        log: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.delay = delay  # seconds slept on every request but /health
+        self.get_status = get_status  # the status of every GET (but /health and /stats)
+        self.health_status = health_status
+        self.log = log
+        self._connections: set[socket.socket] = set()
+        self.replying = threading.Lock()
+        self.dead = False
+
+    def start(self, port: int = 0) -> Knob:
+        handler = type("Handler", (_KnobHandler,), {"upstream": self})
+        self._server = _QuietServer(("127.0.0.1", port), handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def track(self, connection: socket.socket, *, open_: bool) -> None:
+        with self._lock:
+            (self._connections.add if open_ else self._connections.discard)(connection)
+
+    def stop(self) -> None:
+        """Like a killed process: refuse new connections and drop the open ones.
+
+        A request in flight gets no answer at all (its connection is shut), never half of
+        one: the kill falls between two answers, where a retry on another target is possible.
+        """
+        super().stop()
+        with self.replying, self._lock:
+            self.dead = True
+            connections = list(self._connections)
+        for connection in connections:
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def total(self, prefix: str = "/api/") -> int:
+        with self._lock:
+            return sum(n for path, n in self.hits.items() if path.startswith(prefix))
+
+
+# ------------------------------------------------------------------------ bare TCP servers
+
+
 class SilentServer:
-    """Accepts TCP connections and never answers: the upstream that hangs."""
+    """Accepts TCP connections and never answers: the upstream that hangs.
+
+    ``accepted`` counts the connections taken so far.
+    """
+
+    hold = True  # keep each connection open (and silent) until stop()
 
     def __init__(self) -> None:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(128)
         self.port = self._sock.getsockname()[1]
+        self.accepted = 0
         self._held: list[socket.socket] = []
         self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
-        self._sock.settimeout(0.2)
+        self._sock.settimeout(0.1)
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-                self._held.append(conn)
             except OSError:
                 continue
+            self.accepted += 1
+            if self.hold:
+                self._held.append(conn)
+            else:
+                conn.close()
 
     def stop(self) -> None:
         self._stop.set()
+        self._thread.join()
         for conn in self._held:
             conn.close()
         self._sock.close()
 
 
-def closed_port_url() -> str:
-    """A 127.0.0.1 URL on which nothing listens (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+class ClosingServer(SilentServer):
+    """Accepts TCP connections and closes each at once, without a byte of answer."""
 
-
-def start_all(names: list[str]) -> dict[str, UpstreamServer]:
-    return {name: UpstreamServer(name).start() for name in names}
-
-
-Factory = Callable[[], Any]
+    hold = False

@@ -1,0 +1,56 @@
+"""What the tests and the benchmarks share: servers, the load-balancer process, waiting.
+
+- :mod:`tests.support.servers`: ``UpstreamServer``, ``Knob``, ``SilentServer``,
+  ``ClosingServer``, ``start_upstreams``, ``URL_VARS``, ``STATS_PAYLOADS``;
+- :mod:`tests.support.processes`: ``LoadBalancer``, ``env_for``, ``clean_env``, and the process
+  tree from /proc (``children``, ``rss_kib``, ``cpu_ticks``, ``open_fds``);
+- :mod:`tests.support.net`: ``free_port``, ``closed_port_url``, ``raw_request``;
+- :mod:`tests.support.waiting`: ``wait_for``.
+"""
+
+from tests.support.net import closed_port_url, free_port, raw_request
+from tests.support.processes import (
+    REPO,
+    SANIC,
+    LoadBalancer,
+    children,
+    clean_env,
+    cpu_ticks,
+    env_for,
+    open_fds,
+    rss_kib,
+)
+from tests.support.servers import (
+    STATS_PAYLOADS,
+    URL_VARS,
+    ClosingServer,
+    Knob,
+    SilentServer,
+    UpstreamServer,
+    start_upstreams,
+)
+from tests.support.waiting import Waited, wait_for
+
+__all__ = [
+    "REPO",
+    "SANIC",
+    "STATS_PAYLOADS",
+    "URL_VARS",
+    "ClosingServer",
+    "Knob",
+    "LoadBalancer",
+    "SilentServer",
+    "UpstreamServer",
+    "Waited",
+    "children",
+    "clean_env",
+    "closed_port_url",
+    "cpu_ticks",
+    "env_for",
+    "free_port",
+    "open_fds",
+    "raw_request",
+    "rss_kib",
+    "start_upstreams",
+    "wait_for",
+]
