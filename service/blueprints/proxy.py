@@ -15,14 +15,13 @@ from dataclasses import dataclass
 
 import httpx
 from sanic import Blueprint, Request
-from sanic.compat import Header
 from sanic.response import HTTPResponse, redirect
 
 from service.errors import BodyTooLarge, LoadBalancerError, UpstreamError, error_response
 from service.metrics import LOCAL, RequestSample
 from service.pools import FAILURE_STATUSES, Pool, RetryRule, Target
 from service.proxying import exchange, websocket_tunnel
-from service.proxying.headers import end_to_end
+from service.proxying.relay import ProxiedResponse, relay
 from service.proxying.routing import Redirect
 
 bp = Blueprint("proxy")
@@ -31,21 +30,6 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 # Once a target has the handshake it may have acted on it: retried only when no connection
 # was made.
 TUNNEL_RETRY = RetryRule(idempotent=False)
-
-
-class ProxiedResponse(HTTPResponse):
-    """An upstream's response head, sent as is.
-
-    Sanic's own ``processed_headers`` would add ``content-type: None`` to a response that
-    has no content type; an upstream's answer must reach the client without invented headers.
-    """
-
-    @property
-    def processed_headers(self):  # type: ignore[override]
-        return (
-            (name.encode("ascii"), f"{value}".encode(errors="surrogateescape"))
-            for name, value in self.headers.items()
-        )
 
 
 @bp.route("/", methods=METHODS, stream=True, name="root")
@@ -108,7 +92,7 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
 
     def send(target: Target) -> Awaitable[httpx.Response]:
         return exchange.send(
-            request, upstream=pool.name, target_url=target.url,
+            request, upstream=pool.name, target=target,
             client=lb.clients[pool.name], proxy=lb.settings.proxy, body=body,
         )  # fmt: skip
 
@@ -124,9 +108,8 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
             if request.method == "HEAD":
                 # Sanic sends a HEAD answer's head itself; streaming one through respond()
                 # trips over Sanic's head_response_ignored (a sync function it later awaits).
-                headers = _response_headers(upstream)
-                return ProxiedResponse(status=upstream.status_code, headers=headers)
-            if not await _relay(request, upstream):
+                return ProxiedResponse(upstream)
+            if not await relay(request, upstream):
                 attempt.failed = True
             return None
         finally:
@@ -177,28 +160,3 @@ def _declared_length(request: Request) -> int:
         return int(request.headers.get("content-length") or 0)
     except ValueError:
         return 0
-
-
-async def _relay(request: Request, upstream: httpx.Response) -> bool:
-    """Stream the upstream's response to the client chunk by chunk; False if it broke off.
-
-    If the upstream breaks off mid-body the client connection is aborted, so the client sees
-    a truncated response as an error rather than a short body that looks complete.
-    """
-    response = await request.respond(
-        ProxiedResponse(status=upstream.status_code, headers=_response_headers(upstream))
-    )
-    try:
-        async for chunk in upstream.aiter_raw():
-            await response.send(chunk)
-        await response.eof()
-    except httpx.HTTPError:
-        if request.transport is not None:
-            request.transport.abort()
-        return False
-    return True
-
-
-def _response_headers(upstream: httpx.Response) -> Header:
-    connection = upstream.headers.get_list("connection")
-    return Header(end_to_end(upstream.headers.multi_items(), connection))

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, TypeVar
 
+import httpx
+
 from service.errors import UpstreamError
 from service.pools.balancing import LeastRequest, RoundRobin
 from service.pools.retries import RetryBudget, RetryRule
@@ -39,8 +41,14 @@ class Target:
     url: str
     weight: int
     state: PoolState
+    base_url: httpx.URL = field(init=False)  # ``url`` parsed once, for every request to it
+    authority: bytes = field(init=False)  # host[:port], for a Host header of our own
     outstanding: int = 0
     recent_failures: deque[float] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.base_url = httpx.URL(self.url)
+        self.authority = self.base_url.netloc
 
     def ejected(self) -> bool:
         return self.state.get(self.index, EJECTED_UNTIL) > self.state.clock()

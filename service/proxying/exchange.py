@@ -1,8 +1,9 @@
 """One exchange with one target: the client's request sent, its streamed response back.
 
 Which target, and whether to try again, is the pool's (``service.pools``); this module only
-translates a Sanic request into an httpx request for a given target and classifies what
-went wrong.
+turns a Sanic request into an ``httpx.Request`` for a given target — from parts already in
+hand: the head's bytes, the target's URL parsed at start-up (``service.transport.seam``) —
+and classifies what went wrong.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from sanic import Request
 from sanic.exceptions import PayloadTooLarge
 
 from service.errors import BodyTooLarge, classify
-from service.proxying.headers import request_headers
+from service.pools import Target
+from service.proxying.headers import head_fields, upstream_request_fields
 from service.settings import ProxySettings
+from service.transport import seam
+
+_CHUNKED = (b"Transfer-Encoding", b"transfer-encoding", b"chunked")
 
 
 class RequestBody:
@@ -46,34 +51,42 @@ def body_of(request: Request) -> RequestBody | None:
     return RequestBody(request) if has_body else None
 
 
+def outgoing(
+    request: Request, target: Target, proxy: ProxySettings, body: RequestBody | None
+) -> httpx.Request:
+    """The request for ``target``: the client's method, path, query and end-to-end headers,
+    X-Forwarded-* from what the connection knows, and the body's framing."""
+    fields = upstream_request_fields(
+        head_fields(request.head),
+        client_ip=request.ip.encode(),
+        scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
+        host=None if proxy.keep_host else target.authority,
+    )
+    if body is not None and "content-length" not in request.headers:
+        fields.append(_CHUNKED)  # the client's chunked body goes on chunked
+    if "host" not in request.headers:
+        fields.insert(0, (b"Host", b"host", target.authority))
+    return seam.request_of(
+        request.method,
+        seam.url_for(target.base_url, request.path, request.query_string),
+        seam.headers_of(fields),
+        body,
+        {"timeout": proxy.timeouts},
+    )
+
+
 async def send(
     request: Request,
     *,
     upstream: str,
-    target_url: str,
+    target: Target,
     client: httpx.AsyncClient,
     proxy: ProxySettings,
     body: RequestBody | None,
 ) -> httpx.Response:
-    """Send ``request`` to ``target_url``; the streamed response, or UpstreamError."""
-    headers = request_headers(
-        request.headers.items(),
-        connection=request.headers.getall("connection", []),
-        client_ip=request.ip,
-        scheme=forwarded_proto(request),
-        host=request.host,
-        upstream_host=None if proxy.keep_host else httpx.URL(target_url).netloc.decode("ascii"),
-    )
-    query = request.query_string
-    outgoing = httpx.Request(
-        request.method,
-        target_url + request.path + ("?" + query if query else ""),
-        headers=headers,
-        content=body,
-        extensions={"timeout": client.timeout.as_dict()},
-    )
+    """Send ``request`` to ``target``; the streamed response, or UpstreamError."""
     try:
-        return await client.send(outgoing, stream=True)
+        return await client.send(outgoing(request, target, proxy, body), stream=True)
     except PayloadTooLarge as exc:
         raise BodyTooLarge(proxy.max_body_size) from exc
     except httpx.HTTPError as exc:
@@ -82,9 +95,3 @@ async def send(
             # transport reports that as a failed send, but it is the client's fault.
             raise BodyTooLarge(proxy.max_body_size) from exc
         raise classify(upstream, exc) from exc
-
-
-def forwarded_proto(request: Request) -> str:
-    """``http`` or ``https``: Sanic says ``ws``/``wss`` for a request carrying an Upgrade."""
-    scheme = request.scheme
-    return {"ws": "http", "wss": "https"}.get(scheme, scheme)

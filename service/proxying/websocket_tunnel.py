@@ -25,7 +25,7 @@ from sanic.compat import Header
 from sanic.response import HTTPResponse
 
 from service.errors import classify
-from service.proxying.headers import end_to_end, request_headers
+from service.proxying.headers import client_response_fields, head_fields, upstream_request_fields
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
@@ -40,15 +40,12 @@ def is_upgrade(request: Request) -> bool:
 
 
 class Handshake:
-    """The target's answer to the upgrade request: status, head bytes, parsed headers."""
+    """The target's answer to the upgrade request: status, head bytes, header fields."""
 
     def __init__(self, head: bytes) -> None:
         self.head = head
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split(" ", 2)[1])
-        self.headers = [
-            tuple(p.strip() for p in line.split(":", 1)) for line in lines[1:] if ":" in line
-        ]
+        self.status = int(head.split(b"\r\n", 1)[0].split(b" ", 2)[1])
+        self.fields = [f for f in head_fields(head.rstrip(b"\r\n")) if f[0]]
 
 
 Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, Handshake]
@@ -70,7 +67,7 @@ async def open_tunnel(
         )
     except (TimeoutError, OSError) as exc:
         raise classify(upstream, exc, connected=False) from None
-    writer.write(_request_head(request, parts.netloc))
+    writer.write(_request_head(request))
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
         return reader, writer, Handshake(head)
@@ -86,39 +83,38 @@ async def open_tunnel(
         raise classify(upstream, exc) from None
 
 
-def _request_head(request: Request, netloc: str) -> bytes:
-    headers = request_headers(
-        request.headers.items(),
-        connection=request.headers.getall("connection", []),
-        client_ip=request.ip,
-        scheme="https" if request.scheme in ("https", "wss") else "http",
-        host=request.host,
-        upstream_host=None,
+def _request_head(request: Request) -> bytes:
+    fields = upstream_request_fields(
+        head_fields(request.head),
+        client_ip=request.ip.encode(),
+        scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
+        host=None,
     )
-    headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
-    target = request.path + ("?" + request.query_string if request.query_string else "")
-    lines = [f"GET {target} HTTP/1.1"] + [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    fields += [(b"Connection", b"connection", b"Upgrade"), (b"Upgrade", b"upgrade", b"websocket")]
+    query = request.query_string
+    target_line = request.path + ("?" + query if query else "")
+    lines = [f"GET {target_line} HTTP/1.1".encode("latin-1")]
+    lines += [name + b": " + value for name, _, value in fields]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 async def refused_upgrade(
     handshake: Handshake, reader: asyncio.StreamReader, read_timeout: float
 ) -> HTTPResponse:
     """A non-101 answer, passed on as an ordinary response with its (bounded) body."""
-    pairs = handshake.headers
-    headers = Header(end_to_end(pairs, [v for k, v in pairs if k.lower() == "connection"]))
-    length = headers.get("content-length")
+    pairs, length_field = client_response_fields(handshake.fields)
+    headers = Header([(n.decode("latin-1"), v.decode("latin-1")) for n, v in pairs])
+    length = None if length_field is None else length_field.decode("latin-1")
     body = b""
     try:
         if length is not None and length.isdigit():
             body = await asyncio.wait_for(
                 reader.readexactly(min(int(length), BODY_LIMIT)), read_timeout
             )
-        elif "transfer-encoding" not in {k.lower() for k, _ in pairs}:
+        elif not any(lower == b"transfer-encoding" for _, lower, _ in handshake.fields):
             body = await asyncio.wait_for(reader.read(BODY_LIMIT), read_timeout)
     except (TimeoutError, asyncio.IncompleteReadError, OSError):
         pass
-    headers.popall("content-length", None)
     return HTTPResponse(body=body, status=handshake.status, headers=headers)
 
 

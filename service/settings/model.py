@@ -10,6 +10,7 @@ messages and any generated help read one source.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 
@@ -77,6 +78,16 @@ class ProxySettings:
     max_keepalive: int = 64
     keepalive_expiry: float = 30.0
     websocket_idle_timeout: float = 300.0
+
+    @cached_property
+    def timeouts(self) -> dict[str, float]:
+        """httpx's ``timeout`` extension for every upstream request, made once (read-only)."""
+        return {
+            "connect": self.connect_timeout,
+            "read": self.read_timeout,
+            "write": self.read_timeout,
+            "pool": self.connect_timeout,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -120,12 +120,7 @@ def build_client(
     return _ProxyClient(
         base_url=upstream.url,
         transport=transport or H1Transport(limits=limits_of(proxy)),
-        timeout=httpx.Timeout(
-            connect=proxy.connect_timeout,
-            read=proxy.read_timeout,
-            write=proxy.read_timeout,
-            pool=proxy.connect_timeout,
-        ),
+        timeout=httpx.Timeout(**proxy.timeouts),
         follow_redirects=False,
         trust_env=False,
     )

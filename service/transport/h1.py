@@ -30,6 +30,8 @@ from typing import Any
 import httptools
 import httpx
 
+from service.transport import seam
+
 HIGH_WATER = 256 * 1024  # bytes of response body buffered before reading pauses
 MAX_HEAD = 256 * 1024  # bytes of response headers accepted (llhttp itself sets no limit)
 _TIMED_OUT = object()
@@ -97,10 +99,9 @@ def _request_head(request: httpx.Request) -> tuple[bytes, bytes | None, int]:
     parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
     framing: bytes | None = None
     declared = 0
-    raw = request.headers.raw
-    for name, value in raw:
+    fields = seam.triples(request.headers)
+    for name, lower, value in fields:
         parts += (name, b": ", value, b"\r\n")
-        lower = name.lower()
         if lower == b"content-length":
             framing = framing or b"content-length"
             try:
@@ -111,7 +112,7 @@ def _request_head(request: httpx.Request) -> tuple[bytes, bytes | None, int]:
             framing = b"chunked"
     parts.append(b"\r\n")
     head = b"".join(parts)
-    lines = len(raw) + 2
+    lines = len(fields) + 2
     if head.count(b"\n") != lines or head.count(b"\r") != lines:
         raise httpx.LocalProtocolError("CR or LF inside a request header", request=request)
     return head, framing, declared
@@ -284,7 +285,7 @@ class _Connection(asyncio.Protocol):
         self._head_only = False
         self._status = 0
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[seam.Triple] = []
         self._head_bytes = 0
         self._interim = False  # inside a 1xx response, which is skipped
         self._head_done = False
@@ -365,7 +366,7 @@ class _Connection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD:
             raise ValueError(f"response head over {MAX_HEAD} bytes")  # the parser stops here
-        self._headers.append((name, value))
+        self._headers.append((name, name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -375,8 +376,7 @@ class _Connection(asyncio.Protocol):
         self._status = status
         self._head_done = True
         framed = False
-        for name, value in self._headers:
-            lower = name.lower()
+        for _, lower, value in self._headers:
             if lower == b"content-length" or (
                 lower == b"transfer-encoding" and value.lower().endswith(b"chunked")
             ):
@@ -431,7 +431,7 @@ class _Connection(asyncio.Protocol):
                 raise httpx.ReadTimeout("no response within the read timeout", request=request)
         return httpx.Response(
             self._status,
-            headers=self._headers,
+            headers=seam.headers_of(self._headers),
             stream=_ResponseBody(self, read_timeout),
             request=request,
             extensions={"http_version": self._http_version(), "reason_phrase": self._reason},
@@ -529,7 +529,7 @@ class _Connection(asyncio.Protocol):
         return b"HTTP/1.1" if self._parser.get_http_version() == "1.1" else b"HTTP/1.0"
 
     def _keep_alive_after_head(self) -> bool:
-        connection = b",".join(v for n, v in self._headers if n.lower() == b"connection").lower()
+        connection = b",".join(v for _, n, v in self._headers if n == b"connection").lower()
         return b"close" not in connection and self._parser.get_http_version() == "1.1"
 
     def reusable(self) -> bool:

@@ -1,0 +1,55 @@
+"""The upstream's answer relayed to the client: its head as it came, its body as it arrives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from service.proxying.headers import client_response_fields
+from service.transport import seam
+
+
+class ProxiedResponse(HTTPResponse):
+    """An upstream's response head, sent as is.
+
+    ``self.headers`` holds only what Sanic manages (the framing it chooses: Content-Length,
+    or chunked; Connection); the upstream's end-to-end headers go out as the bytes they came
+    in, never decoded and encoded again. Sanic's own ``processed_headers`` would also add
+    ``content-type: None`` to a response that has none: an upstream's answer must reach the
+    client without invented headers.
+    """
+
+    __slots__ = ("upstream_headers",)
+
+    def __init__(self, upstream: httpx.Response) -> None:
+        super().__init__(status=upstream.status_code)
+        self.upstream_headers, length = client_response_fields(seam.triples(upstream.headers))
+        if length is not None:
+            self.headers["content-length"] = length.decode("latin-1")
+
+    @property
+    def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
+        yield from self.upstream_headers
+        for name, value in self.headers.items():
+            yield name.encode("ascii"), f"{value}".encode(errors="surrogateescape")
+
+
+async def relay(request: Request, upstream: httpx.Response) -> bool:
+    """Stream the upstream's response to the client chunk by chunk; False if it broke off.
+
+    If the upstream breaks off mid-body the client connection is aborted, so the client sees
+    a truncated response as an error rather than a short body that looks complete.
+    """
+    response = await request.respond(ProxiedResponse(upstream))
+    try:
+        async for chunk in upstream.stream:  # type: ignore[union-attr]
+            await response.send(chunk)
+        await response.eof()
+    except httpx.HTTPError:
+        if request.transport is not None:
+            request.transport.abort()
+        return False
+    return True
