@@ -101,6 +101,7 @@ class Pool:
             LeastRequest(rng) if upstream.balance == "least_request" else RoundRobin()
         )
         self._state = state
+        self._single = len(self.targets) == 1
 
     def describe(self) -> dict[str, object]:
         return {
@@ -111,6 +112,8 @@ class Pool:
 
     def choose(self, tried: frozenset[int] = frozenset()) -> Target:
         """The target for the next attempt; ``tried`` holds positions already attempted."""
+        if self._single:  # the common case: no choice to make, panic or not
+            return self.targets[0]
         return self._picker.pick(self.targets, tried)
 
     def peek(self) -> Target:

@@ -41,6 +41,8 @@ class RetryRule:
 
     @classmethod
     def for_method(cls, method: str, body: Replayable | None) -> RetryRule:
+        if body is None:  # most requests: one of two shared rules, nothing built
+            return _NO_BODY_IDEMPOTENT if method in IDEMPOTENT else _NO_BODY_OTHER
         return cls(idempotent=method in IDEMPOTENT, body=body)
 
     def after_error(self, error: UpstreamError) -> bool:
@@ -58,6 +60,10 @@ class RetryRule:
         )
 
 
+_NO_BODY_IDEMPOTENT = RetryRule(idempotent=True)
+_NO_BODY_OTHER = RetryRule(idempotent=False)
+
+
 class RetryBudget:
     """Retries may be at most ``ratio`` of the requests of the last ``window_s`` seconds.
 
@@ -69,14 +75,18 @@ class RetryBudget:
     def __init__(self, ratio: float = 0.2, window_s: int = 10, floor: int = 3) -> None:
         self._ratio, self._window, self._floor = ratio, window_s, floor
         self._buckets: dict[int, list[int]] = {}  # second -> [requests, retries]
+        self._second, self._bucket = -1, [0, 0]  # the current second's bucket, at hand
 
     def _current(self, now: float | None) -> list[int]:
         second = int(time.monotonic() if now is None else now)
+        if second == self._second:
+            return self._bucket
         if second not in self._buckets:
             for old in [s for s in self._buckets if s <= second - self._window]:
                 del self._buckets[old]
             self._buckets[second] = [0, 0]
-        return self._buckets[second]
+        self._second, self._bucket = second, self._buckets[second]
+        return self._bucket
 
     def request(self, now: float | None = None) -> None:
         self._current(now)[0] += 1

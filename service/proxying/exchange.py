@@ -16,7 +16,7 @@ from sanic.exceptions import PayloadTooLarge
 
 from service.errors import BodyTooLarge, classify
 from service.pools import Target
-from service.proxying.headers import head_fields, upstream_request_fields
+from service.proxying.headers import upstream_request_fields
 from service.settings import ProxySettings
 from service.transport import seam
 
@@ -57,7 +57,7 @@ def outgoing(
     """The request for ``target``: the client's method, path, query and end-to-end headers,
     X-Forwarded-* from what the connection knows, and the body's framing."""
     fields = upstream_request_fields(
-        head_fields(request.head),
+        request.head,
         client_ip=request.ip.encode(),
         scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
         host=None if proxy.keep_host else target.authority,

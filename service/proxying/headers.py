@@ -29,20 +29,6 @@ _SET_BY_US = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 _OWS = b" \t"
 
 
-def head_fields(head: bytes) -> list[Triple]:
-    """The header fields of a request head (request line first, as Sanic keeps it).
-
-    Sanic has already split the head the same way (name up to the first colon), so both
-    agree on every field; optional whitespace around the value is not part of it (RFC 9112
-    §5.1).
-    """
-    fields = []
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        fields.append((name, name.lower(), value.strip(_OWS)))
-    return fields
-
-
 def _dropped(fields: Iterable[Triple]) -> frozenset[bytes]:
     """Hop-by-hop names, with every name listed in ``Connection``."""
     named = [
@@ -55,29 +41,39 @@ def _dropped(fields: Iterable[Triple]) -> frozenset[bytes]:
 
 
 def upstream_request_fields(
-    fields: list[Triple], *, client_ip: bytes, scheme: bytes, host: bytes | None
+    head: bytes, *, client_ip: bytes, scheme: bytes, host: bytes | None
 ) -> list[Triple]:
-    """The headers sent upstream: end-to-end ones plus X-Forwarded-For/-Proto/-Host.
+    """The headers sent upstream, from the request head as Sanic received it (request line
+    first): end-to-end ones, then X-Forwarded-For/-Proto/-Host.
 
-    ``host`` replaces the client's ``Host`` when the proxy does not keep it.
+    Sanic has split the same head the same way (name up to the first colon), so both agree
+    on every field; optional whitespace around a value is not part of it (RFC 9112 §5.1).
+    ``host`` replaces the client's ``Host`` when the proxy does not keep it. One pass over
+    the head; a second over the kept fields only when ``Connection`` names other headers.
     """
-    drop = _dropped(fields)
     out: list[Triple] = []
     forwarded_for: list[bytes] = []
+    connection: list[bytes] = []
     client_host = b""
-    for field in fields:
-        lower = field[1]
-        if lower in drop:
-            continue
-        if lower in _SET_BY_US:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        lower = name.lower()
+        value = value.strip(_OWS)
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                connection.append(value)
+        elif lower in _SET_BY_US:
             if lower == b"x-forwarded-for":
-                forwarded_for.append(field[2])
-            continue
-        if lower == b"host":
-            client_host = field[2]
-            if host is not None:
-                continue
-        out.append(field)
+                forwarded_for.append(value)
+        elif lower == b"host":
+            client_host = value
+            if host is None:
+                out.append((name, lower, value))
+        else:
+            out.append((name, lower, value))
+    if connection:
+        named = _dropped((b"", b"connection", value) for value in connection)
+        out = [field for field in out if field[1] not in named]
     if host is not None:
         out.append((b"Host", b"host", host))
     forwarded_for.append(client_ip)
@@ -88,10 +84,22 @@ def upstream_request_fields(
     return out
 
 
+def response_head_fields(head: bytes) -> list[Triple]:
+    """The header fields of a response head (status line first, blank line last)."""
+    fields = []
+    for line in head.rstrip(b"\r\n").split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields.append((name, name.lower(), value.strip(_OWS)))
+    return fields
+
+
 def client_response_fields(fields: list[Triple]) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
     """The end-to-end response headers for the client as ``(name, value)`` pairs, and the
-    ``Content-Length`` apart: Sanic frames the response to the client itself."""
-    drop = _dropped(fields)
+    ``Content-Length`` apart: Sanic frames the response to the client itself. One pass; a
+    second only when ``Connection`` names other headers."""
+    drop = HOP_BY_HOP
+    if any(lower == b"connection" for _, lower, _ in fields):
+        drop = _dropped(fields)
     out = []
     length = None
     for name, lower, value in fields:
@@ -99,6 +107,6 @@ def client_response_fields(fields: list[Triple]) -> tuple[list[tuple[bytes, byte
             continue
         if lower == b"content-length":
             length = value
-            continue
-        out.append((name, value))
+        else:
+            out.append((name, value))
     return out, length

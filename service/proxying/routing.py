@@ -80,9 +80,12 @@ class Router:
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
         # Longest prefix first (settings already sorts them; keep the invariant local).
-        self._routes = tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+        ordered = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
+        self._routes = tuple((r, r.prefix, r.prefix + "/", Forward(r)) for r in ordered)
 
     def resolve(self, raw_path: str, query_string: str = "") -> Forward | Redirect:
+        if _plain(raw_path):  # nothing to decode or normalise: the path is its own spelling
+            return self._forward(raw_path, query_string)
         try:
             path = canonical_path(raw_path)
         except UnicodeDecodeError:
@@ -93,17 +96,35 @@ class Router:
         spelling = _remove_dot_segments(_decode_unreserved(raw_path))
         if spelling != raw_path:
             return Redirect(_with_query(spelling, query_string))
-        route = self.match(path)
+        return self._forward(path, query_string, raw_path)
+
+    def _forward(self, path: str, query_string: str, raw_path: str = "") -> Forward | Redirect:
+        route, forward = self._match(path)
         if route.redirect_bare and path == route.prefix:
-            return Redirect(_with_query(raw_path + "/", query_string))
-        return Forward(route)
+            return Redirect(_with_query((raw_path or path) + "/", query_string))
+        return forward
 
     def match(self, path: str) -> Route:
-        for route in self._routes:
-            prefix = route.prefix
-            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
-                return route
+        return self._match(path)[0]
+
+    def _match(self, path: str) -> tuple[Route, Forward]:
+        for route, prefix, below, forward in self._routes:
+            if prefix == "/" or path == prefix or path.startswith(below):
+                return route, forward
         raise LookupError(path)  # unreachable: settings guarantee a "/" route
+
+
+def _plain(raw_path: str) -> bool:
+    """A path with no escape, no dot segment, no empty segment, no backslash, no NUL: its
+    decoded, normalised form is itself (what ``canonical_path`` would compute, cheaply)."""
+    return (
+        raw_path.startswith("/")
+        and "%" not in raw_path
+        and "/." not in raw_path
+        and "//" not in raw_path
+        and "\\" not in raw_path
+        and "\x00" not in raw_path
+    )
 
 
 def _with_query(path: str, query_string: str) -> str:

@@ -25,7 +25,11 @@ from sanic.compat import Header
 from sanic.response import HTTPResponse
 
 from service.errors import classify
-from service.proxying.headers import client_response_fields, head_fields, upstream_request_fields
+from service.proxying.headers import (
+    client_response_fields,
+    response_head_fields,
+    upstream_request_fields,
+)
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
@@ -45,7 +49,7 @@ class Handshake:
     def __init__(self, head: bytes) -> None:
         self.head = head
         self.status = int(head.split(b"\r\n", 1)[0].split(b" ", 2)[1])
-        self.fields = [f for f in head_fields(head.rstrip(b"\r\n")) if f[0]]
+        self.fields = response_head_fields(head)
 
 
 Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, Handshake]
@@ -85,7 +89,7 @@ async def open_tunnel(
 
 def _request_head(request: Request) -> bytes:
     fields = upstream_request_fields(
-        head_fields(request.head),
+        request.head,
         client_ip=request.ip.encode(),
         scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
         host=None,

@@ -429,12 +429,12 @@ class _Connection(asyncio.Protocol):
                 raise self._error
             if await self._wait(read_timeout) is _TIMED_OUT:
                 raise httpx.ReadTimeout("no response within the read timeout", request=request)
-        return httpx.Response(
+        return seam.response_of(
             self._status,
-            headers=seam.headers_of(self._headers),
-            stream=_ResponseBody(self, read_timeout),
-            request=request,
-            extensions={"http_version": self._http_version(), "reason_phrase": self._reason},
+            seam.headers_of(self._headers),
+            _ResponseBody(self, read_timeout),
+            request,
+            {"http_version": self._http_version(), "reason_phrase": self._reason},
         )
 
     async def _send_body(

@@ -42,8 +42,11 @@ def url_for(base: httpx.URL, path: str, query: str) -> httpx.URL:
     already percent-encoded as they came off the wire."""
     if not (path.isascii() and query.isascii()) or " " in path or " " in query:
         return base.copy_with(raw_path=(path + ("?" + query if query else "")).encode())
+    ref = base._uri_reference
     url = httpx.URL.__new__(httpx.URL)
-    url._uri_reference = base._uri_reference._replace(path=path, query=query or None)
+    url._uri_reference = type(ref)(
+        ref.scheme, ref.userinfo, ref.host, ref.port, path, query or None, None
+    )
     return url
 
 
@@ -63,3 +66,26 @@ def request_of(
     request.extensions = extensions
     request.stream = _EMPTY if stream is None else stream
     return request
+
+
+def response_of(
+    status: int,
+    headers: httpx.Headers,
+    stream: httpx.AsyncByteStream,
+    request: httpx.Request,
+    extensions: dict[str, Any],
+) -> httpx.Response:
+    """An ``httpx.Response`` as its constructor would build it from ``stream=...``."""
+    response = httpx.Response.__new__(httpx.Response)
+    response.status_code = status
+    response.headers = headers
+    response._request = request
+    response.next_request = None
+    response.extensions = extensions
+    response.history = []
+    response.is_closed = False
+    response.is_stream_consumed = False
+    response.default_encoding = "utf-8"
+    response.stream = stream
+    response._num_bytes_downloaded = 0
+    return response
