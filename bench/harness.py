@@ -70,8 +70,24 @@ NGINX_SERVER = """\
             default_type application/json;
             return 200 '{{"ok":true}}';
         }}
+        location /api/body/ {{
+            root {tmp}/www;
+            default_type application/octet-stream;
+        }}
+        location = /api/body/sse {{
+            root {tmp}/www;
+            default_type text/event-stream;
+            ssi on;  # SSI output has no length: nginx sends it chunked
+            ssi_types text/event-stream;
+        }}
     }}
 """
+# Bodies nginx serves under /api/body/: a name, and its file's content.
+BODIES = {
+    "16k": b"x" * 16 * 1024,
+    "1m": b"y" * 1024 * 1024,
+    "sse": b'data: 1\n\n<!--# echo var="uri" -->\ndata: 2\n\n',
+}
 
 
 def interrupt_on_signals() -> None:
@@ -191,7 +207,11 @@ def start_nginx_ports(
     """One nginx (one worker, on LOAD_CPUS) answering ``{"ok":true}`` on ``count`` ports."""
     ports = [free_port() for _ in range(count)]
     conf = tmp / "nginx.conf"
-    servers = "".join(NGINX_SERVER.format(port=port) for port in ports)
+    (tmp / "www" / "api" / "body").mkdir(parents=True, exist_ok=True)
+    tmp.chmod(0o755)  # nginx's workers run as another user: they must reach www/
+    for name, content in BODIES.items():
+        (tmp / "www" / "api" / "body" / name).write_bytes(content)
+    servers = "".join(NGINX_SERVER.format(port=port, tmp=tmp) for port in ports)
     conf.write_text(NGINX_HEAD.format(tmp=tmp) + servers + "}\n")
     proc = procs.start("nginx", ["nginx", "-p", str(tmp), "-c", str(conf)], cpus=LOAD_CPUS)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
@@ -249,9 +269,11 @@ class LoadBalancer(support.LoadBalancer):
         return workers
 
 
-def lb_env(urls: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def lb_env(
+    urls: Mapping[str, str], extra: Mapping[str, str] | None = None, repo: Path = REPO
+) -> dict[str, str]:
     """The environment of a load balancer: ours minus LB_/SANIC_/BENCH_, plus ``urls``."""
-    return clean_env({**urls, **(extra or {}), "PYTHONPATH": str(REPO)})
+    return clean_env({**urls, **(extra or {}), "PYTHONPATH": str(repo)})
 
 
 def launch_lb(
@@ -262,6 +284,7 @@ def launch_lb(
     env: dict[str, str],
     workers: int = 1,
     ready: Iterable[str] = ("/lb-health", "/api/x"),
+    repo: Path = REPO,
 ) -> LoadBalancer:
     """``sanic <app>`` on an ephemeral port, no access logs; a 1-worker one is pinned to
     LB_CPUS. Its output goes to ``lb-<name>.log`` in ``procs.logs``; ``procs.close`` stops it."""
@@ -275,6 +298,7 @@ def launch_lb(
         ready=tuple(ready),
         log=procs.logs / f"lb-{name}.log",
         timeout=30.0,
+        repo=repo,
     )
     return procs.adopt(lb)
 
@@ -413,6 +437,20 @@ def measure_wrk(
     run.server_cpu_us = served / hz * 1e6 / max(run.requests, 1)
     run.other_load = max(foreign, 0) / hz / (after[3] - before[3])
     return run
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of a process and its descendants (shared pages split among
+    the processes that share them, so the sum is the tree's real footprint), in KiB."""
+    total = 0
+    for each in (pid, *children(pid)):
+        try:
+            for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
 
 
 def median(runs: list[WrkRun], field: str) -> float:

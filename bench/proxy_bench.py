@@ -1,18 +1,23 @@
 #!/usr/bin/env python
 """Proxy throughput on this machine, in one bounded invocation, all on 127.0.0.1.
 
-Starts nginx (a constant ``{"ok":true}``) as the upstream, starts the load balancer in front
-of it, and drives both with wrk (keep-alive connections, one thread, ``--latency``):
+Starts nginx as the upstream (``/api/x``: an 11-byte ``{"ok":true}``; ``/api/body/16k`` and
+``/api/body/1m``: files with ``Content-Length``; ``/api/body/sse``: a short event stream that
+nginx sends chunked), starts the load balancer in front of it, and drives both with wrk
+(keep-alive connections, one thread, ``--latency``):
 
     (a) lb-health   the load balancer's own /lb-health, 1 worker: the framework's ceiling
-    (b) proxy w1    /api/x proxied to nginx, 1 worker
+    (b) proxy w1    each body proxied to nginx, 1 worker
     (c) proxy w2    the same, 2 workers
-    (d) nginx       the same load straight to nginx: the load generator's side ceiling
+    (d) nginx       /api/x straight from nginx: the load generator's side ceiling
 
-(b) and (c) are measured for every ``--transport`` variant (see bench/variant.py). The repeats
-are interleaved (rep 1 of every case, then rep 2...) so that drift of the machine spreads
-over all cases; the table shows medians. ``--profile`` then samples one 1-worker proxy with
-py-spy under the same load and prints where its time goes.
+``--baseline PATH`` runs (b) and (c) a second time from another checkout of the project
+(say, the commit before a change), in the same invocation, interleaved, so the two compare
+under the same conditions. The repeats are interleaved (rep 1 of every case, then rep 2...)
+so that drift of the machine spreads over all cases; the table shows medians. Memory is the
+PSS of each load balancer's whole process tree (main process and workers, from
+``/proc/<pid>/smaps_rollup``), idle after start-up and again after all the load.
+``--profile`` then samples one 1-worker proxy with py-spy under the same load.
 
 Besides wrk's req/s, p50 and p99, each run records the CPU time the serving processes used
 per request (from /proc, so it barely moves when something else loads the machine) and how
@@ -23,8 +28,8 @@ CPU pinning (``taskset``, 2 cores): the 1-worker load balancer (main process and
 CPU 0, nginx and wrk on CPU 1. The 2-worker load balancer is not pinned: two workers on one
 core would measure nothing, so in (c) they share the machine with wrk and nginx.
 
-    /work/venv/bin/python bench/proxy_bench.py [--duration S] [--repeats N]
-        [--transport service,httpcore,aiohttp] [--profile] [--no-w2] [--no-pin]
+    .venv/bin/python bench/proxy_bench.py [--duration S] [--repeats N] [--bodies x,16k,1m,sse]
+        [--baseline PATH] [--transport service,httpcore,aiohttp] [--profile] [--no-w2]
 """
 
 from __future__ import annotations
@@ -57,19 +62,31 @@ from bench.harness import (
     measure_wrk,
     median,
     print_profile,
+    pss_kib,
     record_profile,
     run_wrk,
     start_nginx,
 )
 
 
-def start_lb(procs: Processes, variant: str, workers: int, upstream: str) -> LoadBalancer:
-    env = lb_env({var: upstream for var in URL_VARS}, {"BENCH_VARIANT": variant})
+def start_lb(
+    procs: Processes, variant: str, workers: int, upstream: str, repo: Path = REPO
+) -> LoadBalancer:
+    env = lb_env({var: upstream for var in URL_VARS}, {"BENCH_VARIANT": variant}, repo)
+    app = "bench.variant:app" if repo == REPO else "service.app:app"
+    tag = "" if repo == REPO else " baseline"
     lb = launch_lb(
-        procs, name=f"{variant}-w{workers}", app="bench.variant:app", env=env, workers=workers
+        procs, name=f"{variant}{tag}-w{workers}", app=app, env=env, workers=workers, repo=repo
     )
-    lb.variant = variant
+    lb.variant = variant + tag
     return lb
+
+
+def _tag(lb: LoadBalancer) -> str:
+    return f"{lb.variant} w{lb.workers}"
+
+
+BODY_PATHS = {"x": "/api/x", "16k": "/api/body/16k", "1m": "/api/body/1m", "sse": "/api/body/sse"}
 
 
 def measure(case: Case, duration: float, connections: int, pin: bool, nginx: Case) -> WrkRun:
@@ -128,12 +145,20 @@ def main() -> int:
     )
     parser.add_argument(
         "--transport",
-        default="service,httpcore,aiohttp",
+        default="service",
         help="comma-separated variants (bench/variant.py) measured in (b) and (c): service "
         "(as shipped), <transport>, <transport>@httpx; "
-        "default: service,httpcore,aiohttp",
+        "default: service",
     )
     parser.add_argument("--no-w2", action="store_true", help="skip (c), the 2-worker runs")
+    parser.add_argument(
+        "--bodies",
+        default="x,16k,1m,sse",
+        help="upstream bodies: x (11 bytes), 16k, 1m (Content-Length), sse (chunked)",
+    )
+    parser.add_argument(
+        "--baseline", default="", help="another checkout: its (b) and (c) run alongside"
+    )
     parser.add_argument("--profile", action="store_true", help="then py-spy the first variant")
     parser.add_argument(
         "--native", action="store_true", help="--profile with C frames (syscalls) too"
@@ -142,6 +167,9 @@ def main() -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     args = parser.parse_args()
     variants = [v.strip() for v in args.transport.split(",") if v.strip()]
+    bodies = [b.strip() for b in args.bodies.split(",") if b.strip()]
+    if unknown := set(bodies) - set(BODY_PATHS):
+        parser.error(f"unknown bodies {sorted(unknown)}; known: {sorted(BODY_PATHS)}")
 
     interrupt_on_signals()
 
@@ -156,15 +184,26 @@ def main() -> int:
             direct = Case("(d) nginx direct", nginx + "/api/x", nginx_proc)
             cases = [direct]
             lbs: list[LoadBalancer] = []
-            for i, variant in enumerate(variants):
-                lb1 = start_lb(procs, variant, 1, nginx)
+            trees = [(variant, REPO) for variant in variants]
+            if args.baseline:
+                trees.append(("service", Path(args.baseline).resolve()))
+            for i, (variant, repo) in enumerate(trees):
+                lb1 = start_lb(procs, variant, 1, nginx, repo)
                 lbs.append(lb1)
                 if i == 0:
                     cases.insert(0, Case("(a) lb-health w1", lb1.url + "/lb-health", lb1.proc))
-                cases.append(Case(f"(b) proxy w1 {variant}", lb1.url + "/api/x", lb1.proc))
+                pair = [("(b) proxy w1", lb1)]
                 if not args.no_w2:
-                    lb2 = start_lb(procs, variant, 2, nginx)
-                    cases.append(Case(f"(c) proxy w2 {variant}", lb2.url + "/api/x", lb2.proc))
+                    lb2 = start_lb(procs, variant, 2, nginx, repo)
+                    lbs.append(lb2)
+                    pair.append(("(c) proxy w2", lb2))
+                for body in bodies:
+                    for label, lb in pair:
+                        cases.append(
+                            Case(f"{label} {body} {lb.variant}", lb.url + BODY_PATHS[body], lb.proc)
+                        )
+            time.sleep(1.0)
+            idle_pss = {_tag(lb): pss_kib(lb.proc.pid) for lb in lbs}
             pinning = f"LB w1 on CPU {LB_CPUS}, nginx+wrk on CPU {LOAD_CPUS}" if pin else "off"
             print(
                 f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency, "
@@ -184,15 +223,35 @@ def main() -> int:
                         flush=True,
                     )
             print_table(cases, results, cases[0].label)
-            for variant in variants:
-                label = f"(b) proxy w1 {variant}"
-                ratio = median(results[label], "rps") / median(results[cases[0].label], "rps")
-                print(f"ratio (b)/(a) {variant}: {ratio:.3f}")
+            ceiling = median(results[cases[0].label], "rps")
+            for case in cases[2:]:
+                if case.label.startswith("(b) proxy w1 x "):
+                    ratio = median(results[case.label], "rps") / ceiling
+                    print(f"ratio (b)/(a), 11-byte body, {case.label[15:]}: {ratio:.3f}")
+            if args.baseline:
+                print("\nthis checkout against the baseline (req/s ratio, CPU µs/req ratio):")
+                for case in cases[2:]:
+                    other = results.get(case.label + " baseline")
+                    if other is None or case.label.endswith("baseline"):
+                        continue
+                    rps = median(results[case.label], "rps") / median(other, "rps")
+                    cpu = median(results[case.label], "server_cpu_us") / median(
+                        other, "server_cpu_us"
+                    )
+                    print(f"  {case.label:<34} {rps:6.3f} {cpu:6.3f}")
+            print("\nmemory, PSS of the process tree (main process and workers), MiB:")
+            for lb in lbs:
+                after = pss_kib(lb.proc.pid)
+                idle = idle_pss[lb.name]
+                print(
+                    f"  {lb.name:<24} idle {idle / 1024:7.1f}   after the load {after / 1024:7.1f}"
+                )
             out = RESULTS / f"proxy-bench-{stamp}.json"
             out.write_text(
                 json.dumps(
                     {
                         "args": vars(args),
+                        "pss_idle_kib": idle_pss,
                         "results": {k: [asdict(r) for r in v] for k, v in results.items()},
                     },
                     indent=2,

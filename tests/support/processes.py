@@ -58,7 +58,9 @@ class LoadBalancer:
         ready: Sequence[str] = ("/lb-health",),
         log: Path | None = None,
         timeout: float = 20.0,
+        repo: Path = REPO,
     ) -> None:
+        """``repo``: the checkout whose ``service`` runs (benchmarks compare two)."""
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -73,7 +75,7 @@ class LoadBalancer:
         self._log: IO[str] | None = open(log, "w") if log else None
         self.process = subprocess.Popen(
             argv,
-            cwd=REPO,
+            cwd=repo,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
