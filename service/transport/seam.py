@@ -41,7 +41,7 @@ def url_for(base: httpx.URL, path: str, query: str) -> httpx.URL:
     """``base`` (scheme and authority, parsed once) with the client's path and query, both
     already percent-encoded as they came off the wire."""
     if not (path.isascii() and query.isascii()) or " " in path or " " in query:
-        return base.copy_with(raw_path=(path + ("?" + query if query else "")).encode())
+        return httpx.URL(str(base).rstrip("/") + path + ("?" + query if query else ""))
     ref = base._uri_reference
     url = httpx.URL.__new__(httpx.URL)
     url._uri_reference = type(ref)(
