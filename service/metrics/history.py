@@ -26,10 +26,11 @@ HISTORY_SPAN_S = 900.0
 # requests, of those not answered below 400, their summed duration, their latency histogram
 REQUESTS, SERVER_ERRORS, REAL, REAL_FAILED, REAL_DURATION = range(5)
 HIST_AT = 5
-RING = TimeRing(
+_SPAN_BUCKETS = round(HISTORY_SPAN_S / HISTORY_RESOLUTION_S)
+RING = TimeRing(  # the completed buckets of the span, and the one filling
     resolution_s=HISTORY_RESOLUTION_S,
-    in_window=round(HISTORY_SPAN_S / HISTORY_RESOLUTION_S),
-    slots=round(HISTORY_SPAN_S / HISTORY_RESOLUTION_S) + 4,
+    in_window=_SPAN_BUCKETS + 1,
+    slots=_SPAN_BUCKETS + 4,
     values=HIST_AT + COARSE_BINS,
 )
 

@@ -99,7 +99,9 @@ function drawPools(upstreams, byRoute) {
     const table = el("table");
     const header = el("tr");
     for (const [title] of TARGET_COLUMNS) header.append(el("th", {}, title));
-    table.append(el("thead")).append(header);
+    const thead = el("thead");
+    thead.append(header);
+    table.append(thead);
     const body = el("tbody");
     for (const target of pool.targets) {
       const row = el("tr", { "data-target": target.url });
