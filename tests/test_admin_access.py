@@ -36,9 +36,9 @@ def test_a_bad_network_names_the_variable(value: str) -> None:
 
 
 def test_a_bad_network_stops_the_real_command_with_one_line() -> None:
+    argv = [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port())]
     result = subprocess.run(
-        [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port()),
-         "--single-process"],  # fmt: skip
+        [*argv, "--single-process"],
         cwd=REPO,
         env=clean_env({"LB_ADMIN_ALLOW": "10.0.0.0/8,nonsense"}),
         capture_output=True,

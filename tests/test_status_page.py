@@ -161,9 +161,8 @@ def test_a_killed_target_shows_as_down_within_one_poll(
     victim.stop()
 
     def stats_says_down() -> bool:
-        entry = next(t for t in _stats(lb)[  # noqa: RUF015
-            "upstreams"][POOL]["targets"] if t["url"] == victim.url)
-        return entry["state"] == "down"
+        pool = _stats(lb)["upstreams"][POOL]
+        return {t["url"]: t["state"] for t in pool["targets"]}[victim.url] == "down"
 
     wait_for(stats_says_down, timeout=10, step=0.05)
     polls_when_down = browsed.polls()
