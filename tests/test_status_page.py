@@ -14,6 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from service.demo.upstreams import dashboard_ui
 from tests.support import Knob, LoadBalancer, UpstreamServer, env_for, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -185,3 +186,13 @@ def test_no_console_errors_and_no_request_leaves_the_host(
     assert {url.removeprefix(lb.url) for url in browsed.requests} >= {
         "/lb-status", "/lb-status/status.js", "/lb-status/status.css", "/lb-status/data",
     }  # fmt: skip
+
+
+def test_the_demo_dashboard_links_to_the_status_page(lb: LoadBalancer) -> None:
+    status, content_type, body = dashboard_ui()("GET", "/", "", 0)
+    assert status == 200 and content_type.startswith("text/html")
+    assert b'href="/lb-status"' in body
+    # and the link, followed on the load balancer the dashboard is served through, is the page
+    page = lb.client.get("/lb-status")
+    assert page.status_code == 200 and b'id="chart-rps"' in page.content
+    assert "default-src 'self'" in page.headers["content-security-policy"]
