@@ -15,8 +15,10 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
-from service.metrics import history as hist
 from service.metrics.bins import coarse_bin
+from service.metrics.history import HIST_AT, REAL, REAL_DURATION, REAL_FAILED, SERVER_ERRORS
+from service.metrics.history import RING as HISTORY
+from service.metrics.history import read_history
 from service.metrics.sample import RequestSample
 from service.metrics.store import HIST_BINS, STATUS_CLASSES, WINDOW_S, Snapshot, histogram_bin
 from service.sharedmem import Plan, TimeRing, WorkerRow
@@ -54,7 +56,7 @@ class MetricsLayout:
         self.fine_at = _ROUTES_AT + len(routes) * _N_CLASSES
         self.coarse_at = self.fine_at + FINE.size
         self.history_at = self.coarse_at + COARSE.size
-        self.region = plan.per_worker(self.history_at + hist.RING.size)
+        self.region = plan.per_worker(self.history_at + HISTORY.size)
 
 
 class SharedMemoryStore:
@@ -104,16 +106,16 @@ class SharedMemoryStore:
 
     def _record_history(self, real_api: bool, status: int, duration: float) -> None:
         mem = self._mem
-        bucket = hist.RING.current(mem, self._history_at, self._wall_clock())
-        mem[bucket + hist.REQUESTS] += 1
+        bucket = HISTORY.current(mem, self._history_at, self._wall_clock())
+        mem[bucket] += 1  # REQUESTS
         if status >= 500 or not status:
-            mem[bucket + hist.SERVER_ERRORS] += 1
+            mem[bucket + SERVER_ERRORS] += 1
         if real_api:
-            mem[bucket + hist.REAL] += 1
-            mem[bucket + hist.REAL_DURATION] += duration
-            mem[bucket + hist.HIST_AT + coarse_bin(duration)] += 1
+            mem[bucket + REAL] += 1
+            mem[bucket + REAL_DURATION] += duration
+            mem[bucket + HIST_AT + coarse_bin(duration)] += 1
             if not 0 < status < 400:
-                mem[bucket + hist.REAL_FAILED] += 1
+                mem[bucket + REAL_FAILED] += 1
 
     def _record_real(self, duration: float, status: int) -> None:
         mem, row = self._mem, self._row
@@ -181,9 +183,7 @@ class SharedMemoryStore:
                 str(self._block.owner(at)): int(mem[at + layout.region.at + _TOTAL])
                 for at in claimed
             },
-            history=hist.read_history(
-                mem, [r + layout.history_at for r in rows], self._wall_clock()
-            )
+            history=read_history(mem, [r + layout.history_at for r in rows], self._wall_clock())
             if history
             else None,
         )
