@@ -94,3 +94,14 @@ def test_stats_and_health_stay_public(locked: LoadBalancer) -> None:
     assert locked.client.get("/stats").status_code == 200
     assert locked.client.get("/lb-health").status_code == 200
     assert locked.client.get("/api/x").status_code == 200  # and the proxy is unaffected
+
+
+def test_the_toml_file_may_give_a_list(tmp_path) -> None:
+    config = tmp_path / "lb.toml"
+    defaults = (REPO / "config" / "defaults.toml").read_text()
+    config.write_text(defaults + '\n[admin]\nallow = ["10.0.0.0/8", "::1"]\n')
+    settings = load_settings(env={"LB_CONFIG": str(config)})
+    assert settings.admin.allow == (ip_network("10.0.0.0/8"), ip_network("::1/128"))
+    # and the environment still wins over the file
+    overridden = load_settings(env={"LB_CONFIG": str(config), "LB_ADMIN_ALLOW": "127.0.0.1"})
+    assert overridden.admin.allow == (ip_network("127.0.0.1/32"),)
