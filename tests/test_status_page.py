@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -96,11 +97,18 @@ def browsed(lb: LoadBalancer) -> Iterator[Browsed]:
             browser.close()
 
 
-def _traffic(lb: LoadBalancer, count: int, prefix: str = "/api/status") -> None:
-    with httpx.Client(base_url=lb.url, trust_env=False, timeout=10) as client:
+def _batch(url: str, count: int, prefix: str) -> None:
+    # a fresh client per batch: new connections, so the kernel spreads them over both workers
+    with httpx.Client(base_url=url, trust_env=False, timeout=10) as client:
         for i in range(count):
             status = 404 if i % 10 == 9 else 200
             assert client.get(f"{prefix}/{i}?status={status}").status_code == status
+
+
+def _traffic(lb: LoadBalancer, count: int, prefix: str = "/api/status") -> None:
+    """``count`` requests (one in ten a 404) in batches of 10 on parallel connections."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(_batch, [lb.url] * (count // 10), [10] * (count // 10), [prefix] * 99))
 
 
 def shows(text: str, value: object) -> bool:
@@ -150,8 +158,11 @@ def test_the_charts_gain_points(lb: LoadBalancer, browsed: Browsed) -> None:
         history = lb.client.get("/lb-status/data").json()["history"]
         return sum(b["requests"] for b in history["buckets"])
 
-    # once every bucket of this module's traffic is complete, the history holds all of it
+    # once every bucket of this module's traffic is complete, the history holds all of it,
+    # whichever worker served it
     wait_for(lambda: charted() == 70, timeout=12, step=0.2)
+    by_worker = _stats(lb)["requests_by_worker"]
+    assert len(by_worker) == 2 and min(by_worker.values()) > 0
 
 
 def test_a_killed_target_shows_as_down_within_one_poll(
