@@ -101,14 +101,14 @@ def _batch(url: str, count: int, prefix: str) -> None:
     # a fresh client per batch: new connections, so the kernel spreads them over both workers
     with httpx.Client(base_url=url, trust_env=False, timeout=10) as client:
         for i in range(count):
-            status = 404 if i % 10 == 9 else 200
+            status = 404 if i % 5 == 4 else 200
             assert client.get(f"{prefix}/{i}?status={status}").status_code == status
 
 
 def _traffic(lb: LoadBalancer, count: int, prefix: str = "/api/status") -> None:
-    """``count`` requests (one in ten a 404) in batches of 10 on parallel connections."""
+    """``count`` requests (one in five a 404) in batches of 5 on parallel connections."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(_batch, [lb.url] * (count // 10), [10] * (count // 10), [prefix] * 99))
+        list(pool.map(_batch, [lb.url] * (count // 5), [5] * (count // 5), [prefix] * 99))
 
 
 def shows(text: str, value: object) -> bool:
