@@ -207,3 +207,5 @@ def test_the_demo_dashboard_links_to_the_status_page(lb: LoadBalancer) -> None:
     page = lb.client.get("/lb-status")
     assert page.status_code == 200 and b'id="chart-rps"' in page.content
     assert "default-src 'self'" in page.headers["content-security-policy"]
+    slash = lb.client.get("/lb-status/")
+    assert slash.status_code == 308 and slash.headers["location"] == "/lb-status"

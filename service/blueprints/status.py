@@ -12,7 +12,7 @@ import time
 
 import orjson
 from sanic import Blueprint, Request
-from sanic.response import HTTPResponse, raw
+from sanic.response import HTTPResponse, raw, redirect
 
 from service.access import admin_only
 from service.errors import LoadBalancerError, error_response
@@ -48,6 +48,13 @@ def _asset(name: str) -> HTTPResponse:
 async def page(request: Request) -> HTTPResponse:
     asset = ASSETS["index.html"]
     return raw(asset.body, content_type=asset.content_type, headers=PAGE_HEADERS)
+
+
+@bp.get("/lb-status/", strict_slashes=True, name="page_slash")
+@admin_only
+async def page_slash(request: Request) -> HTTPResponse:
+    """The page has one address: its assets are named from the root, not relative to it."""
+    return redirect("/lb-status", status=308)
 
 
 @bp.get("/lb-status/data")
