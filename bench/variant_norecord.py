@@ -51,8 +51,8 @@ class NoRecordStore:
     def socket_closed(self) -> None:
         self._real.socket_closed()
 
-    def snapshot(self) -> Any:
-        return self._real.snapshot()
+    def snapshot(self, *, history: bool = False) -> Any:
+        return self._real.snapshot(history=history)
 
 
 class AmplifiedStore(NoRecordStore):

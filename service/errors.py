@@ -6,6 +6,7 @@
     ├── ClientError         4xx  the request cannot be served as sent
     │   ├── BadRequest      400  malformed request ("bad request")
     │   │   └── BadPath     400  a path that cannot be routed safely
+    │   ├── Forbidden       403  an operator's page asked from outside LB_ADMIN_ALLOW
     │   └── BodyTooLarge    413  a body over LB_MAX_BODY_SIZE ("payload too large")
     └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
         ├── UpstreamRefused        no connection could be made ("refused")
@@ -59,6 +60,11 @@ class BadRequest(ClientError):
 
 class BadPath(BadRequest):
     """A request path that cannot be routed safely; the detail is the client's reason."""
+
+
+class Forbidden(ClientError):
+    status = 403
+    error = "forbidden"
 
 
 class BodyTooLarge(ClientError):

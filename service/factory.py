@@ -13,6 +13,7 @@ from service import errors, metrics, pools, sharedmem, stats, transport
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
+from service.blueprints import status as status_page
 from service.context import WorkerContext
 from service.proxying.routing import Router
 from service.settings import Settings
@@ -40,6 +41,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.blueprint(stats_endpoint.bp)
     app.blueprint(metrics_endpoint.bp)
     app.blueprint(heartbeat.bp)
+    app.blueprint(status_page.bp)
     app.blueprint(proxy.bp)  # last: its catch-all route must not shadow the local endpoints
     return app
 

@@ -18,6 +18,7 @@ from prometheus_client.core import (
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
+from service.access import admin_only
 from service.stats import Report, build_report
 
 bp = Blueprint("metrics")
@@ -98,6 +99,7 @@ def _bound(bound: float) -> str:
 
 
 @bp.get("/metrics")
+@admin_only
 async def metrics(request: Request) -> HTTPResponse:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReportCollector(await build_report(request.app.ctx.lb)))

@@ -10,6 +10,7 @@ from sanic import Sanic
 
 from service.metrics.sample import RequestSample, is_real_api_traffic
 from service.metrics.shared import MetricsLayout, SharedMemoryStore
+from service.metrics.history import History
 from service.metrics.store import WINDOW_S, MetricsStore, Snapshot
 from service.settings import Settings
 from service.sharedmem import Plan
@@ -19,6 +20,7 @@ LOCAL = "local"  # the route of a request the load balancer answered itself
 __all__ = [
     "LOCAL",
     "WINDOW_S",
+    "History",
     "MetricsLayout",
     "MetricsStore",
     "RequestSample",

@@ -4,7 +4,8 @@ Each worker writes only its own row (``service.sharedmem``), so recording is loc
 O(1); ``snapshot`` sums every row. A row holds lifetime counters, per-route counters and two
 time rings for the sliding window: fine buckets (50 ms: count and duration sum, so the 10 s
 window is exact to 0.5 %) and coarse buckets (250 ms: the latency histogram for
-percentiles).
+percentiles); and the 15-minute history of 5 s buckets (``service.metrics.history``), read
+only when a snapshot asks for it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
+from service.metrics.bins import coarse_bin
+from service.metrics.history import HIST_AT, REAL, REAL_DURATION, REAL_FAILED, SERVER_ERRORS
+from service.metrics.history import RING as HISTORY
+from service.metrics.history import read_history
 from service.metrics.sample import RequestSample
 from service.metrics.store import HIST_BINS, STATUS_CLASSES, WINDOW_S, Snapshot, histogram_bin
 from service.sharedmem import Plan, TimeRing, WorkerRow
@@ -50,23 +55,32 @@ class MetricsLayout:
         self.routes = routes
         self.fine_at = _ROUTES_AT + len(routes) * _N_CLASSES
         self.coarse_at = self.fine_at + FINE.size
-        self.region = plan.per_worker(self.coarse_at + COARSE.size)
+        self.history_at = self.coarse_at + COARSE.size
+        self.region = plan.per_worker(self.history_at + HISTORY.size)
 
 
 class SharedMemoryStore:
     """A :class:`~service.metrics.store.MetricsStore` over the worker rows of the block."""
 
     def __init__(
-        self, row: WorkerRow, layout: MetricsLayout, *, clock: Callable[[], float] = time.monotonic
+        self,
+        row: WorkerRow,
+        layout: MetricsLayout,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``wall_clock`` stamps the history, whose buckets must line up across hosts."""
         self._block = row.block
         self._layout = layout
         self._clock = clock
+        self._wall_clock = wall_clock
         self._mem = row.block.mem
         self._route_index = {name: i for i, name in enumerate(layout.routes)}
         self._row = row.at + layout.region.at
         self._fine_at = self._row + layout.fine_at
         self._coarse_at = self._row + layout.coarse_at
+        self._history_at = self._row + layout.history_at
         self._mem[self._row + _WS_OPEN] = 0  # a dead predecessor's sockets died with it
 
     # -- writing (this worker's row only) -------------------------------------------------
@@ -78,6 +92,7 @@ class SharedMemoryStore:
         mem[row + _DURATION_SUM] += duration
         mem[row + _LIFETIME_AT + bisect_left(LIFETIME_BOUNDS, duration)] += 1
         status = sample.status
+        self._record_history(sample.real_api, status, duration)
         if status:
             status_class = (5 if status >= 500 else status // 100 if status >= 100 else 1) - 1
             mem[row + _CLASSES_AT + status_class] += 1
@@ -88,6 +103,19 @@ class SharedMemoryStore:
                 mem[row + (_PROXY_502 if status == 502 else _PROXY_504)] += 1
         if sample.real_api:
             self._record_real(duration, status)
+
+    def _record_history(self, real_api: bool, status: int, duration: float) -> None:
+        mem = self._mem
+        bucket = HISTORY.current(mem, self._history_at, self._wall_clock())
+        mem[bucket] += 1  # REQUESTS
+        if status >= 500 or not status:
+            mem[bucket + SERVER_ERRORS] += 1
+        if real_api:
+            mem[bucket + REAL] += 1
+            mem[bucket + REAL_DURATION] += duration
+            mem[bucket + HIST_AT + coarse_bin(duration)] += 1
+            if not 0 < status < 400:
+                mem[bucket + REAL_FAILED] += 1
 
     def _record_real(self, duration: float, status: int) -> None:
         mem, row = self._mem, self._row
@@ -113,7 +141,9 @@ class SharedMemoryStore:
 
     # -- reading (every row) --------------------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, *, history: bool = False) -> Snapshot:
+        """Every figure of every row; the history too if asked (it costs about a millisecond
+        per worker under steady traffic, which ``/stats`` need not pay)."""
         now = self._clock()
         claimed = self._block.claimed_rows()
         live = self._block.live_rows()
@@ -153,6 +183,9 @@ class SharedMemoryStore:
                 str(self._block.owner(at)): int(mem[at + layout.region.at + _TOTAL])
                 for at in claimed
             },
+            history=read_history(mem, [r + layout.history_at for r in rows], self._wall_clock())
+            if history
+            else None,
         )
 
     def _lifetime_buckets(self, rows: Sequence[int]) -> tuple[tuple[float, int], ...]:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.metrics.history import History
 from service.metrics.sample import RequestSample
 
 WINDOW_S = 10.0
@@ -60,6 +61,8 @@ class Snapshot:
     workers: int
     uptime_s: float
     requests_by_worker: dict[str, int]  # worker pid -> proxied requests it recorded
+    # the last 15 minutes in 5 s buckets, when the snapshot was asked for it (status page)
+    history: History | None = None
 
     def percentile_ms(self, q: float) -> float:
         """The q-quantile (0 < q <= 1) of the window from the merged histogram; 0 if empty."""
@@ -79,7 +82,8 @@ class MetricsStore(Protocol):
     """Where measurements go; one instance per worker, all of them seeing the same totals.
 
     ``record`` and the heartbeat calls are O(1) and never block on another worker;
-    ``snapshot`` reads everything every worker recorded.
+    ``snapshot`` reads everything every worker recorded, and with ``history=True`` also
+    the last 15 minutes (:class:`~service.metrics.history.History`).
     """
 
     def record(self, sample: RequestSample) -> None: ...
@@ -90,4 +94,4 @@ class MetricsStore(Protocol):
 
     def socket_closed(self) -> None: ...
 
-    def snapshot(self) -> Snapshot: ...
+    def snapshot(self, *, history: bool = False) -> Snapshot: ...

@@ -22,9 +22,18 @@ from typing import Generic, TypeVar
 import httpx
 
 from service.errors import UpstreamError
+from service.metrics.bins import coarse_quantile_ms
 from service.pools.balancing import LeastRequest, RoundRobin
 from service.pools.retries import RetryBudget, RetryRule
-from service.pools.state import ACTIVE_DOWN, EJECTED_UNTIL, EJECTIONS, PoolState
+from service.pools.state import (
+    ACTIVE_DOWN,
+    CHECKED_AT,
+    EJECTED_UNTIL,
+    EJECTIONS,
+    FAIL_STREAK,
+    OK_STREAK,
+    PoolState,
+)
 from service.settings import Upstream
 
 log = logging.getLogger("service.pool")
@@ -56,8 +65,9 @@ class Target:
     def available(self) -> bool:
         return not self.ejected() and not self.state.get(self.index, ACTIVE_DOWN)
 
-    def describe(self) -> dict[str, object]:
-        """This target for ``/stats``: its state and its figures across all workers."""
+    def describe(self, active_checks: bool = False) -> dict[str, object]:
+        """This target for ``/stats``: its state and its figures across all workers, and the
+        active checker's verdict when ``active_checks`` (the pool has a health path)."""
         figures = self.state.figures(self.index)
         ejected_for = self.state.get(self.index, EJECTED_UNTIL) - self.state.clock()
         if ejected_for > 0:
@@ -78,6 +88,20 @@ class Target:
             "failures": figures.failures,
             "window_requests": count,
             "window_avg_ms": round(1000 * figures.window_duration_s / count, 3) if count else 0.0,
+            "window_p50_ms": coarse_quantile_ms(figures.window_histogram, 0.50),
+            "window_p95_ms": coarse_quantile_ms(figures.window_histogram, 0.95),
+            "window_p99_ms": coarse_quantile_ms(figures.window_histogram, 0.99),
+            "health_check": self._health_check() if active_checks else None,
+        }
+
+    def _health_check(self) -> dict[str, object]:
+        """The active checker's view: its verdict, the streaks and the last check's age."""
+        checked_at = self.state.get(self.index, CHECKED_AT)
+        return {
+            "verdict": "down" if self.state.get(self.index, ACTIVE_DOWN) else "up",
+            "passes_in_row": int(self.state.get(self.index, OK_STREAK)),
+            "failures_in_row": int(self.state.get(self.index, FAIL_STREAK)),
+            "last_check_s_ago": (round(self.state.clock() - checked_at, 3) if checked_at else None),
         }
 
 
@@ -107,7 +131,7 @@ class Pool:
         return {
             "balance": self.upstream.balance,
             "panic": not any(t.available() for t in self.targets),
-            "targets": [t.describe() for t in self.targets],
+            "targets": [t.describe(self.upstream.active is not None) for t in self.targets],
         }
 
     def choose(self, tried: frozenset[int] = frozenset()) -> Target:

@@ -4,18 +4,24 @@
   row it has been ejected, and the active health checker's verdict. Any worker may eject a
   target; only the worker that holds the checker lease writes the active verdict.
 - *Per worker, per target* (in each worker's row, written only by that worker): outstanding
-  requests, requests, failures and a ring of 1 s latency buckets, summed for ``/stats``.
+  requests, requests, failures and a ring of 1 s latency buckets (count, duration sum and a
+  coarse latency histogram for the window's percentiles: ``service.metrics.bins``, 60
+  counts, so 6 KiB per target per worker row), summed for ``/stats``.
 """
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.metrics.bins import COARSE_BINS, coarse_bin
 from service.sharedmem import Plan, TimeRing, WorkerRow
 
-WINDOW = TimeRing(resolution_s=1.0, in_window=10, slots=12, values=2)  # count, duration sum
+# count, duration sum, then the latency histogram
+WINDOW = TimeRing(resolution_s=1.0, in_window=10, slots=12, values=2 + COARSE_BINS)
+_HIST = 2
 
 # shared, per target
 EJECTED_UNTIL, EJECTIONS, ACTIVE_DOWN, OK_STREAK, FAIL_STREAK, CHECKED_AT = range(6)
@@ -35,6 +41,7 @@ class TargetFigures:
     failures: int
     window_count: int
     window_duration_s: float
+    window_histogram: tuple[float, ...]  # coarse bins (service.metrics.bins)
 
 
 class PoolLayout:
@@ -104,6 +111,7 @@ class PoolState:
         bucket = WINDOW.current(self._mem, at + _RING_AT, self.clock())
         self._mem[bucket] += 1
         self._mem[bucket + 1] += duration_s
+        self._mem[bucket + _HIST + coarse_bin(duration_s)] += 1
 
     # -- reading every row ----------------------------------------------------------------
 
@@ -111,11 +119,17 @@ class PoolState:
         now = self.clock()
         sums = [0.0, 0.0, 0.0]
         count, duration = 0.0, 0.0
+        histogram = [0.0] * COARSE_BINS
         for row_at in self._block.claimed_rows():
             at = self._row_at(target, row_at)
             for field in (OUTSTANDING, REQUESTS, FAILURES):
                 sums[field] += self._mem[at + field]
             for bucket in WINDOW.window(self._mem, at + _RING_AT, now):
-                count += self._mem[bucket]
-                duration += self._mem[bucket + 1]
-        return TargetFigures(int(sums[0]), int(sums[1]), int(sums[2]), int(count), duration)
+                if self._mem[bucket]:
+                    count += self._mem[bucket]
+                    duration += self._mem[bucket + 1]
+                    counts = self._mem[bucket + _HIST : bucket + WINDOW.values]
+                    histogram = list(map(operator.add, histogram, counts))
+        return TargetFigures(
+            int(sums[0]), int(sums[1]), int(sums[2]), int(count), duration, tuple(histogram)
+        )

@@ -12,6 +12,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ SECTIONS: dict[str, type] = {
     "proxy": model.ProxySettings,
     "stats": model.StatsSettings,
     "heartbeat": model.HeartbeatSettings,
+    "admin": model.AdminSettings,
 }
 
 
@@ -42,6 +44,7 @@ EXPECTED = {
     "size_seconds": "a number of seconds of at least 0",
     "path": "a path starting with '/'",
     "balance": f"one of {model.BALANCERS}",
+    "networks": "a comma-separated list of networks such as 127.0.0.1/32, ::1, 10.0.0.0/8",
 }
 
 
@@ -95,6 +98,13 @@ def _path(raw: Any, text: str) -> str:
     return text
 
 
+def _networks(raw: Any, text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """A CIDR list (a TOML list or a comma-separated string); a bare address is one host.
+    Host bits must be zero (``10.0.0.1/8`` is refused: it is probably a typo)."""
+    items = raw if isinstance(raw, list) else text.split(",")
+    return tuple(ip_network(str(item).strip()) for item in items if str(item).strip())
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -104,6 +114,7 @@ _PARSERS = {
     "size_seconds": _seconds(allow_zero=True),
     "path": _path,
     "balance": _choice(model.BALANCERS),
+    "networks": _networks,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import NamedTuple
 
 
@@ -108,6 +109,22 @@ class HeartbeatSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdminSettings:
+    """Who may read the operator's pages (``/metrics``, ``/lb-status``): client networks.
+
+    The default is loopback only. Private ranges are not a safe default: behind Docker's
+    userland proxy or a Kubernetes Service with ``externalTrafficPolicy: Cluster`` the
+    internet's clients arrive from a private address, so "private" does not mean "inside".
+    A scraper or an operator elsewhere is let in by naming its network.
+    """
+
+    allow: tuple[IPv4Network | IPv6Network, ...] = (
+        ip_network("127.0.0.0/8"),
+        ip_network("::1/128"),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
 
@@ -118,6 +135,7 @@ class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -158,6 +176,7 @@ VARIABLES = (
     Variable("LB_STATS_MAX_PAYLOAD", "stats", "max_payload", "positive_int", "largest upstream /stats answer in bytes"),
     Variable("LB_WS_PING_INTERVAL", "heartbeat", "ping_interval", "seconds", "seconds between the heartbeat socket's pings"),
     Variable("LB_WS_IDLE_TIMEOUT", "heartbeat", "idle_timeout", "seconds", "seconds of silence before a heartbeat socket is closed"),
+    Variable("LB_ADMIN_ALLOW", "admin", "allow", "networks", "client networks (CIDR list, comma-separated) allowed /metrics and /lb-status; empty: nobody"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),

@@ -44,3 +44,13 @@ class TimeRing:
         for bucket in range(at, at + self.size, self.width):
             if oldest < mem[bucket] <= newest:
                 yield bucket + 1
+
+    def stamped(self, mem: memoryview, at: int, now: float) -> Iterator[tuple[int, int]]:
+        """``(epoch, offset of its first value)`` of every bucket within the window ending
+        now: for readers that merge buckets of several rings by the time they cover."""
+        newest = math.floor(now / self.resolution_s)
+        oldest = newest - self.in_window
+        for bucket in range(at, at + self.size, self.width):
+            stamp = mem[bucket]
+            if oldest < stamp <= newest:
+                yield int(stamp), bucket + 1

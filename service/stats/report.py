@@ -66,11 +66,12 @@ class Report:
         return document
 
 
-async def build_report(lb: WorkerContext) -> Report:
-    """Ask the services (in parallel, bounded) and read this host's figures, fresh."""
+async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
+    """Ask the services (in parallel, bounded) and read this host's figures, fresh;
+    ``history``: with the last 15 minutes too (the status page's charts)."""
     services = await lb.aggregator.collect()
     pools = {name: pool.describe() for name, pool in lb.pools.items()}
-    return Report(lb.metrics.snapshot(), pools, services)
+    return Report(lb.metrics.snapshot(history=history), pools, services)
 
 
 def _mean_ms(total_s: float, count: int) -> float:

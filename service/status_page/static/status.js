@@ -1,0 +1,238 @@
+// The status page: polls /lb-status/data every 2 s and draws it. No library, no network
+// access beyond this origin (the page's Content-Security-Policy forbids any), every text set
+// through textContent so that nothing an upstream says can become markup.
+"use strict";
+
+const POLL_MS = 2000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+// The headline tiles: /stats' load-balancer keys, shown exactly as /stats has them.
+const FIGURES = [
+  ["total_requests", "requests (total)", ""],
+  ["requests_per_second", "real API req/s", "/s"],
+  ["avg_response_time_ms", "avg (window)", "ms"],
+  ["p50_ms", "p50 (window)", "ms"],
+  ["p95_ms", "p95 (window)", "ms"],
+  ["p99_ms", "p99 (window)", "ms"],
+  ["success_rate", "success rate (total)", "%"],
+  ["real_requests_total", "real API requests", ""],
+  ["avg_response_time_ms_lifetime", "avg (total)", "ms"],
+  ["proxy_errors.502", "proxy 502s", ""],
+  ["proxy_errors.504", "proxy 504s", ""],
+  ["responses_by_class.2xx", "2xx", ""],
+  ["responses_by_class.3xx", "3xx", ""],
+  ["responses_by_class.4xx", "4xx", ""],
+  ["responses_by_class.5xx", "5xx", ""],
+  ["workers", "workers", ""],
+  ["ws_connections", "heartbeat sockets", ""],
+  ["uptime_s", "uptime", "s"],
+];
+
+// Per target: [column title, key in /stats' target entry].
+const TARGET_COLUMNS = [
+  ["target", "url"], ["weight", "weight"], ["state", "state"], ["health check", "health_check"],
+  ["ejections", "ejections"], ["ejected for s", "ejected_for_s"],
+  ["in flight", "outstanding"], ["requests", "requests"], ["failures", "failures"],
+  ["window req", "window_requests"], ["avg ms", "window_avg_ms"],
+  ["p50 ms", "window_p50_ms"], ["p95 ms", "window_p95_ms"], ["p99 ms", "window_p99_ms"],
+];
+
+function el(tag, attrs, text) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function svgEl(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function pick(entry, path) {
+  return path.split(".").reduce((value, key) => (value == null ? value : value[key]), entry);
+}
+
+function buildTiles() {
+  const tiles = document.getElementById("figures");
+  for (const [key, label, unit] of FIGURES) {
+    const tile = el("div", { class: "tile" });
+    tile.append(el("div", { class: "label" }, label));
+    const line = el("div");
+    line.append(el("span", { class: "value", "data-figure": key }, "–"));
+    if (unit) line.append(el("span", { class: "unit" }, unit));
+    tile.append(line);
+    tiles.append(tile);
+  }
+}
+
+function drawFigures(lb) {
+  for (const node of document.querySelectorAll("[data-figure]")) {
+    const value = pick(lb, node.dataset.figure);
+    node.textContent = value == null ? "–" : String(value);
+  }
+}
+
+function healthText(check) {
+  if (!check) return "off";
+  const age = check.last_check_s_ago == null ? "never" : `${check.last_check_s_ago} s ago`;
+  return `${check.verdict} (${check.passes_in_row} ok / ${check.failures_in_row} failed in a row, ${age})`;
+}
+
+function drawPools(upstreams, byRoute) {
+  const root = document.getElementById("pools");
+  const pools = Object.entries(upstreams || {});
+  root.replaceChildren();
+  if (!pools.length) root.append(el("p", { class: "detail" }, "No pools."));
+  for (const [name, pool] of pools) {
+    const box = el("div", { class: "pool", "data-pool": name });
+    const head = el("div", { class: "pool-head" });
+    head.append(el("h3", {}, name), el("span", { class: "detail" }, `balance ${pool.balance}`));
+    if (pool.panic) head.append(el("span", { class: "badge badge-panic", "data-panic": "" }, "PANIC: no live target"));
+    const classes = byRoute[name] || {};
+    const counts = Object.entries(classes).map(([cls, n]) => `${cls} ${n}`).join(" · ");
+    head.append(el("span", { class: "detail", "data-field": "responses" }, `responses: ${counts}`));
+    box.append(head);
+
+    const table = el("table");
+    const header = el("tr");
+    for (const [title] of TARGET_COLUMNS) header.append(el("th", {}, title));
+    const thead = el("thead");
+    thead.append(header);
+    table.append(thead);
+    const body = el("tbody");
+    for (const target of pool.targets) {
+      const row = el("tr", { "data-target": target.url });
+      for (const [, key] of TARGET_COLUMNS) {
+        const cell = el("td", { "data-field": key });
+        if (key === "state") {
+          cell.append(el("span", { class: `badge state-${target.state}` }, target.state));
+        } else if (key === "health_check") {
+          cell.textContent = healthText(target.health_check);
+        } else {
+          cell.textContent = target[key] == null ? "–" : String(target[key]);
+        }
+        row.append(cell);
+      }
+      body.append(row);
+    }
+    table.append(body);
+    box.append(table);
+    root.append(box);
+  }
+}
+
+function drawServices(services) {
+  const list = document.getElementById("services");
+  list.replaceChildren();
+  for (const [key, service] of Object.entries(services || {})) {
+    const item = el("li", { "data-service": key });
+    item.append(el("span", { class: `badge ${service.online ? "state-up" : "state-down"}` },
+      service.online ? "online" : "offline"), document.createTextNode(` ${key}`));
+    if (service.error) item.append(el("span", { class: "detail" }, ` ${service.error}`));
+    list.append(item);
+  }
+}
+
+// ---------------------------------------------------------------- charts (hand-made SVG)
+
+const W = 600, H = 180, LEFT = 44, RIGHT = 8, TOP = 8, BOTTOM = 20;
+
+function niceMax(value) {
+  if (!(value > 0)) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 2.5, 5, 10]) if (value <= step * power) return step * power;
+  return 10 * power;
+}
+
+function label(value) {
+  return value >= 100 ? String(Math.round(value)) : String(Number(value.toPrecision(3)));
+}
+
+// series: [[ [t, value|null], ... ], ...]; a null value breaks the line.
+function drawChart(svg, series, start, end, points) {
+  svg.replaceChildren();
+  svg.dataset.points = String(points);
+  const values = series.flat().map(([, v]) => v).filter((v) => v != null);
+  const top = niceMax(Math.max(0, ...values));
+  const x = (t) => LEFT + ((t - start) / (end - start)) * (W - LEFT - RIGHT);
+  const y = (v) => TOP + (1 - v / top) * (H - TOP - BOTTOM);
+  for (const fraction of [0, 0.5, 1]) {
+    const value = top * fraction;
+    svg.append(svgEl("line", { class: "grid", x1: LEFT, x2: W - RIGHT, y1: y(value), y2: y(value) }));
+    svg.append(svgEl("text", { class: "axis", x: LEFT - 4, y: y(value) + 4, "text-anchor": "end" }, label(value)));
+  }
+  for (const minutes of [15, 10, 5, 0]) {
+    const t = end - minutes * 60;
+    const anchor = minutes === 15 ? "start" : minutes === 0 ? "end" : "middle";
+    svg.append(svgEl("text", { class: "axis", x: x(t), y: H - 4, "text-anchor": anchor },
+      minutes ? `-${minutes} min` : "now"));
+  }
+  if (!points) {
+    svg.append(svgEl("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" },
+      "no traffic in the last 15 minutes"));
+    return;
+  }
+  series.forEach((line, index) => {
+    let d = "", pen = "M";
+    for (const [t, v] of line) {
+      if (v == null) { pen = "M"; continue; }
+      d += `${pen}${x(t).toFixed(1)},${y(v).toFixed(1)} `;
+      pen = "L";
+    }
+    if (d) svg.append(svgEl("path", { class: `series s${index}`, d: d.trim(), "data-series": String(index) }));
+  });
+}
+
+function drawHistory(history, now) {
+  if (!history) return;
+  const step = history.resolution_s;
+  const end = Math.floor(now / step) * step; // the start of the bucket still filling
+  const start = end - history.span_s;
+  const byTime = new Map(history.buckets.map((b) => [b.t, b]));
+  // Counts are dense (a span with no bucket had no traffic: zero); latency only where measured.
+  const times = [];
+  for (let t = start; t < end; t += step) times.push(t);
+  const count = (key) => times.map((t) => [t + step / 2, byTime.has(t) ? byTime.get(t)[key] : 0]);
+  const measured = (key) => times.map((t) => [t + step / 2, byTime.has(t) ? byTime.get(t)[key] : null]);
+  const points = history.buckets.length;
+  drawChart(document.getElementById("chart-rps"),
+    [count("requests_per_second"), count("real_requests_per_second")], start, end, points);
+  drawChart(document.getElementById("chart-latency"),
+    [measured("p50_ms"), measured("p95_ms"), measured("p99_ms")], start, end, points);
+  drawChart(document.getElementById("chart-errors"),
+    [count("error_rate"), count("real_failure_rate")], start, end, points);
+}
+
+// ---------------------------------------------------------------- polling
+
+function setFreshness(live, text) {
+  const badge = document.getElementById("freshness");
+  badge.className = `badge ${live ? "badge-live" : "badge-stale"}`;
+  badge.textContent = text;
+}
+
+async function poll() {
+  try {
+    const response = await fetch("/lb-status/data", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const data = await response.json();
+    const lb = data["load-balancer"];
+    drawFigures(lb);
+    drawPools(lb.upstreams, data.responses_by_route || {});
+    drawServices(data.services);
+    drawHistory(data.history, data.generated_at);
+    document.getElementById("updated").textContent = new Date(data.generated_at * 1000).toLocaleTimeString();
+    document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
+    setFreshness(true, "LIVE");
+  } catch (error) {
+    setFreshness(false, `STALE: ${error.message}`);
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+buildTiles();
+poll();
