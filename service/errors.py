@@ -8,7 +8,8 @@
     │   │   └── BadPath     400  a path that cannot be routed safely
     │   └── BodyTooLarge    413  a body over LB_MAX_BODY_SIZE ("payload too large")
     └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
-        ├── UpstreamRefused        no connection could be made ("refused")
+        ├── UpstreamRefused        no connection could be made ("refused", or "dns" when
+        │                          the target's host name does not resolve)
         ├── UpstreamTimeout   504  connect or read took longer than allowed ("timeout")
         │   └── UpstreamConnectTimeout  no connection at all: nothing was sent
         ├── UpstreamBroken         the connection broke after it was made ("broken")
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from http import HTTPStatus
 from typing import Any
 
@@ -125,10 +127,25 @@ def classify(upstream: str, exc: BaseException, *, connected: bool = True) -> Up
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return UpstreamTimeout(upstream, "timeout: no answer within the read timeout")
     if isinstance(exc, httpx.ConnectError) or (isinstance(exc, OSError) and not connected):
+        if _resolution_failed(exc):
+            return UpstreamRefused(upstream, f"dns: {detail}")
         return UpstreamRefused(upstream, f"refused: {detail}")
     if isinstance(exc, asyncio.IncompleteReadError | asyncio.LimitOverrunError):
         return UpstreamBroken(upstream, "broken: invalid or missing answer")
     return UpstreamBroken(upstream, f"broken: {detail}")
+
+
+def _resolution_failed(exc: BaseException) -> bool:
+    """A host name that did not resolve, found anywhere in the chain of causes: a closed
+    port and a misspelt host need different fixes, so they must not share a reason."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # causes are short chains; bounded all the same
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def sanic_error_body(status: int, message: str) -> dict[str, Any]:

@@ -42,6 +42,8 @@ EXPECTED = {
     "size_seconds": "a number of seconds of at least 0",
     "path": "a path starting with '/'",
     "balance": f"one of {model.BALANCERS}",
+    "log_format": f"one of {model.LOG_FORMATS}",
+    "host": "a host name or address, without spaces",
 }
 
 
@@ -89,6 +91,12 @@ def _choice(options: tuple[str, ...]) -> Any:
     return parse
 
 
+def _host(raw: Any, text: str) -> str:
+    if not text or any(c.isspace() for c in text) or "/" in text:
+        raise ValueError
+    return text
+
+
 def _path(raw: Any, text: str) -> str:
     if not text.startswith("/"):
         raise ValueError
@@ -104,6 +112,8 @@ _PARSERS = {
     "size_seconds": _seconds(allow_zero=True),
     "path": _path,
     "balance": _choice(model.BALANCERS),
+    "log_format": _choice(model.LOG_FORMATS),
+    "host": _host,
 }
 
 
