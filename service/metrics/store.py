@@ -10,7 +10,7 @@ caller.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.metrics.sample import RequestSample
@@ -60,6 +60,9 @@ class Snapshot:
     workers: int
     uptime_s: float
     requests_by_worker: dict[str, int]  # worker pid -> proxied requests it recorded
+    # route -> its lifetime duration histogram (upper bound s, cumulative count), and its sum
+    route_buckets: dict[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
+    route_duration_s: dict[str, float] = field(default_factory=dict)
 
     def percentile_ms(self, q: float) -> float:
         """The q-quantile (0 < q <= 1) of the window from the merged histogram; 0 if empty."""
