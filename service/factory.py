@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sanic import Sanic
 
-from service import errors, metrics, pools, sharedmem, stats, transport
+from service import errors, logs, metrics, pools, sharedmem, stats, transport
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
@@ -19,7 +19,11 @@ from service.settings import Settings
 
 
 def create_app(settings: Settings, name: str | None = None) -> Sanic:
-    app = Sanic(name or "load-balancer", configure_logging=True)
+    app = Sanic(
+        name or "load-balancer",
+        configure_logging=True,
+        log_config=logs.log_config(settings.log_format),
+    )
     _configure(app, settings)
     plan = sharedmem.Plan()
     app.ctx.lb = WorkerContext(
@@ -36,6 +40,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     pools.startup(app)  # pools over the row, and active health checks
     stats.startup(app)  # the /stats fan-out over clients and pools
     errors.startup(app)  # Sanic's own errors in the proxy's JSON shape
+    logs.startup(app)  # request ids in and out, the access log of local endpoints
     app.blueprint(health.bp)
     app.blueprint(stats_endpoint.bp)
     app.blueprint(metrics_endpoint.bp)

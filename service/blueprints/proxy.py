@@ -19,6 +19,7 @@ from sanic.compat import Header
 from sanic.response import HTTPResponse, redirect
 
 from service.errors import BodyTooLarge, LoadBalancerError, UpstreamError, error_response
+from service.logs import log_request
 from service.metrics import LOCAL, RequestSample
 from service.pools import FAILURE_STATUSES, Pool, RetryRule, Target
 from service.proxying import exchange, websocket_tunnel
@@ -58,10 +59,19 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
         return await _exchange(request, outcome)
     except LoadBalancerError as error:
         outcome.proxy_error = isinstance(error, UpstreamError)
+        if isinstance(error, UpstreamError):
+            outcome.error_reason, outcome.target = error.reason, error.target or ""
         return _local(outcome, error_response(error))
     finally:
         duration = time.perf_counter() - started
-        request.app.ctx.lb.metrics.record(
+        lb = request.app.ctx.lb
+        if lb.settings.access_log or outcome.error_reason:
+            log_request(
+                request, route=outcome.route, target=outcome.target, status=outcome.status,
+                size=outcome.size, duration_s=duration, access=lb.settings.access_log,
+                error_reason=outcome.error_reason,
+            )  # fmt: skip
+        lb.metrics.record(
             RequestSample.of(
                 request,
                 outcome.route,
@@ -81,6 +91,10 @@ class Outcome:
     status: int = 0
     proxy_error: bool = False
     tunnel: bool = False
+    # for the access log and the proxy-error line
+    target: str = ""
+    size: int = 0  # body bytes sent to the client
+    error_reason: str = ""
 
 
 async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
@@ -118,6 +132,7 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     )  # fmt: skip
     upstream = attempt.answer
     outcome.status = upstream.status_code
+    outcome.target = attempt.target.url
     async with attempt:
         attempt.failed = upstream.status_code in FAILURE_STATUSES
         try:
@@ -130,6 +145,7 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
                 attempt.failed = True
             return None
         finally:
+            outcome.size = upstream.num_bytes_downloaded
             await upstream.aclose()
 
 
@@ -155,6 +171,7 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
     attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, lb.retry_budget)
     reader, writer, handshake = attempt.answer
     outcome.status = handshake.status
+    outcome.target = attempt.target.url
     async with attempt:
         if handshake.status != 101:
             try:
@@ -169,6 +186,7 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
 
 def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:
     outcome.status = response.status
+    outcome.size = len(response.body or b"")
     return response
 
 

@@ -63,6 +63,7 @@ async def send(
         scheme=forwarded_proto(request),
         host=request.host,
         upstream_host=None if proxy.keep_host else httpx.URL(target_url).netloc.decode("ascii"),
+        request_id=getattr(request.ctx, "request_id", None),
     )
     query = request.query_string
     outgoing = httpx.Request(

@@ -36,10 +36,12 @@ def request_headers(
     scheme: str,
     host: str,
     upstream_host: str | None,
+    request_id: str | None = None,
 ) -> Pairs:
     """The headers sent upstream: end-to-end ones plus X-Forwarded-For/-Proto/-Host.
 
-    ``upstream_host`` replaces the client's ``Host`` when the proxy does not keep it.
+    ``upstream_host`` replaces the client's ``Host`` when the proxy does not keep it;
+    ``request_id`` replaces the client's ``X-Request-ID`` (it is the client's when sane).
     """
     forwarded_for: list[str] = []
     out: Pairs = []
@@ -47,7 +49,9 @@ def request_headers(
         lower = name.lower()
         if lower == "x-forwarded-for":
             forwarded_for.append(value)
-        elif lower in ("x-forwarded-proto", "x-forwarded-host"):
+        elif lower in ("x-forwarded-proto", "x-forwarded-host") or (
+            request_id is not None and lower == "x-request-id"
+        ):
             continue  # set below from what this proxy saw
         elif lower != "host" or upstream_host is None:
             out.append((name, value))
@@ -58,4 +62,6 @@ def request_headers(
     out.append(("X-Forwarded-Proto", scheme))
     if host:
         out.append(("X-Forwarded-Host", host))
+    if request_id is not None:
+        out.append(("X-Request-ID", request_id))
     return out

@@ -94,6 +94,7 @@ def _request_head(request: Request, netloc: str) -> bytes:
         scheme="https" if request.scheme in ("https", "wss") else "http",
         host=request.host,
         upstream_host=None,
+        request_id=getattr(request.ctx, "request_id", None),
     )
     headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
     target = request.path + ("?" + request.query_string if request.query_string else "")
