@@ -250,8 +250,11 @@ class LoadBalancer(support.LoadBalancer):
 
 
 def lb_env(urls: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a load balancer: ours minus LB_/SANIC_/BENCH_, plus ``urls``."""
-    return clean_env({**urls, **(extra or {}), "PYTHONPATH": str(REPO)})
+    """The environment of a load balancer: ours minus LB_/SANIC_/BENCH_, plus ``urls``.
+
+    The access log is off unless ``extra`` turns it on, so that figures stay comparable with
+    those taken before it existed; bench/access_log_cost.py measures it."""
+    return clean_env({"LB_ACCESS_LOG": "false", **urls, **(extra or {}), "PYTHONPATH": str(REPO)})
 
 
 def launch_lb(

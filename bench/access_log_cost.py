@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""The access log's cost: proxied throughput with LB_ACCESS_LOG off, on (text) and on (json).
+
+Three 1-worker load balancers in front of one nginx, identical but for the access log
+(on: one line per request written to the process's stdout, a pipe read by this script
+into a file, as a container runtime would). Interleaved one-at-a-time runs (medians), then
+each "on" case side by side with "off" (both loaded at once on the load balancer's core, so
+the ratio is their cost ratio). Request ids are always on, so "off" includes them.
+
+How it measures (wrk, pinning, CPU per request, other load, results): bench/harness.py.
+
+    .venv/bin/python bench/access_log_cost.py [--duration 5] [--repeats 3] [--pair-repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` (and ``tests``) importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import (
+    LB_CPUS,
+    URL_VARS,
+    Case,
+    Processes,
+    add_run_options,
+    bench_env,
+    bench_parser,
+    interleaved,
+    launch_lb,
+    machine_load,
+    median,
+    print_pairs,
+    print_runs_table,
+    run_bench,
+    save,
+    side_by_side,
+    start_nginx,
+)
+
+CONFIGS = (
+    ("access log off", {"LB_ACCESS_LOG": "false"}),
+    ("access log on, text", {"LB_ACCESS_LOG": "true", "LB_LOG_FORMAT": "text"}),
+    ("access log on, json", {"LB_ACCESS_LOG": "true", "LB_LOG_FORMAT": "json"}),
+)
+
+
+def bench_access_log(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
+    url, nginx = start_nginx(procs, tmp)
+    base = {var: url for var in URL_VARS}
+    cases = [
+        Case(label, launch_lb(procs, name=f"log-{i}", app="service.app:app",
+                              env=bench_env(base, extra)))
+        for i, (label, extra) in enumerate(CONFIGS)
+    ]  # fmt: skip
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency, {args.repeats} repeats "
+        f"interleaved, 1 worker, pinning {'on' if procs.pin else 'off'}; {machine_load()}"
+    )
+    results = interleaved(
+        cases, repeats=args.repeats, duration=args.duration, connections=args.connections,
+        pin=procs.pin, nginx=nginx,
+    )  # fmt: skip
+    print_runs_table(cases, results, cases[0].label, "off")
+    lines = {
+        case.label: sum(1 for line in case.lb.output if "service.access" in line) for case in cases
+    }
+    print("access lines in the last 500 output lines: " + ", ".join(
+        f"{label}: {n}" for label, n in lines.items()))  # fmt: skip
+    pairs = {}
+    if args.pair_repeats:
+        print(
+            f"\nside by side with 'off' (one wrk each, -d{args.pair_duration:g}s, CPU {LB_CPUS}), "
+            f"both orders, {args.pair_repeats} repeats"
+        )
+        pairs = side_by_side(
+            cases[0], cases[1:], repeats=args.pair_repeats, duration=args.pair_duration,
+            connections=args.connections, pin=procs.pin,
+        )  # fmt: skip
+        print_pairs(cases[0], cases[1:], pairs)
+    off = median(results[cases[0].label], "rps")
+    print("\nthroughput with the access log on / off:")
+    for case in cases[1:]:
+        ratio = median(results[case.label], "rps") / off
+        line = f"  {case.label:<24} one at a time {ratio:.3f} (cost {100 * (1 - ratio):+5.1f} %)"
+        if case.label in pairs:
+            sbs = statistics.median(pairs[case.label].ratios)
+            line += f"; side by side {sbs:.3f} (cost {100 * (1 - sbs):+5.1f} %)"
+        print(line)
+    save(
+        "access-log",
+        stamp,
+        {
+            "runs": {k: [asdict(r) for r in v] for k, v in results.items()},
+            "pairs": {k: asdict(v) for k, v in pairs.items()},
+        },
+    )
+
+
+def main() -> int:
+    parser = bench_parser(__doc__ or "")
+    add_run_options(parser, duration=5.0, repeats=3, what="case")
+    return run_bench("access-log", parser.parse_args(), bench_access_log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
