@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from service.logs import RequestIds
+from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
 from service.pools import Pool, PoolLayout, PoolState, RetryBudget
 from service.proxying.routing import Router
@@ -42,3 +42,4 @@ class WorkerContext:
     draining: bool = False
     # this worker's X-Request-ID maker (a random prefix and a counter)
     request_ids: RequestIds = field(default_factory=RequestIds)
+    access_log: AccessLog | None = None  # None when LB_ACCESS_LOG is off

@@ -161,7 +161,7 @@ def run_service(upstreams: dict[str, UpstreamServer], **extra: str) -> tuple[str
                 return False
 
         wait_for(answers, timeout=20)
-        time.sleep(0.3)  # let the main process see the worker's ack (see LoadBalancer)
+        time.sleep(0.5)  # let the main process see the worker's ack (see test_process.py)
         rid = httpx.get(url + "/api/x", trust_env=False).headers["x-request-id"]
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=20)

@@ -65,10 +65,10 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     finally:
         duration = time.perf_counter() - started
         lb = request.app.ctx.lb
-        if lb.settings.access_log or outcome.error_reason:
+        if lb.access_log is not None or outcome.error_reason:
             log_request(
                 request, route=outcome.route, target=outcome.target, status=outcome.status,
-                size=outcome.size, duration_s=duration, access=lb.settings.access_log,
+                size=outcome.size, duration_s=duration, access=lb.access_log,
                 error_reason=outcome.error_reason,
             )  # fmt: skip
         lb.metrics.record(

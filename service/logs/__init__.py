@@ -9,15 +9,25 @@ line of the endpoints the proxy does not measure itself.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 from sanic import HTTPResponse, Request, Sanic
 
-from service.logs.access import log_request
+from service.logs.access import AccessLog, log_request
 from service.logs.config import log_config
 from service.logs.request_id import HEADER, RequestIds, current, is_sane
 
-__all__ = ["HEADER", "RequestIds", "is_sane", "log_config", "log_request", "startup"]
+__all__ = [
+    "HEADER",
+    "AccessLog",
+    "RequestIds",
+    "is_sane",
+    "log_config",
+    "log_request",
+    "startup",
+]
 
 LOCAL_ROUTE = "local"
 
@@ -25,6 +35,23 @@ LOCAL_ROUTE = "local"
 def startup(app: Sanic) -> None:
     lb = app.ctx.lb
     access = lb.settings.access_log
+
+    if access:
+
+        @app.before_server_start
+        async def open_access_log(app: Sanic) -> None:
+            lb.access_log = AccessLog(lb.settings.log_format)
+            app.ctx.access_flusher = asyncio.create_task(lb.access_log.flush_periodically())
+
+        @app.after_server_stop
+        async def close_access_log(app: Sanic) -> None:
+            flusher = getattr(app.ctx, "access_flusher", None)
+            if flusher is not None:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
+            if lb.access_log is not None:
+                lb.access_log.flush()
 
     @app.on_request
     async def assign_request_id(request: Request) -> None:
@@ -42,13 +69,12 @@ def startup(app: Sanic) -> None:
             request.ctx.request_id = request_id
             current.set(request_id)
         response.headers[HEADER] = request_id
-        if access and not _is_proxied(request):
+        if lb.access_log is not None and not _is_proxied(request):
             started = getattr(request.ctx, "started", None)
-            log_request(
+            lb.access_log.write(
                 request, route=LOCAL_ROUTE, target="", status=response.status,
                 size=len(response.body or b""),
                 duration_s=time.perf_counter() - started if started is not None else 0.0,
-                access=True,
             )  # fmt: skip
 
 

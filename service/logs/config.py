@@ -1,5 +1,6 @@
 """The logging configuration every process applies (Sanic's ``log_config``): one format for
-the service's own loggers and Sanic's, access lines on stdout, everything else on stderr."""
+the service's own loggers and Sanic's, on stderr (Sanic's own access lines, if turned on
+with ``sanic --access-logs``, on stdout like ours, see ``service.logs.access``)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ def log_config(log_format: str) -> dict[str, Any]:
         "root": {"level": "WARNING", "handlers": ["console"]},
         "loggers": {
             "service": logger("console"),
-            "service.access": logger("access"),
             "sanic.root": logger("console"),
             "sanic.error": logger("console"),
             "sanic.server": logger("console"),

@@ -2,8 +2,8 @@
 
 Every line carries the time (UTC, ISO 8601 with milliseconds), the level, the worker (its
 pid, the key of ``requests_by_worker`` in ``/stats``) and, when it is about a request,
-that request's id. Access lines carry their fields as ``record.access``; they are written
-as ``key=value`` pairs in text and as top-level keys in JSON.
+that request's id. (Access lines are written by ``service.logs.access`` in the same
+format, without going through :mod:`logging`.)
 """
 
 from __future__ import annotations
@@ -44,12 +44,8 @@ class TextFormatter(logging.Formatter):
             record.levelname,
             f"worker={getattr(record, 'worker', os.getpid())}",
             f"{record.name}:",
+            record.getMessage(),
         ]
-        access: dict[str, Any] | None = getattr(record, "access", None)
-        if access:  # the fields say it all; the message would repeat them
-            parts.extend(f"{key}={_text(value)}" for key, value in access.items())
-        else:
-            parts.append(record.getMessage())
         request_id = getattr(record, "request_id", "")
         if request_id:
             parts.append(f"request_id={request_id}")
@@ -59,14 +55,8 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def _text(value: Any) -> str:
-    text = str(value) if value is not None and value != "" else "-"
-    return text if " " not in text and '"' not in text else orjson.dumps(text).decode()
-
-
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, worker, logger, message, request_id, and an
-    access line's fields at the top level."""
+    """One JSON object per line: time, level, worker, logger, message, request_id."""
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
@@ -79,9 +69,6 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", "")
         if request_id:
             document["request_id"] = request_id
-        access: dict[str, Any] | None = getattr(record, "access", None)
-        if access:
-            document.update(access)
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(document, default=str).decode()
