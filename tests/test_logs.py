@@ -190,3 +190,29 @@ def test_python_m_service_access_log_can_be_switched_off(
     out, _ = run_service(upstreams, LB_ACCESS_LOG="false")
     *lines, _rid = out.strip().splitlines()
     assert not [l for l in lines if "service.access" in l]
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_access_lines_escape_what_the_client_controls(log_format: str) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from service.logs import AccessLog
+
+    out = io.BytesIO()
+    log = AccessLog(log_format, out, max_lines=2)
+    request = SimpleNamespace(
+        ip="::1", method="GET", path='/api/"quoted"\\ é', ctx=SimpleNamespace(request_id="r-1")
+    )
+    for status in (200, 404):  # the second line fills the buffer: written without a flush
+        log.write(request, route="api-gateway", target="", status=status, size=3, duration_s=0.002)  # type: ignore[arg-type]
+    lines = out.getvalue().decode().splitlines()
+    assert len(lines) == 2
+    if log_format == "json":
+        record = json.loads(lines[1])
+        assert record["path"] == '/api/"quoted"\\ é' and record["status"] == 404
+        assert record["request_id"] == "r-1" and record["duration_ms"] == 2.0
+        assert record["target"] == "" and record["level"] == "INFO"
+    else:
+        assert 'path="/api/\\"quoted\\"\\\\ é"' in lines[1] and "target=-" in lines[1]
+        assert lines[1].endswith("request_id=r-1") and " INFO worker=" in lines[1]
