@@ -65,9 +65,9 @@ class AccessLog:
         request_id = getattr(request.ctx, "request_id", "")
         duration_ms = round(duration_s * 1000.0, 3)
         if self._json:
-            # A template rather than a dict through orjson (6.7 vs 2.2 µs a line, measured); only the
-            # values a client controls are escaped (the method is a token, the request id
-            # a sane token, route and pid are ours).
+            # A template rather than a dict through orjson (2.2 vs 6.7 µs a line, measured);
+            # only the values a client controls are escaped (the method is a token, the
+            # request id a sane token, route and pid are ours).
             path = request.path
             line = (
                 f'{{"time":"{stamp}","level":"INFO","worker":{self._pid},"logger":"{LOGGER}",'
