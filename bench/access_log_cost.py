@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""The access log's cost: proxied throughput with LB_ACCESS_LOG off, on (text) and on (json).
+"""The access log's cost: proxied throughput with LB_ACCESS_LOG off, on (text) and on (json);
+and the request ids' cost: off versus a build without them (bench/variant_noids.py).
 
 Three 1-worker load balancers in front of one nginx, identical but for the access log
 (on: one line per request written to the process's stdout, a pipe read by this script
 into a file, as a container runtime would). Interleaved one-at-a-time runs (medians), then
 each "on" case side by side with "off" (both loaded at once on the load balancer's core, so
-the ratio is their cost ratio). Request ids are always on, so "off" includes them.
+the ratio is their cost ratio). Request ids are on in the service, so "off" includes them;
+"no request ids" is the same without the two middlewares that give and return them.
 
 How it measures (wrk, pinning, CPU per request, other load, results): bench/harness.py.
 
@@ -15,6 +17,7 @@ How it measures (wrk, pinning, CPU per request, other load, results): bench/harn
 from __future__ import annotations
 
 import argparse
+import http.client
 import statistics
 import sys
 from dataclasses import asdict
@@ -43,21 +46,38 @@ from bench.harness import (
     start_nginx,
 )
 
+SERVICE, NO_IDS = "service.app:app", "bench.variant_noids:app"
 CONFIGS = (
-    ("access log off", {"LB_ACCESS_LOG": "false"}),
-    ("access log on, text", {"LB_ACCESS_LOG": "true", "LB_LOG_FORMAT": "text"}),
-    ("access log on, json", {"LB_ACCESS_LOG": "true", "LB_LOG_FORMAT": "json"}),
+    ("access log off", SERVICE, {"LB_ACCESS_LOG": "false"}),
+    ("access log on, text", SERVICE, {"LB_ACCESS_LOG": "true", "LB_LOG_FORMAT": "text"}),
+    ("access log on, json", SERVICE, {"LB_ACCESS_LOG": "true", "LB_LOG_FORMAT": "json"}),
+    ("no request ids, log off", NO_IDS, {"LB_ACCESS_LOG": "false"}),
 )
+
+
+def request_id_of(base: str) -> str | None:
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/api/x")
+        response = conn.getresponse()
+        response.read()
+        return response.getheader("X-Request-ID")
+    finally:
+        conn.close()
 
 
 def bench_access_log(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
     url, nginx = start_nginx(procs, tmp)
     base = {var: url for var in URL_VARS}
     cases = [
-        Case(label, launch_lb(procs, name=f"log-{i}", app="service.app:app",
-                              env=bench_env(base, extra)))
-        for i, (label, extra) in enumerate(CONFIGS)
+        Case(label, launch_lb(procs, name=f"log-{i}", app=app, env=bench_env(base, extra)))
+        for i, (label, app, extra) in enumerate(CONFIGS)
     ]  # fmt: skip
+    for case in cases:  # the variant really has no ids, the service really has them
+        has_id = request_id_of(case.lb.url) is not None
+        if has_id != (case.label != "no request ids, log off"):
+            raise RuntimeError(f"{case.label}: X-Request-ID present: {has_id}")
     print(
         f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency, {args.repeats} repeats "
         f"interleaved, 1 worker, pinning {'on' if procs.pin else 'off'}; {machine_load()}"
@@ -84,7 +104,7 @@ def bench_access_log(args: argparse.Namespace, procs: Processes, tmp: Path, stam
         )  # fmt: skip
         print_pairs(cases[0], cases[1:], pairs)
     off = median(results[cases[0].label], "rps")
-    print("\nthroughput with the access log on / off:")
+    print("\nthroughput / access log off (the service with request ids, no access log):")
     for case in cases[1:]:
         ratio = median(results[case.label], "rps") / off
         line = f"  {case.label:<24} one at a time {ratio:.3f} (cost {100 * (1 - ratio):+5.1f} %)"
