@@ -36,6 +36,8 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 
+from service.logs import HEADER, request_id_of
+
 log = logging.getLogger("service.errors")
 
 
@@ -170,9 +172,12 @@ def startup(app: Sanic) -> None:
     async def sanic_error(request: Request, exc: SanicException) -> HTTPResponse:
         status = getattr(exc, "status_code", 500) or 500
         message = str(exc) if status < 500 else "the load balancer could not answer"
-        return json(sanic_error_body(status, message), status=status, headers=exc.headers)
+        headers = {**(exc.headers or {}), HEADER: request_id_of(request)}
+        return json(sanic_error_body(status, message), status=status, headers=headers)
 
     @app.exception(Exception)
     async def unexpected(request: Request, exc: Exception) -> HTTPResponse:
+        headers = {HEADER: request_id_of(request)}
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return json(sanic_error_body(500, "the load balancer could not answer"), status=500)
+        body = sanic_error_body(500, "the load balancer could not answer")
+        return json(body, status=500, headers=headers)

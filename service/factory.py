@@ -40,12 +40,12 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     pools.startup(app)  # pools over the row, and active health checks
     stats.startup(app)  # the /stats fan-out over clients and pools
     errors.startup(app)  # Sanic's own errors in the proxy's JSON shape
-    logs.startup(app)  # request ids in and out, the access log of local endpoints
     app.blueprint(health.bp)
     app.blueprint(stats_endpoint.bp)
     app.blueprint(metrics_endpoint.bp)
     app.blueprint(heartbeat.bp)
     app.blueprint(proxy.bp)  # last: its catch-all route must not shadow the local endpoints
+    logs.startup(app)  # the access log; request ids on the local routes (the proxy's own)
     return app
 
 

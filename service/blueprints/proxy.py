@@ -19,7 +19,7 @@ from sanic.compat import Header
 from sanic.response import HTTPResponse, redirect
 
 from service.errors import BodyTooLarge, LoadBalancerError, UpstreamError, error_response
-from service.logs import log_request
+from service.logs import HEADER, begin_request, log_request
 from service.metrics import LOCAL, RequestSample
 from service.pools import FAILURE_STATUSES, Pool, RetryRule, Target
 from service.proxying import exchange, websocket_tunnel
@@ -55,13 +55,14 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     """Measure the whole exchange once, whatever its outcome."""
     started = time.perf_counter()
     outcome = Outcome()
+    request_id = begin_request(request, request.app.ctx.lb.request_ids)
     try:
-        return await _exchange(request, outcome)
+        return _with_id(await _exchange(request, outcome), request_id)
     except LoadBalancerError as error:
         outcome.proxy_error = isinstance(error, UpstreamError)
         if isinstance(error, UpstreamError):
             outcome.error_reason, outcome.target = error.reason, error.target or ""
-        return _local(outcome, error_response(error))
+        return _with_id(_local(outcome, error_response(error)), request_id)
     finally:
         duration = time.perf_counter() - started
         lb = request.app.ctx.lb
@@ -184,6 +185,13 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
         return None
 
 
+def _with_id(response: HTTPResponse | None, request_id: str) -> HTTPResponse | None:
+    """The request id on a response the proxy returns (a streamed one has it already)."""
+    if response is not None:
+        response.headers[HEADER] = request_id
+    return response
+
+
 def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:
     outcome.status = response.status
     outcome.size = len(response.body or b"")
@@ -203,9 +211,9 @@ async def _relay(request: Request, upstream: httpx.Response) -> bool:
     If the upstream breaks off mid-body the client connection is aborted, so the client sees
     a truncated response as an error rather than a short body that looks complete.
     """
-    response = await request.respond(
-        ProxiedResponse(status=upstream.status_code, headers=_response_headers(upstream))
-    )
+    headers = _response_headers(upstream)
+    headers[HEADER] = request.ctx.request_id
+    response = await request.respond(ProxiedResponse(status=upstream.status_code, headers=headers))
     try:
         async for chunk in upstream.aiter_raw():
             await response.send(chunk)

@@ -2,9 +2,13 @@
 ``request_id``), returned to the client and stamped on every log line about it; every line
 has its time, level and worker (``formatting``, ``config``); the access log (``access``).
 
-``startup(app)`` registers the two middlewares: one gives the request its id (and the
-clock of a local endpoint's access line), the other returns the id and writes the access
-line of the endpoints the proxy does not measure itself.
+The proxy route gives its requests their ids itself (:func:`begin_request`, one call at the
+top of ``blueprints/proxy.py:proxy``) rather than through Sanic middleware: a request and a
+response middleware on every route cost 6 % of proxied throughput (measured,
+bench/access_log_cost.py), most of it Sanic's signal dispatch around each middleware.
+``startup(app)``, called once every blueprint is registered, attaches the middlewares to
+the local endpoints' routes only; Sanic's own errors raised before routing (a 405...) get
+their id from ``service.errors``' handlers through :func:`request_id_of`.
 """
 
 from __future__ import annotations
@@ -23,20 +27,39 @@ __all__ = [
     "HEADER",
     "AccessLog",
     "RequestIds",
+    "begin_request",
     "is_sane",
     "log_config",
     "log_request",
+    "request_id_of",
     "startup",
 ]
 
 LOCAL_ROUTE = "local"
 
 
-def startup(app: Sanic) -> None:
-    lb = app.ctx.lb
-    access = lb.settings.access_log
+def begin_request(request: Request, ids: RequestIds) -> str:
+    """Give ``request`` its id (the client's if sane), for its headers and its log lines."""
+    request_id = ids.for_request(request.headers.get("x-request-id"))
+    request.ctx.request_id = request_id
+    current.set(request_id)
+    return request_id
 
-    if access:
+
+def request_id_of(request: Request) -> str:
+    """The request's id, given now if it has none yet (an error before routing)."""
+    request_id = getattr(request.ctx, "request_id", None)
+    return request_id or begin_request(request, request.app.ctx.lb.request_ids)
+
+
+def startup(app: Sanic) -> None:
+    """The access log's life, and the id middlewares on every route but the proxy's.
+
+    Call after the blueprints are registered: the middlewares are attached by route name.
+    """
+    lb = app.ctx.lb
+
+    if lb.settings.access_log:
 
         @app.before_server_start
         async def open_access_log(app: Sanic) -> None:
@@ -53,23 +76,13 @@ def startup(app: Sanic) -> None:
             if lb.access_log is not None:
                 lb.access_log.flush()
 
-    @app.on_request
     async def assign_request_id(request: Request) -> None:
-        request_id = lb.request_ids.for_request(request.headers.get("x-request-id"))
-        request.ctx.request_id = request_id
-        current.set(request_id)
-        if access:
-            request.ctx.started = time.perf_counter()
+        begin_request(request, lb.request_ids)
+        request.ctx.started = time.perf_counter()
 
-    @app.on_response
     async def return_request_id(request: Request, response: HTTPResponse) -> None:
-        request_id = getattr(request.ctx, "request_id", None)
-        if request_id is None:  # refused before routing (405, a bad request line...)
-            request_id = lb.request_ids.for_request(request.headers.get("x-request-id"))
-            request.ctx.request_id = request_id
-            current.set(request_id)
-        response.headers[HEADER] = request_id
-        if lb.access_log is not None and not _is_proxied(request):
+        response.headers[HEADER] = request_id_of(request)
+        if lb.access_log is not None:
             started = getattr(request.ctx, "started", None)
             lb.access_log.write(
                 request, route=LOCAL_ROUTE, target="", status=response.status,
@@ -77,9 +90,10 @@ def startup(app: Sanic) -> None:
                 duration_s=time.perf_counter() - started if started is not None else 0.0,
             )  # fmt: skip
 
+    local = [route.name for route in app.router.routes if not _is_proxy(route.name)]
+    app.register_named_middleware(assign_request_id, route_names=local, attach_to="request")
+    app.register_named_middleware(return_request_id, route_names=local, attach_to="response")
 
-def _is_proxied(request: Request) -> bool:
-    """The proxy logs its own requests once they are measured (their body still streams
-    when this middleware runs)."""
-    route = request.route
-    return route is not None and route.name.rpartition(".")[0].endswith(".proxy")
+
+def _is_proxy(route_name: str) -> bool:
+    return route_name.rpartition(".")[0].endswith(".proxy")
