@@ -272,8 +272,11 @@ class LoadBalancer(support.LoadBalancer):
 def lb_env(
     urls: Mapping[str, str], extra: Mapping[str, str] | None = None, repo: Path = REPO
 ) -> dict[str, str]:
-    """The environment of a load balancer: ours minus LB_/SANIC_/BENCH_, plus ``urls``."""
-    return clean_env({**urls, **(extra or {}), "PYTHONPATH": str(repo)})
+    """The environment of a load balancer: ours minus LB_/SANIC_/BENCH_, plus ``urls``.
+
+    The access log is off unless ``extra`` turns it on, so that figures stay comparable with
+    those taken before it existed; bench/access_log_cost.py measures it."""
+    return clean_env({"LB_ACCESS_LOG": "false", **urls, **(extra or {}), "PYTHONPATH": str(repo)})
 
 
 def launch_lb(

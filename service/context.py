@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
 from service.pools import Pool, PoolLayout, PoolState, RetryBudget
 from service.proxying.routing import Router
@@ -39,3 +40,6 @@ class WorkerContext:
     health_task: asyncio.Task[None] | None = None
     # True from the start of a graceful shutdown: readiness answers 503, /stats says so
     draining: bool = False
+    # this worker's X-Request-ID maker (a random prefix and a counter)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    access_log: AccessLog | None = None  # None when LB_ACCESS_LOG is off

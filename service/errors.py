@@ -9,7 +9,8 @@
     │   ├── Forbidden       403  an operator's page asked from outside LB_ADMIN_ALLOW
     │   └── BodyTooLarge    413  a body over LB_MAX_BODY_SIZE ("payload too large")
     └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
-        ├── UpstreamRefused        no connection could be made ("refused")
+        ├── UpstreamRefused        no connection could be made ("refused", or "dns" when
+        │                          the target's host name does not resolve)
         ├── UpstreamTimeout   504  connect or read took longer than allowed ("timeout")
         │   └── UpstreamConnectTimeout  no connection at all: nothing was sent
         ├── UpstreamBroken         the connection broke after it was made ("broken")
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from http import HTTPStatus
 from typing import Any
 
@@ -34,6 +36,8 @@ import httpx
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
+
+from service.logs import HEADER, request_id_of
 
 log = logging.getLogger("service.errors")
 
@@ -131,10 +135,25 @@ def classify(upstream: str, exc: BaseException, *, connected: bool = True) -> Up
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return UpstreamTimeout(upstream, "timeout: no answer within the read timeout")
     if isinstance(exc, httpx.ConnectError) or (isinstance(exc, OSError) and not connected):
+        if _resolution_failed(exc):
+            return UpstreamRefused(upstream, f"dns: {detail}")
         return UpstreamRefused(upstream, f"refused: {detail}")
     if isinstance(exc, asyncio.IncompleteReadError | asyncio.LimitOverrunError):
         return UpstreamBroken(upstream, "broken: invalid or missing answer")
     return UpstreamBroken(upstream, f"broken: {detail}")
+
+
+def _resolution_failed(exc: BaseException) -> bool:
+    """A host name that did not resolve, found anywhere in the chain of causes: a closed
+    port and a misspelt host need different fixes, so they must not share a reason."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # causes are short chains; bounded all the same
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def sanic_error_body(status: int, message: str) -> dict[str, Any]:
@@ -159,9 +178,12 @@ def startup(app: Sanic) -> None:
     async def sanic_error(request: Request, exc: SanicException) -> HTTPResponse:
         status = getattr(exc, "status_code", 500) or 500
         message = str(exc) if status < 500 else "the load balancer could not answer"
-        return json(sanic_error_body(status, message), status=status, headers=exc.headers)
+        headers = {**(exc.headers or {}), HEADER: request_id_of(request)}
+        return json(sanic_error_body(status, message), status=status, headers=headers)
 
     @app.exception(Exception)
     async def unexpected(request: Request, exc: Exception) -> HTTPResponse:
+        headers = {HEADER: request_id_of(request)}
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return json(sanic_error_body(500, "the load balancer could not answer"), status=500)
+        body = sanic_error_body(500, "the load balancer could not answer")
+        return json(body, status=500, headers=headers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sanic import Sanic
 
-from service import errors, metrics, pools, sharedmem, stats, transport
+from service import errors, logs, metrics, pools, sharedmem, stats, transport
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
@@ -20,7 +20,11 @@ from service.settings import Settings
 
 
 def create_app(settings: Settings, name: str | None = None) -> Sanic:
-    app = Sanic(name or "load-balancer", configure_logging=True)
+    app = Sanic(
+        name or "load-balancer",
+        configure_logging=True,
+        log_config=logs.log_config(settings.log_format),
+    )
     _configure(app, settings)
     plan = sharedmem.Plan()
     app.ctx.lb = WorkerContext(
@@ -43,6 +47,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.blueprint(heartbeat.bp)
     app.blueprint(status_page.bp)
     app.blueprint(proxy.bp)  # last: its catch-all route must not shadow the local endpoints
+    logs.startup(app)  # the access log; request ids on the local routes (the proxy's own)
     return app
 
 

@@ -69,16 +69,27 @@ def test_metrics_match_traffic_and_stats(metrics_lb: LoadBalancer) -> None:
 
     total = client.get("/stats").json()["load-balancer"]["total_requests"]
     assert total == sent
-    count = value(samples, "lb_request_duration_seconds_count")
+    # One histogram per route; together they hold every proxied request.
+    count = sum(v for _, v in samples["lb_request_duration_seconds_count"])
     assert count == total
-    buckets = [(float(l["le"]), v) for l, v in samples["lb_request_duration_seconds_bucket"]]
-    assert buckets == sorted(buckets)  # bounds ascending, cumulative counts never falling
-    assert buckets[-1] == (float("inf"), count)
-    assert 0 < value(samples, "lb_request_duration_seconds_sum") < 10
+    assert value(samples, "lb_request_duration_seconds_count", route="api-gateway") == 12
+    assert value(samples, "lb_request_duration_seconds_count", route="local") == 1
+    for route in ("api-gateway", "blog-service", "dashboard-ui", "local"):
+        buckets = [
+            (float(l["le"]), v)
+            for l, v in samples["lb_request_duration_seconds_bucket"]
+            if l["route"] == route
+        ]
+        assert buckets == sorted(buckets)  # bounds ascending, cumulative counts never falling
+        route_count = value(samples, "lb_request_duration_seconds_count", route=route)
+        assert buckets[-1] == (float("inf"), route_count)
+        # Buckets fine enough for 1-3 ms requests: several bounds at or below 5 ms.
+        assert len([b for b, _ in buckets if b <= 0.005]) >= 5
+    assert 0 < sum(v for _, v in samples["lb_request_duration_seconds_sum"]) < 10
 
     # Scraping is not traffic: /metrics and /stats are not counted as proxied requests.
     again = scrape(metrics_lb)
-    assert value(again, "lb_request_duration_seconds_count") == sent
+    assert sum(v for _, v in again["lb_request_duration_seconds_count"]) == sent
 
 
 def test_ws_connections_gauge(metrics_lb: LoadBalancer) -> None:
@@ -93,12 +104,16 @@ def test_ws_connections_gauge(metrics_lb: LoadBalancer) -> None:
 
 def test_upstream_up_per_service(metrics_lb: LoadBalancer) -> None:
     samples = scrape(metrics_lb)
-    assert {l["upstream"]: v for l, v in samples["lb_upstream_up"]} == {
-        "api-gateway": 1.0,
-        "blog_service": 1.0,
-        "user_service": 1.0,
-        "auth": 0.0,  # pointed at a closed port
+    # Labelled by pool name, like lb_target_*, so that PromQL can join them; the /stats
+    # key rides along.
+    assert {(l["upstream"], l["stats_key"]): v for l, v in samples["lb_upstream_up"]} == {
+        ("api-gateway", "api-gateway"): 1.0,
+        ("blog-service", "blog_service"): 1.0,
+        ("user-service", "user_service"): 1.0,
+        ("auth-service", "auth"): 0.0,  # pointed at a closed port
     }
+    pools = {l["upstream"] for l, _ in samples["lb_target_up"]}
+    assert {l["upstream"] for l, _ in samples["lb_upstream_up"]} <= pools
     document = metrics_lb.client.get("/stats").json()
     assert document["auth"]["service_status"] == "offline"
     assert "refused" in document["auth"]["error"]

@@ -363,7 +363,8 @@ def test_too_large_without_content_length(upstreams: dict[str, UpstreamServer]) 
 def test_fifty_concurrent_stats_calls_ask_each_upstream_a_handful_of_times(
     upstreams: dict[str, UpstreamServer],
 ) -> None:
-    balancer = LoadBalancer(env_for(upstreams))  # default cache TTL: 1 s
+    # reuse for 1 s, an option (the default is 0: fresh on every call)
+    balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="1"))
     aggregated = [s for name, s in upstreams.items() if name != "dashboard-ui"]
     try:
         before = {s.name: s.hits["/stats"] for s in aggregated}

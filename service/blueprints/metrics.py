@@ -2,6 +2,10 @@
 
 prometheus_client writes the format; this module only maps one report
 (``service.stats.report``) onto metric families, in a collector built per scrape.
+
+Every per-upstream series is labelled ``upstream`` with the pool's name (``blog-service``),
+so ``lb_upstream_up`` joins ``lb_target_*`` in PromQL; ``lb_upstream_up`` also carries the
+upstream's ``/stats`` key (``stats_key="blog_service"``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
 from service.access import admin_only
+from service.settings import Upstream
 from service.stats import Report, build_report
 
 bp = Blueprint("metrics")
@@ -27,10 +32,12 @@ bp = Blueprint("metrics")
 class ReportCollector:
     """A prometheus_client collector over one report."""
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, upstreams: tuple[Upstream, ...]) -> None:
+        self._report = report
         self._snap = report.snapshot
         self._services = report.services
         self._pools = report.pools
+        self._upstreams = upstreams
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snap
@@ -41,12 +48,19 @@ class ReportCollector:
             for status_class, count in classes.items():
                 requests.add_metric([route, status_class], count)
         yield requests
-        yield HistogramMetricFamily(
+        durations = HistogramMetricFamily(
             "lb_request_duration_seconds",
-            "Duration of proxied requests, from request received to last byte handed over.",
-            buckets=[(_bound(b), c) for b, c in snap.lifetime_buckets],
-            sum_value=snap.lifetime_duration_s,
+            "Duration of proxied requests by route, from request received to last byte handed "
+            "over.",
+            labels=["route"],
         )
+        for route, buckets in snap.route_buckets.items():
+            durations.add_metric(
+                [route],
+                [(_bound(b), c) for b, c in buckets],
+                sum_value=snap.route_duration_s.get(route, 0.0),
+            )
+        yield durations
         real = CounterMetricFamily(
             "lb_real_api_requests", "Real API requests (the contract's definition).",
             labels=["outcome"],
@@ -63,20 +77,36 @@ class ReportCollector:
         yield GaugeMetricFamily("lb_ws_connections", "Open heartbeat sockets.", snap.ws_connections)
         yield GaugeMetricFamily("lb_workers", "Live worker processes.", snap.workers)
         yield GaugeMetricFamily("lb_uptime_seconds", "Seconds since start.", snap.uptime_s)
+        yield GaugeMetricFamily(
+            "lb_draining", "1 once a graceful shutdown has begun.", float(self._report.draining)
+        )
+        yield GaugeMetricFamily(
+            "lb_pools_without_live_target",
+            "Upstream pools none of whose targets is in rotation and answering.",
+            self._report.pools_without_live_target,
+        )
         up = GaugeMetricFamily(
             "lb_upstream_up",
             "1 if the upstream's /stats entry says it is online or healthy.",
-            labels=["upstream"],
+            labels=["upstream", "stats_key"],
         )
-        for key, entry in self._services.items():
+        for upstream in self._upstreams:
+            entry = self._services.get(upstream.stats_key or "")
+            if entry is None:
+                continue  # not aggregated: no /stats entry to judge by
             online = entry.get("service_status") == "online" or entry.get("status") == "healthy"
-            up.add_metric([key], 1.0 if online else 0.0)
+            up.add_metric([upstream.name, upstream.stats_key], 1.0 if online else 0.0)
         yield up
         yield from self._targets()
 
     def _targets(self) -> Iterator[Metric]:
         labels = ["upstream", "target"]
-        up = GaugeMetricFamily("lb_target_up", "1 if the target is in rotation.", labels=labels)
+        up = GaugeMetricFamily(
+            "lb_target_up",
+            "1 if the target is in rotation and its last contact (a proxied request, an active "
+            "check or a /stats call) succeeded; 0 if it failed or never happened.",
+            labels=labels,
+        )
         outstanding = GaugeMetricFamily(
             "lb_target_outstanding", "Requests in flight to the target.", labels=labels
         )
@@ -87,7 +117,8 @@ class ReportCollector:
         for name, pool in self._pools.items():
             for target in pool["targets"]:
                 key = [name, target["url"]]
-                up.add_metric(key, 1.0 if target["state"] == "up" else 0.0)
+                live = target["state"] == "up" and target.get("reachable") is True
+                up.add_metric(key, 1.0 if live else 0.0)
                 outstanding.add_metric(key, target["outstanding"])
                 requests.add_metric(key, target["requests"])
                 failures.add_metric(key, target["failures"])
@@ -102,5 +133,6 @@ def _bound(bound: float) -> str:
 @admin_only
 async def metrics(request: Request) -> HTTPResponse:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ReportCollector(await build_report(request.app.ctx.lb)))
+    lb = request.app.ctx.lb
+    registry.register(ReportCollector(await build_report(lb), lb.settings.upstreams))
     return raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -18,6 +18,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, redirect
 
 from service.errors import BodyTooLarge, LoadBalancerError, UpstreamError, error_response
+from service.logs import HEADER, begin_request, log_request
 from service.metrics import LOCAL, RequestSample
 from service.pools import FAILURE_STATUSES, Pool, RetryRule, Target
 from service.proxying import exchange, websocket_tunnel
@@ -38,14 +39,24 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     """Measure the whole exchange once, whatever its outcome."""
     started = time.perf_counter()
     outcome = Outcome()
+    request_id = begin_request(request, request.app.ctx.lb.request_ids)
     try:
-        return await _exchange(request, outcome)
+        return _with_id(await _exchange(request, outcome), request_id)
     except LoadBalancerError as error:
         outcome.proxy_error = isinstance(error, UpstreamError)
-        return _local(outcome, error_response(error))
+        if isinstance(error, UpstreamError):
+            outcome.error_reason, outcome.target = error.reason, error.target or ""
+        return _with_id(_local(outcome, error_response(error)), request_id)
     finally:
         duration = time.perf_counter() - started
-        request.app.ctx.lb.metrics.record(
+        lb = request.app.ctx.lb
+        if lb.access_log is not None or outcome.error_reason:
+            log_request(
+                request, route=outcome.route, target=outcome.target, status=outcome.status,
+                size=outcome.size, duration_s=duration, access=lb.access_log,
+                error_reason=outcome.error_reason,
+            )  # fmt: skip
+        lb.metrics.record(
             RequestSample.of(
                 request,
                 outcome.route,
@@ -65,6 +76,10 @@ class Outcome:
     status: int = 0
     proxy_error: bool = False
     tunnel: bool = False
+    # for the access log and the proxy-error line
+    target: str = ""
+    size: int = 0  # body bytes sent to the client
+    error_reason: str = ""
 
 
 async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
@@ -102,6 +117,7 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     )  # fmt: skip
     upstream = attempt.answer
     outcome.status = upstream.status_code
+    outcome.target = attempt.target.url
     async with attempt:
         attempt.failed = upstream.status_code in FAILURE_STATUSES
         try:
@@ -109,8 +125,11 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
                 # Sanic sends a HEAD answer's head itself; streaming one through respond()
                 # trips over Sanic's head_response_ignored (a sync function it later awaits).
                 return ProxiedResponse(upstream)
-            if not await relay(request, upstream):
+            size = await relay(request, upstream)
+            if size is None:
                 attempt.failed = True
+            else:
+                outcome.size = size
             return None
         finally:
             await upstream.aclose()
@@ -138,6 +157,7 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
     attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, lb.retry_budget)
     reader, writer, handshake = attempt.answer
     outcome.status = handshake.status
+    outcome.target = attempt.target.url
     async with attempt:
         if handshake.status != 101:
             try:
@@ -150,8 +170,16 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
         return None
 
 
+def _with_id(response: HTTPResponse | None, request_id: str) -> HTTPResponse | None:
+    """The request id on a response the proxy returns (a streamed one has it already)."""
+    if response is not None:
+        response.headers[HEADER] = request_id
+    return response
+
+
 def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:
     outcome.status = response.status
+    outcome.size = len(response.body or b"")
     return response
 
 

@@ -25,8 +25,15 @@ from service.sharedmem import Plan, TimeRing, WorkerRow
 
 FINE = TimeRing(resolution_s=0.05, in_window=round(WINDOW_S / 0.05), slots=256, values=2)
 COARSE = TimeRing(resolution_s=0.25, in_window=round(WINDOW_S / 0.25), slots=48, values=HIST_BINS)
-# Upper bounds (s) of the lifetime duration histogram exported to Prometheus.
-LIFETIME_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Upper bounds (s) of the lifetime duration histograms (one per route) exported to
+# Prometheus. Proxied requests here take 1-3 ms: Prometheus' default buckets start at 5 ms
+# and would put nearly every sample in the first one, so the low end is fine-grained.
+LIFETIME_BOUNDS = (
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_N_BUCKETS = len(LIFETIME_BOUNDS) + 1  # and +Inf
+_DURATION_WIDTH = _N_BUCKETS + 1  # a route's buckets, then its duration sum
 
 # Lifetime fields of a row, in order.
 _FIELDS = (
@@ -44,8 +51,7 @@ _PROXY_502, _PROXY_504, _DURATION_SUM = F["proxy_502"], F["proxy_504"], F["durat
 _WS_OPEN, _LAST_HEARTBEAT = F["ws_open"], F["last_heartbeat"]
 _N_CLASSES = len(STATUS_CLASSES)
 _CLASSES_AT = len(_FIELDS)
-_LIFETIME_AT = _CLASSES_AT + _N_CLASSES
-_ROUTES_AT = _LIFETIME_AT + len(LIFETIME_BOUNDS) + 1
+_ROUTES_AT = _CLASSES_AT + _N_CLASSES
 
 
 class MetricsLayout:
@@ -53,7 +59,8 @@ class MetricsLayout:
 
     def __init__(self, plan: Plan, routes: tuple[str, ...]) -> None:
         self.routes = routes
-        self.fine_at = _ROUTES_AT + len(routes) * _N_CLASSES
+        self.durations_at = _ROUTES_AT + len(routes) * _N_CLASSES
+        self.fine_at = self.durations_at + len(routes) * _DURATION_WIDTH
         self.coarse_at = self.fine_at + FINE.size
         self.history_at = self.coarse_at + COARSE.size
         self.region = plan.per_worker(self.history_at + HISTORY.size)
@@ -79,6 +86,7 @@ class SharedMemoryStore:
         self._route_index = {name: i for i, name in enumerate(layout.routes)}
         self._row = row.at + layout.region.at
         self._fine_at = self._row + layout.fine_at
+        self._durations_at = self._row + layout.durations_at
         self._coarse_at = self._row + layout.coarse_at
         self._history_at = self._row + layout.history_at
         self._mem[self._row + _WS_OPEN] = 0  # a dead predecessor's sockets died with it
@@ -90,13 +98,16 @@ class SharedMemoryStore:
         duration = sample.duration_s
         mem[row + _TOTAL] += 1
         mem[row + _DURATION_SUM] += duration
-        mem[row + _LIFETIME_AT + bisect_left(LIFETIME_BOUNDS, duration)] += 1
+        route = self._route_index.get(sample.route)
+        if route is not None:
+            durations = self._durations_at + route * _DURATION_WIDTH
+            mem[durations + bisect_left(LIFETIME_BOUNDS, duration)] += 1
+            mem[durations + _N_BUCKETS] += duration
         status = sample.status
         self._record_history(sample.real_api, status, duration)
         if status:
             status_class = (5 if status >= 500 else status // 100 if status >= 100 else 1) - 1
             mem[row + _CLASSES_AT + status_class] += 1
-            route = self._route_index.get(sample.route)
             if route is not None:
                 mem[row + _ROUTES_AT + route * _N_CLASSES + status_class] += 1
             if sample.proxy_error and status in (502, 504):
@@ -160,6 +171,7 @@ class SharedMemoryStore:
             counts = _column_sums(mem, rows, _ROUTES_AT + i * _N_CLASSES, _N_CLASSES)
             by_route[name] = dict(zip(STATUS_CLASSES, map(int, counts), strict=True))
         last_heartbeat = max((mem[r + _LAST_HEARTBEAT] for r in rows), default=0.0)
+        durations = self._durations(rows)
         return Snapshot(
             total_requests=int(total(_TOTAL)),
             window_count=window_count,
@@ -172,7 +184,7 @@ class SharedMemoryStore:
             proxy_502=int(total(_PROXY_502)),
             proxy_504=int(total(_PROXY_504)),
             by_route=by_route,
-            lifetime_buckets=self._lifetime_buckets(rows),
+            lifetime_buckets=_cumulative(durations[0][1]) if durations else (),
             lifetime_duration_s=total(_DURATION_SUM),
             # a dead worker's sockets died with it; its lifetime counters still count
             ws_connections=int(sum(mem[at + layout.region.at + _WS_OPEN] for at in live)),
@@ -186,15 +198,19 @@ class SharedMemoryStore:
             history=read_history(mem, [r + layout.history_at for r in rows], self._wall_clock())
             if history
             else None,
+            route_buckets={name: _cumulative(d) for name, d in durations[1:]},
+            route_duration_s={name: d[_N_BUCKETS] for name, d in durations[1:]},
         )
 
-    def _lifetime_buckets(self, rows: Sequence[int]) -> tuple[tuple[float, int], ...]:
-        counts = _column_sums(self._mem, rows, _LIFETIME_AT, len(LIFETIME_BOUNDS) + 1)
-        cumulative, buckets = 0, []
-        for bound, count in zip((*LIFETIME_BOUNDS, math.inf), counts, strict=True):
-            cumulative += int(count)
-            buckets.append((bound, cumulative))
-        return tuple(buckets)
+    def _durations(self, rows: Sequence[int]) -> list[tuple[str, list[float]]]:
+        """Every route's bucket counts and duration sum, all workers; first, all routes."""
+        per_route = [
+            (name, _column_sums(self._mem, rows, self._layout.durations_at + i * _DURATION_WIDTH,
+                                _DURATION_WIDTH))
+            for i, name in enumerate(self._layout.routes)
+        ]  # fmt: skip
+        every = [sum(column) for column in zip(*(d for _, d in per_route), strict=True)]
+        return [("", every), *per_route] if per_route else []
 
     def _window_totals(self, rows: Sequence[int], now: float) -> tuple[int, float]:
         count, duration = 0.0, 0.0
@@ -212,6 +228,15 @@ class SharedMemoryStore:
                     a + b for a, b in zip(merged, self._mem[at : at + HIST_BINS], strict=True)
                 ]
         return tuple(int(c) for c in merged)
+
+
+def _cumulative(counts: Sequence[float]) -> tuple[tuple[float, int], ...]:
+    """(upper bound, cumulative count) pairs, +Inf last, as Prometheus wants them."""
+    total, buckets = 0, []
+    for bound, count in zip((*LIFETIME_BOUNDS, math.inf), counts[:_N_BUCKETS], strict=True):
+        total += int(count)
+        buckets.append((bound, total))
+    return tuple(buckets)
 
 
 def _column_sums(mem: memoryview, rows: Sequence[int], at: int, width: int) -> list[float]:

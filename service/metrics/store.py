@@ -10,7 +10,7 @@ caller.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.metrics.history import History
@@ -63,6 +63,9 @@ class Snapshot:
     requests_by_worker: dict[str, int]  # worker pid -> proxied requests it recorded
     # the last 15 minutes in 5 s buckets, when the snapshot was asked for it (status page)
     history: History | None = None
+    # route -> its lifetime duration histogram (upper bound s, cumulative count), and its sum
+    route_buckets: dict[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
+    route_duration_s: dict[str, float] = field(default_factory=dict)
 
     def percentile_ms(self, q: float) -> float:
         """The q-quantile (0 < q <= 1) of the window from the merged histogram; 0 if empty."""

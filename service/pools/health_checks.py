@@ -69,6 +69,7 @@ class HealthChecker:
     def _record(self, pool: Pool, target: Target, active: ActiveHealth, healthy: bool) -> None:
         state, index = self._state, target.index
         state.set(index, CHECKED_AT, state.clock())
+        target.contacted(healthy)
         streak_field, reset_field = (
             (OK_STREAK, FAIL_STREAK) if healthy else (FAIL_STREAK, OK_STREAK)
         )

@@ -31,6 +31,7 @@ from service.pools.state import (
     EJECTED_UNTIL,
     EJECTIONS,
     FAIL_STREAK,
+    LAST_CONTACT,
     OK_STREAK,
     PoolState,
 )
@@ -65,6 +66,16 @@ class Target:
     def available(self) -> bool:
         return not self.ejected() and not self.state.get(self.index, ACTIVE_DOWN)
 
+    def reachable(self) -> bool | None:
+        """Whether the last contact with this target (a proxied attempt, an active check, a
+        ``/stats`` call) succeeded; None if it was never contacted. "In rotation" alone
+        would call a target nobody has tried "up"."""
+        last = self.state.get(self.index, LAST_CONTACT)
+        return None if last == 0 else last > 0
+
+    def contacted(self, ok: bool) -> None:
+        self.state.set(self.index, LAST_CONTACT, 1 if ok else -1)
+
     def describe(self, active_checks: bool = False) -> dict[str, object]:
         """This target for ``/stats``: its state and its figures across all workers, and the
         active checker's verdict when ``active_checks`` (the pool has a health path)."""
@@ -81,6 +92,7 @@ class Target:
             "url": self.url,
             "weight": self.weight,
             "state": status,
+            "reachable": self.reachable(),
             "ejected_for_s": round(ejected_for, 3) if ejected_for > 0 else 0.0,
             "ejections": int(self.state.get(self.index, EJECTIONS)),
             "outstanding": figures.outstanding,
@@ -133,6 +145,16 @@ class Pool:
             "panic": not any(t.available() for t in self.targets),
             "targets": [t.describe(self.upstream.active is not None) for t in self.targets],
         }
+
+    def has_live_target(self) -> bool:
+        """A target in rotation whose last contact did not fail (never contacted counts)."""
+        return any(t.available() and t.reachable() is not False for t in self.targets)
+
+    def contacted(self, url: str, ok: bool) -> None:
+        """Record the outcome of a contact that was not traffic (the ``/stats`` call)."""
+        for target in self.targets:
+            if target.url == url:
+                target.contacted(ok)
 
     def choose(self, tried: frozenset[int] = frozenset()) -> Target:
         """The target for the next attempt; ``tried`` holds positions already attempted."""
@@ -199,6 +221,7 @@ class Pool:
     def finished(self, target: Target, duration_s: float, *, failed: bool) -> None:
         target.outstanding -= 1
         self._state.finished(target.index, duration_s, failed)
+        target.contacted(not failed)
         if failed:
             self._failed(target)
         elif self._state.get(target.index, EJECTIONS) and not target.ejected():

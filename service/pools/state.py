@@ -23,9 +23,10 @@ from service.sharedmem import Plan, TimeRing, WorkerRow
 WINDOW = TimeRing(resolution_s=1.0, in_window=10, slots=12, values=2 + COARSE_BINS)
 _HIST = 2
 
-# shared, per target
-EJECTED_UNTIL, EJECTIONS, ACTIVE_DOWN, OK_STREAK, FAIL_STREAK, CHECKED_AT = range(6)
-_SHARED_WIDTH = 6
+# shared, per target; LAST_CONTACT: 0 never contacted, 1 answered, -1 failed (the last of a
+# proxied attempt, an active check or a /stats call, whichever came last)
+EJECTED_UNTIL, EJECTIONS, ACTIVE_DOWN, OK_STREAK, FAIL_STREAK, CHECKED_AT, LAST_CONTACT = range(7)
+_SHARED_WIDTH = 7
 # per worker, per target
 OUTSTANDING, REQUESTS, FAILURES = range(3)
 _RING_AT = 3

@@ -61,6 +61,7 @@ def outgoing(
         client_ip=request.ip.encode(),
         scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
         host=None if proxy.keep_host else target.authority,
+        request_id=request.ctx.request_id.encode(),
     )
     if body is not None and "content-length" not in request.headers:
         fields.append(_CHUNKED)  # the client's chunked body goes on chunked

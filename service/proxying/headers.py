@@ -41,14 +41,20 @@ def _dropped(fields: Iterable[Triple]) -> frozenset[bytes]:
 
 
 def upstream_request_fields(
-    head: bytes, *, client_ip: bytes, scheme: bytes, host: bytes | None
+    head: bytes,
+    *,
+    client_ip: bytes,
+    scheme: bytes,
+    host: bytes | None,
+    request_id: bytes | None = None,
 ) -> list[Triple]:
     """The headers sent upstream, from the request head as Sanic received it (request line
     first): end-to-end ones, then X-Forwarded-For/-Proto/-Host.
 
     Sanic has split the same head the same way (name up to the first colon), so both agree
     on every field; optional whitespace around a value is not part of it (RFC 9112 §5.1).
-    ``host`` replaces the client's ``Host`` when the proxy does not keep it. One pass over
+    ``host`` replaces the client's ``Host`` when the proxy does not keep it; ``request_id``
+    replaces the client's ``X-Request-ID`` (it is the client's when sane). One pass over
     the head; a second over the kept fields only when ``Connection`` names other headers.
     """
     out: list[Triple] = []
@@ -65,6 +71,8 @@ def upstream_request_fields(
         elif lower in _SET_BY_US:
             if lower == b"x-forwarded-for":
                 forwarded_for.append(value)
+        elif lower == b"x-request-id" and request_id is not None:
+            continue
         elif lower == b"host":
             client_host = value
             if host is None:
@@ -81,6 +89,8 @@ def upstream_request_fields(
     out.append((b"X-Forwarded-Proto", b"x-forwarded-proto", scheme))
     if client_host:
         out.append((b"X-Forwarded-Host", b"x-forwarded-host", client_host))
+    if request_id is not None:
+        out.append((b"X-Request-ID", b"x-request-id", request_id))
     return out
 
 

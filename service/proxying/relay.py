@@ -8,6 +8,7 @@ import httpx
 from sanic import Request
 from sanic.response import HTTPResponse
 
+from service.logs import HEADER
 from service.proxying.headers import client_response_fields
 from service.transport import seam
 
@@ -37,19 +38,24 @@ class ProxiedResponse(HTTPResponse):
             yield name.encode("ascii"), f"{value}".encode(errors="surrogateescape")
 
 
-async def relay(request: Request, upstream: httpx.Response) -> bool:
-    """Stream the upstream's response to the client chunk by chunk; False if it broke off.
+async def relay(request: Request, upstream: httpx.Response) -> int | None:
+    """Stream the upstream's response to the client chunk by chunk; the body bytes relayed,
+    or None if it broke off.
 
     If the upstream breaks off mid-body the client connection is aborted, so the client sees
     a truncated response as an error rather than a short body that looks complete.
     """
-    response = await request.respond(ProxiedResponse(upstream))
+    proxied = ProxiedResponse(upstream)
+    proxied.headers[HEADER] = request.ctx.request_id
+    response = await request.respond(proxied)
+    size = 0
     try:
         async for chunk in upstream.stream:  # type: ignore[union-attr]
+            size += len(chunk)
             await response.send(chunk)
         await response.eof()
     except httpx.HTTPError:
         if request.transport is not None:
             request.transport.abort()
-        return False
-    return True
+        return None
+    return size

@@ -93,6 +93,7 @@ def _request_head(request: Request) -> bytes:
         client_ip=request.ip.encode(),
         scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
         host=None,
+        request_id=request.ctx.request_id.encode(),
     )
     fields += [(b"Connection", b"connection", b"Upgrade"), (b"Upgrade", b"upgrade", b"websocket")]
     query = request.query_string

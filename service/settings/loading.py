@@ -45,6 +45,8 @@ EXPECTED = {
     "path": "a path starting with '/'",
     "balance": f"one of {model.BALANCERS}",
     "networks": "a comma-separated list of networks such as 127.0.0.1/32, ::1, 10.0.0.0/8",
+    "log_format": f"one of {model.LOG_FORMATS}",
+    "host": "a host name or address, without spaces",
 }
 
 
@@ -92,6 +94,12 @@ def _choice(options: tuple[str, ...]) -> Any:
     return parse
 
 
+def _host(raw: Any, text: str) -> str:
+    if not text or any(c.isspace() for c in text) or "/" in text:
+        raise ValueError
+    return text
+
+
 def _path(raw: Any, text: str) -> str:
     if not text.startswith("/"):
         raise ValueError
@@ -115,6 +123,8 @@ _PARSERS = {
     "path": _path,
     "balance": _choice(model.BALANCERS),
     "networks": _networks,
+    "log_format": _choice(model.LOG_FORMATS),
+    "host": _host,
 }
 
 

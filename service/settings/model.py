@@ -42,6 +42,7 @@ class ActiveHealth:
 
 
 BALANCERS = ("least_request", "round_robin")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +97,9 @@ class StatsSettings:
     """The ``/stats`` fan-out: each service's deadline and size cap, and answer reuse."""
 
     timeout: float = 2.0
-    cache_ttl: float = 1.0
+    # 0: every /stats asks the services afresh (concurrent calls still share one fan-out);
+    # an operator may turn reuse on, at the price of showing a state up to this many s old
+    cache_ttl: float = 0.0
     max_payload: int = 1024 * 1024
 
 
@@ -132,6 +135,9 @@ class Settings:
     routes: tuple[Route, ...] = ()
     port: int = 7100
     workers: int = 1
+    host: str = "0.0.0.0"  # read by python -m service only; sanic's CLI takes --host
+    access_log: bool = True
+    log_format: str = "text"
     proxy: ProxySettings = field(default_factory=ProxySettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -163,6 +169,9 @@ PER_UPSTREAM = ("upstream", "passive", "active")
 VARIABLES = (
     Variable("LB_PORT", "server", "port", "port", "listening port"),
     Variable("LB_WORKERS", "server", "workers", "positive_int", "worker processes (python -m service)"),
+    Variable("LB_HOST", "server", "host", "host", "listening address (python -m service); must resolve"),
+    Variable("LB_ACCESS_LOG", "server", "access_log", "bool", "one log line per request (client, method, path, route, target, status, bytes, duration, request id)"),
+    Variable("LB_LOG_FORMAT", "server", "log_format", "log_format", "text (one readable line) or json (one object per line, for log shippers)"),
     Variable("LB_CONNECT_TIMEOUT", "proxy", "connect_timeout", "seconds", "seconds to connect to an upstream"),
     Variable("LB_READ_TIMEOUT", "proxy", "read_timeout", "seconds", "seconds between bytes from an upstream before a 504"),
     Variable("LB_KEEP_HOST", "proxy", "keep_host", "bool", "forward the client's Host header unchanged"),
@@ -172,7 +181,7 @@ VARIABLES = (
     Variable("LB_KEEPALIVE_EXPIRY", "proxy", "keepalive_expiry", "seconds", "seconds an idle upstream connection is kept"),
     Variable("LB_WS_TUNNEL_IDLE_TIMEOUT", "proxy", "websocket_idle_timeout", "seconds", "seconds a proxied WebSocket may be silent"),
     Variable("LB_STATS_TIMEOUT", "stats", "timeout", "seconds", "seconds for each upstream's /stats answer"),
-    Variable("LB_STATS_CACHE_TTL", "stats", "cache_ttl", "size_seconds", "seconds the upstream part of /stats is reused (0: never)"),
+    Variable("LB_STATS_CACHE_TTL", "stats", "cache_ttl", "size_seconds", "seconds an upstream /stats answer may be reused (0: never, every call asks afresh)"),
     Variable("LB_STATS_MAX_PAYLOAD", "stats", "max_payload", "positive_int", "largest upstream /stats answer in bytes"),
     Variable("LB_WS_PING_INTERVAL", "heartbeat", "ping_interval", "seconds", "seconds between the heartbeat socket's pings"),
     Variable("LB_WS_IDLE_TIMEOUT", "heartbeat", "idle_timeout", "seconds", "seconds of silence before a heartbeat socket is closed"),

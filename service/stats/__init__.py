@@ -23,4 +23,5 @@ def startup(app: Sanic) -> None:
             client_for=lambda name: lb.clients[name],
             url_for=lambda name: lb.pools[name].peek().url,
             settings=lb.settings.stats,
+            contacted=lambda name, url, ok: lb.pools[name].contacted(url, ok),
         )

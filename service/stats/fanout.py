@@ -2,8 +2,10 @@
 
 Each call has a hard deadline (``stats.timeout``, 2 s by default) and a size cap, so one
 hanging or misbehaving service delays nobody and hides nobody. Within a worker, concurrent
-``/stats`` requests share one fan-out in flight, and its result is reused for
-``stats.cache_ttl`` seconds, so fifty open dashboards cost the upstreams what one does.
+``/stats`` requests share one fan-out in flight, so fifty open dashboards polling together
+cost the upstreams about what one does. A finished fan-out is not reused (an operator who
+just restarted a service expects the truth on the next call) unless ``stats.cache_ttl``
+is set above 0.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ class StatsAggregator:
         url_for: Callable[[str], str],
         settings: StatsSettings,
         clock: Callable[[], float] = time.monotonic,
+        contacted: Callable[[str, str, bool], None] | None = None,
     ) -> None:
+        """``contacted(name, url, ok)`` hears whether each asked target answered at all
+        (a bad payload is an answer; refused, timed out or broken is not)."""
         self._upstreams = tuple(u for u in upstreams if u.stats_key)
         self._client_for = client_for
         self._url_for = url_for
         self._settings = settings
         self._clock = clock
+        self._contacted = contacted
         self._in_flight: asyncio.Task[dict[str, Entry]] | None = None
         self._cached: dict[str, Entry] | None = None
         self._cached_at = float("-inf")
@@ -65,21 +71,28 @@ class StatsAggregator:
         return {u.stats_key: entry for u, entry in zip(self._upstreams, entries, strict=True)}  # type: ignore[misc]
 
     async def _entry(self, upstream: Upstream) -> Entry:
+        url = self._url_for(upstream.name)
         try:
             async with asyncio.timeout(self._settings.timeout):
-                payload = await self._fetch(upstream)
+                payload = await self._fetch(upstream, url)
         except TimeoutError:
             error: UpstreamError = UpstreamTimeout(upstream.name, "timeout")
         except UpstreamError as exc:
             error = exc
         else:
+            self._seen(upstream.name, url, True)
             return unwrap(payload)
+        self._seen(upstream.name, url, isinstance(error, UpstreamBadPayload))
         return {"service_status": "offline", "error": error.reason}
 
-    async def _fetch(self, upstream: Upstream) -> dict[str, Any]:
+    def _seen(self, name: str, url: str, ok: bool) -> None:
+        if self._contacted is not None:
+            self._contacted(name, url, ok)
+
+    async def _fetch(self, upstream: Upstream, url: str) -> dict[str, Any]:
         client = self._client_for(upstream.name)
         try:
-            async with client.stream("GET", self._url_for(upstream.name) + "/stats") as response:
+            async with client.stream("GET", url + "/stats") as response:
                 if not 200 <= response.status_code < 300:
                     raise UpstreamBadPayload(upstream.name, f"HTTP {response.status_code}")
                 body = await self._read_capped(upstream, response)

@@ -24,6 +24,8 @@ class Report:
     snapshot: Snapshot
     pools: dict[str, Entry]  # pool name -> its balance, panic flag and targets
     services: dict[str, Entry]  # stats key -> the service's entry (or its offline reason)
+    draining: bool = False  # a graceful shutdown has begun: the process still serves
+    pools_without_live_target: int = 0  # pools none of whose targets is in rotation and answering
 
     def load_balancer_entry(self) -> Entry:
         """The ``load-balancer`` entry. The first seven keys are the contract's and do not
@@ -53,6 +55,8 @@ class Report:
             "uptime_s": round(snap.uptime_s, 3),
             "requests_by_worker": snap.requests_by_worker,
             "upstreams": self.pools,
+            "draining": self.draining,
+            "pools_without_live_target": self.pools_without_live_target,
         }
 
     def document(self) -> Entry:
@@ -71,7 +75,8 @@ async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
     ``history``: with the last 15 minutes too (the status page's charts)."""
     services = await lb.aggregator.collect()
     pools = {name: pool.describe() for name, pool in lb.pools.items()}
-    return Report(lb.metrics.snapshot(history=history), pools, services)
+    dead = sum(not pool.has_live_target() for pool in lb.pools.values())
+    return Report(lb.metrics.snapshot(history=history), pools, services, lb.draining, dead)
 
 
 def _mean_ms(total_s: float, count: int) -> float:
