@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sanic import Sanic
 
+from service.metrics.figures import HostFigures, merge, to_snapshot
 from service.metrics.sample import RequestSample, is_real_api_traffic
 from service.metrics.shared import MetricsLayout, SharedMemoryStore
 from service.metrics.store import WINDOW_S, MetricsStore, Snapshot
@@ -19,14 +20,17 @@ LOCAL = "local"  # the route of a request the load balancer answered itself
 __all__ = [
     "LOCAL",
     "WINDOW_S",
+    "HostFigures",
     "MetricsLayout",
     "MetricsStore",
     "RequestSample",
     "SharedMemoryStore",
     "Snapshot",
     "is_real_api_traffic",
+    "merge",
     "reserve",
     "startup",
+    "to_snapshot",
 ]
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from service.metrics.sample import RequestSample
+
+if TYPE_CHECKING:
+    from service.metrics.figures import HostFigures
 
 WINDOW_S = 10.0
 
@@ -91,3 +94,8 @@ class MetricsStore(Protocol):
     def socket_closed(self) -> None: ...
 
     def snapshot(self) -> Snapshot: ...
+
+    def figures(self) -> HostFigures:
+        """The additive raw figures the snapshot is computed from, for other hosts to merge
+        (``service.metrics.figures``)."""
+        ...

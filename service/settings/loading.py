@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ SECTIONS: dict[str, type] = {
     "proxy": model.ProxySettings,
     "stats": model.StatsSettings,
     "heartbeat": model.HeartbeatSettings,
+    "cluster": model.ClusterSettings,
 }
 
 
@@ -42,6 +44,9 @@ EXPECTED = {
     "size_seconds": "a number of seconds of at least 0",
     "path": "a path starting with '/'",
     "balance": f"one of {model.BALANCERS}",
+    "redis_url": "a redis://, rediss:// or unix:// URL with a host (or a socket path)",
+    "cluster_name": "1 to 64 letters, digits, '.', '_' or '-'",
+    "publish_interval": "a number of seconds greater than 0 and at most 0.25",
 }
 
 
@@ -95,6 +100,38 @@ def _path(raw: Any, text: str) -> str:
     return text
 
 
+def _redis_url(raw: Any, text: str) -> str:
+    """Empty: no cluster. Otherwise a URL redis-py accepts, checked here and not at connect."""
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError from None
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError
+        return text
+    if parts.scheme == "unix" and parts.path:
+        return text
+    raise ValueError
+
+
+def _cluster_name(raw: Any, text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise ValueError
+    return text
+
+
+def _publish_interval(raw: Any, text: str) -> float:
+    value = _seconds(allow_zero=False)(raw, text)
+    if value > 0.25:
+        raise ValueError
+    return value
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -104,6 +141,9 @@ _PARSERS = {
     "size_seconds": _seconds(allow_zero=True),
     "path": _path,
     "balance": _choice(model.BALANCERS),
+    "redis_url": _redis_url,
+    "cluster_name": _cluster_name,
+    "publish_interval": _publish_interval,
 }
 
 

@@ -7,6 +7,7 @@ payload; the Prometheus exposition maps the same report.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +25,14 @@ class Report:
     snapshot: Snapshot
     pools: dict[str, Entry]  # pool name -> its balance, panic flag and targets
     services: dict[str, Entry]  # stats key -> the service's entry (or its offline reason)
+    cluster: Entry | None = None  # replicas and their status, when a cluster is configured
 
     def load_balancer_entry(self) -> Entry:
         """The ``load-balancer`` entry. The first seven keys are the contract's and do not
         change; the rest are additions."""
         snap = self.snapshot
         heartbeat_recent = snap.heartbeat_age_s is not None and snap.heartbeat_age_s <= WINDOW_S
-        return {
+        entry: Entry = {
             "status": "healthy",
             "total_requests": snap.total_requests,
             "requests_per_second": round(snap.window_count / WINDOW_S, 3),
@@ -54,6 +56,9 @@ class Report:
             "requests_by_worker": snap.requests_by_worker,
             "upstreams": self.pools,
         }
+        if self.cluster is not None:
+            entry["cluster"] = self.cluster
+        return entry
 
     def document(self) -> Entry:
         """The whole ``/stats`` payload."""
@@ -68,9 +73,16 @@ class Report:
 
 async def build_report(lb: WorkerContext) -> Report:
     """Ask the services (in parallel, bounded) and read this host's figures, fresh."""
-    services = await lb.aggregator.collect()
     pools = {name: pool.describe() for name, pool in lb.pools.items()}
-    return Report(lb.metrics.snapshot(), pools, services)
+    if lb.cluster is None:
+        services = await lb.aggregator.collect()
+        return Report(lb.metrics.snapshot(), pools, services)
+    # With replicas: every replica's figures (one bounded Redis round trip) merged with this
+    # host's, read while the services are asked.
+    services, (snapshot, cluster) = await asyncio.gather(
+        lb.aggregator.collect(), lb.cluster.read(lb.metrics)
+    )
+    return Report(snapshot, pools, services, cluster)
 
 
 def _mean_ms(total_s: float, count: int) -> float:

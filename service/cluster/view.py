@@ -1,0 +1,102 @@
+"""Reading the cluster for ``/stats`` and ``/metrics``: every replica's figures in one round
+trip, merged with this host's own (always fresh) figures into one Snapshot.
+
+A replica counts as *live* while it published within ``stale_after`` seconds: its gauges
+(open sockets, workers) count and it is one of ``replicas``. Its window figures age out of
+the window by themselves once it stops; its lifetime counters keep counting, first from its
+own field and, once the reaper has folded it in, from the retired counters. When Redis
+cannot be read within the deadline, the answer is this host's figures alone with
+``status: "degraded"`` and the reason: never an error, never a wait past the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from service.cluster.redis_store import ClusterUnavailable, RedisStore
+from service.cluster.replica import Published
+from service.metrics import WINDOW_S, HostFigures, MetricsStore, Snapshot, merge, to_snapshot
+from service.metrics.figures import WINDOW_RING
+from service.settings import ClusterSettings
+
+Entry = dict[str, Any]
+
+
+class ClusterView:
+    def __init__(self, store: RedisStore, settings: ClusterSettings, replica: str) -> None:
+        self._store = store
+        self._settings = settings
+        self.replica = replica
+        self.stale_after = max(1.0, 4 * settings.publish_interval)
+
+    async def read(self, local: MetricsStore) -> tuple[Snapshot, Entry]:
+        """The whole cluster's snapshot and the ``cluster`` entry of ``/stats``."""
+        try:
+            async with asyncio.timeout(self._settings.timeout):
+                documents, retired = await self._store.read()
+        except TimeoutError:
+            return self._degraded(local, "redis: timeout")
+        except ClusterUnavailable as exc:
+            return self._degraded(local, exc.reason)
+        now = time.time()
+        own = local.figures()
+        others: list[Published] = []
+        malformed = 0
+        for replica, raw in documents.items():
+            if replica == self.replica:
+                continue  # this host's own figures are read fresh, not as last published
+            try:
+                others.append(Published.parse(replica, orjson.loads(raw)))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                malformed += 1
+        live = [p for p in others if now - p.published_at <= self.stale_after]
+        merged = merge(
+            [own, *(p.figures for p in others), HostFigures(counters=retired)],
+            live=[own, *(p.figures for p in live)],
+        )
+        snapshot = to_snapshot(merged, now, local.snapshot())
+        entry: Entry = {
+            "replicas": 1 + len(live),
+            "status": "ok",
+            "name": self._settings.name,
+            "replica": self.replica,
+            "members": [
+                _member(self.replica, own, now, True, 0.0),
+                *(
+                    _member(p.id, p.figures, now, p in live, now - p.published_at)
+                    for p in sorted(others, key=lambda p: p.id)
+                ),
+            ],
+            "retired_requests": int(retired.get("total", 0)),
+        }
+        if malformed:
+            entry["malformed_members"] = malformed
+        return snapshot, entry
+
+    def _degraded(self, local: MetricsStore, reason: str) -> tuple[Snapshot, Entry]:
+        return local.snapshot(), {
+            "replicas": 1,
+            "status": "degraded",
+            "reason": reason,
+            "name": self._settings.name,
+            "replica": self.replica,
+        }
+
+
+def _member(replica: str, figures: HostFigures, now: float, live: bool, age: float) -> Entry:
+    window = 0.0
+    if ring := figures.rings.get(WINDOW_RING):
+        window = sum(bucket.get(0, 0.0) for bucket in ring.in_window(now))
+    return {
+        "id": replica,
+        "live": live,
+        "published_age_s": round(max(0.0, age), 3),
+        "total_requests": int(figures.counters.get("total", 0)),
+        "requests_per_second": round(window / WINDOW_S, 3),
+        "ws_connections": int(figures.gauges.get("ws_open", 0)) if live else 0,
+        "workers": int(figures.gauges.get("workers", 0)) if live else 0,
+    }
