@@ -24,7 +24,7 @@ from service.sharedmem import Lease
 
 log = logging.getLogger("service.cluster")
 
-REAP_EVERY_S = 5.0  # how often the lease holder folds silent replicas in
+REAP_EVERY_S = 5.0  # how often (at most) the lease holder folds silent replicas in
 
 
 class Publisher:
@@ -48,6 +48,7 @@ class Publisher:
         self._pid = os.getpid()
         self._failing: str | None = None
         self._reaped_at = float("-inf")
+        self._reap_every = min(REAP_EVERY_S, settings.retention / 2)
         self.publications = 0  # successful ones, by this worker
 
     def holds_lease(self) -> bool:
@@ -67,7 +68,7 @@ class Publisher:
             async with asyncio.timeout(self._settings.timeout):
                 doc = document(self._replica, self._started_wall, self._figures())
                 await self._store.publish(self._replica, doc)
-            if time.monotonic() - self._reaped_at >= REAP_EVERY_S:
+            if time.monotonic() - self._reaped_at >= self._reap_every:
                 self._reaped_at = time.monotonic()
                 async with asyncio.timeout(self._settings.timeout):
                     await self._store.reap(self._replica, time.time(), self._settings.retention)

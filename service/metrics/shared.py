@@ -192,7 +192,8 @@ class SharedMemoryStore:
         self, ring: TimeRing, rows: Sequence[int], at: int, now: float, offset: float
     ) -> Ring:
         """Every row's buckets of ``ring`` in the window, sparse, keyed by wall-clock epoch."""
-        shift = round(offset / ring.resolution_s)
+        # floor, not round: the bucket being written must never land after the reader's now
+        shift = math.floor(offset / ring.resolution_s)
         buckets: dict[int, dict[int, float]] = {}
         for r in rows:
             for value_at in ring.window(self._mem, r + at, now):
