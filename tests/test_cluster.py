@@ -240,3 +240,37 @@ def test_an_unreachable_redis_does_not_stop_start_up(
         assert entry["cluster"]["reason"].startswith("redis:")
     finally:
         balancer.stop()
+
+
+def test_a_slow_redis_delays_neither_requests_nor_stats(
+    pair: tuple[LoadBalancer, LoadBalancer], redis: RedisServer
+) -> None:
+    a, b = pair
+    wait_for(lambda: _replicas_ok(a) and _replicas_ok(b), timeout=10)
+    before = _lb_stats(a)["total_requests"]
+    sleeper = threading.Thread(
+        target=redis.command, args=("DEBUG", "SLEEP", "3"), kwargs={"timeout": 10}
+    )
+    sleeper.start()
+    try:
+        wait_for(lambda: redis.command("PING", timeout=0.2) == "", timeout=2)  # it is asleep
+        with httpx.Client(base_url=b.url, trust_env=False, timeout=10) as client:
+            slowest = 0.0
+            for i in range(20):
+                response = client.get(f"/api/slow-redis/{i}")
+                assert response.status_code == 200
+                slowest = max(slowest, response.elapsed.total_seconds())
+            stats = client.get("/stats")
+        entry = stats.json()["load-balancer"]
+        assert entry["cluster"] == {
+            **entry["cluster"],
+            "status": "degraded",
+            "reason": "redis: timeout",
+        }
+        # the cluster deadline (0.5 s) plus slack for a loaded machine, far below the 3 s sleep
+        assert stats.elapsed.total_seconds() < 1.5
+        assert slowest < 0.5
+    finally:
+        sleeper.join(15)
+    wait_for(lambda: _replicas_ok(a) and _replicas_ok(b), timeout=10)
+    wait_for(lambda: _lb_stats(a)["total_requests"] == before + 20, timeout=5)

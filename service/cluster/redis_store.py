@@ -7,9 +7,12 @@ redis-py. Layout, under the prefix ``LB_CLUSTER_NAME``:
   document: its cumulative figures and when it published them. A replica overwrites its own
   field with cumulative values, so a retried or repeated write never double-counts, and a
   Redis that lost its data is whole again after every live replica's next publication.
-- ``<name>:retired``: a hash of lifetime counters of replicas that stopped publishing more
-  than ``retention`` seconds ago. The reaper folds a silent replica's counters in and deletes
-  its field in one Lua script, so the totals never count it twice or lose it.
+- ``<name>:retired``: a hash, one field per replica that stopped publishing more than
+  ``retention`` seconds ago, holding only its lifetime counters (its time buckets are gone
+  from the window anyway). The reaper moves a silent replica there in one Lua script, so no
+  reader sees it twice or not at all. A replica that was only cut off and publishes again
+  deletes its retired field in the same round trip as it writes its own, so it is never
+  counted twice either.
 
 Both keys expire a day after the last publication, so a cluster that is gone for good leaves
 nothing behind.
@@ -36,17 +39,13 @@ for i = 1, #fields, 2 do
   local id = fields[i]
   if id ~= ARGV[3] then
     local ok, doc = pcall(cjson.decode, fields[i + 1])
-    local stale = ok and type(doc) == 'table' and tonumber(doc['published_at'])
-    if not ok or not stale then
+    local published = ok and type(doc) == 'table' and tonumber(doc['published_at'])
+    if not published then
       redis.call('HDEL', KEYS[1], id)
-    elseif stale < cutoff then
+    elseif published < cutoff then
       local figures = doc['figures']
       if type(figures) == 'table' and type(figures['counters']) == 'table' then
-        for name, value in pairs(figures['counters']) do
-          if tonumber(value) and tonumber(value) ~= 0 then
-            redis.call('HINCRBYFLOAT', KEYS[2], name, tostring(value))
-          end
-        end
+        redis.call('HSET', KEYS[2], id, cjson.encode(figures['counters']))
       end
       redis.call('HDEL', KEYS[1], id)
       reaped = reaped + 1
@@ -63,6 +62,10 @@ class ClusterUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _by_id(fields: dict[bytes, bytes]) -> dict[str, bytes]:
+    return {k.decode("utf-8", "replace"): v for k, v in fields.items()}
 
 
 def _reason(exc: BaseException) -> str:
@@ -93,24 +96,22 @@ class RedisStore:
         """Overwrite this replica's field (one round trip)."""
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.hset(self.replicas_key, replica, orjson.dumps(document))
+            pipe.hdel(self.retired_key, replica)  # reaped while cut off: live again
             pipe.expire(self.replicas_key, KEY_TTL_S)
             pipe.expire(self.retired_key, KEY_TTL_S)
             await self._run(pipe.execute())
 
-    async def read(self) -> tuple[dict[str, bytes], dict[str, float]]:
-        """Every replica's document and the retired counters, atomically (one round trip)."""
+    async def read(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Every replica's document and every retired replica's counters, atomically (one
+        round trip)."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.replicas_key)
             pipe.hgetall(self.retired_key)
             replicas, retired = await self._run(pipe.execute())
-        try:
-            counters = {k.decode("utf-8", "replace"): float(v) for k, v in retired.items()}
-        except ValueError:
-            raise ClusterUnavailable(f"redis: {self.retired_key} is malformed") from None
-        return {k.decode("utf-8", "replace"): v for k, v in replicas.items()}, counters
+        return _by_id(replicas), _by_id(retired)
 
     async def reap(self, replica: str, now_wall: float, retention: float) -> int:
-        """Fold replicas silent for ``retention`` seconds into the retired counters."""
+        """Move replicas silent for ``retention`` seconds to the retired hash."""
         keys = [self.replicas_key, self.retired_key]
         return int(await self._run(self._reap(keys=keys, args=[now_wall, retention, replica])))
 

@@ -53,9 +53,20 @@ class ClusterView:
                 others.append(Published.parse(replica, orjson.loads(raw)))
             except (ValueError, TypeError, KeyError, AttributeError):
                 malformed += 1
+        retired_counters: list[HostFigures] = []
+        for replica, raw in retired.items():
+            if replica == self.replica or replica in documents:
+                continue  # published again since it was retired: its document counts
+            try:
+                counters = orjson.loads(raw)
+                retired_counters.append(
+                    HostFigures(counters={str(k): float(v) for k, v in counters.items()})
+                )
+            except (ValueError, TypeError, AttributeError):
+                malformed += 1
         live = [p for p in others if now - p.published_at <= self.stale_after]
         merged = merge(
-            [own, *(p.figures for p in others), HostFigures(counters=retired)],
+            [own, *(p.figures for p in others), *retired_counters],
             live=[own, *(p.figures for p in live)],
         )
         snapshot = to_snapshot(merged, now, local.snapshot())
@@ -71,7 +82,8 @@ class ClusterView:
                     for p in sorted(others, key=lambda p: p.id)
                 ),
             ],
-            "retired_requests": int(retired.get("total", 0)),
+            "retired_replicas": len(retired_counters),
+            "retired_requests": int(sum(r.counters.get("total", 0) for r in retired_counters)),
         }
         if malformed:
             entry["malformed_members"] = malformed

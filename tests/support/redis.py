@@ -30,6 +30,7 @@ class RedisServer:
         argv = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning",
+            "--enable-debug-command", "local",  # DEBUG SLEEP: a slow Redis, on demand
         ]  # fmt: skip
         self.process = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
