@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,12 +27,24 @@ from service.settings import ClusterSettings
 Entry = dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """What the other replicas hold, as last read: each one, and all of them merged."""
+
+    others: list[Published]  # sorted by id
+    merged: HostFigures  # their counters, rings and instants, and the retired counters
+    retired_replicas: int
+    retired_requests: int
+    malformed: int
+
+
 class ClusterView:
     def __init__(self, store: RedisStore, settings: ClusterSettings, replica: str) -> None:
         self._store = store
         self._settings = settings
         self.replica = replica
         self.stale_after = max(1.0, 4 * settings.publish_interval)
+        self._cached: tuple[Any, Remote] | None = None
 
     async def read(self, local: MetricsStore) -> tuple[Snapshot, Entry]:
         """The whole cluster's snapshot and the ``cluster`` entry of ``/stats``."""
@@ -44,6 +57,34 @@ class ClusterView:
             return self._degraded(local, exc.reason)
         now = time.time()
         own = local.figures()
+        remote = self._remote(documents, retired)
+        others = remote.others
+        live = [p for p in others if now - p.published_at <= self.stale_after]
+        merged = merge([own, remote.merged], live=[own, *(p.figures for p in live)])
+        snapshot = to_snapshot(merged, now, local.snapshot())
+        entry: Entry = {
+            "replicas": 1 + len(live),
+            "status": "ok",
+            "name": self._settings.name,
+            "replica": self.replica,
+            "members": [
+                _member(self.replica, own, now, True, 0.0),
+                *(_member(p.id, p.figures, now, p in live, now - p.published_at) for p in others),
+            ],
+            "retired_replicas": remote.retired_replicas,
+            "retired_requests": remote.retired_requests,
+        }
+        if remote.malformed:
+            entry["malformed_members"] = remote.malformed
+        return snapshot, entry
+
+    def _remote(self, documents: dict[str, bytes], retired: dict[str, bytes]) -> Remote:
+        """The other replicas' figures, parsed and merged (gauges aside): reused while Redis
+        holds exactly the same bytes, so many ``/stats`` calls within one publishing interval
+        parse and merge them once."""
+        key = (tuple(sorted(documents.items())), tuple(sorted(retired.items())))
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
         others: list[Published] = []
         malformed = 0
         for replica, raw in documents.items():
@@ -64,30 +105,15 @@ class ClusterView:
                 )
             except (ValueError, TypeError, AttributeError):
                 malformed += 1
-        live = [p for p in others if now - p.published_at <= self.stale_after]
-        merged = merge(
-            [own, *(p.figures for p in others), *retired_counters],
-            live=[own, *(p.figures for p in live)],
+        remote = Remote(
+            others=sorted(others, key=lambda p: p.id),
+            merged=merge([*(p.figures for p in others), *retired_counters], live=()),
+            retired_replicas=len(retired_counters),
+            retired_requests=int(sum(r.counters.get("total", 0) for r in retired_counters)),
+            malformed=malformed,
         )
-        snapshot = to_snapshot(merged, now, local.snapshot())
-        entry: Entry = {
-            "replicas": 1 + len(live),
-            "status": "ok",
-            "name": self._settings.name,
-            "replica": self.replica,
-            "members": [
-                _member(self.replica, own, now, True, 0.0),
-                *(
-                    _member(p.id, p.figures, now, p in live, now - p.published_at)
-                    for p in sorted(others, key=lambda p: p.id)
-                ),
-            ],
-            "retired_replicas": len(retired_counters),
-            "retired_requests": int(sum(r.counters.get("total", 0) for r in retired_counters)),
-        }
-        if malformed:
-            entry["malformed_members"] = malformed
-        return snapshot, entry
+        self._cached = (key, remote)
+        return remote
 
     def _degraded(self, local: MetricsStore, reason: str) -> tuple[Snapshot, Entry]:
         return local.snapshot(), {
