@@ -45,6 +45,7 @@ from bench.harness import (
     launch_lb,
     machine_load,
     measure_wrk,
+    median,
     percentile,
     run_bench,
     run_wrk,
@@ -73,12 +74,14 @@ def redis_ops_per_s(client: redis.Redis, seconds: float, during: Any = None) -> 
     return (commands_processed(client) - before - 1) / elapsed
 
 
-def stats_latency(base: str, calls: int) -> dict[str, float]:
+def stats_latency(base: str, calls: int, gap_s: float = 0.0) -> dict[str, float]:
+    """``calls`` GET /stats on one keep-alive connection, ``gap_s`` apart."""
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     times = []
     try:
         for _ in range(calls):
+            time.sleep(gap_s)
             started = time.perf_counter()
             conn.request("GET", "/stats")
             response = conn.getresponse()
@@ -173,7 +176,11 @@ def _bench(
     print(f"  under load   {loaded:7.1f} ops/s  ({loaded_run['run'].rps:,.0f} proxied req/s)")
     results["redis_ops"] = {"idle": idle, "loaded": loaded, "load_rps": loaded_run["run"].rps}
 
-    print("\nGET /stats latency, 300 calls one after another (default cache TTL 1 s):")
+    print(
+        "\nGET /stats latency (default cache TTL 1 s): 300 calls one after another (most find"
+        "\nthe other replicas' documents unchanged: parsed once), then 30 calls 0.3 s apart"
+        "\n(each after a new publication of every fake replica: parsed and merged every time):"
+    )
     latency = {"no cluster": stats_latency(off.url, 300)}
     source = client.hget(f"{CLUSTER}:replicas", next(iter(client.hkeys(f"{CLUSTER}:replicas"))))
     assert source is not None
@@ -183,27 +190,43 @@ def _bench(
         try:
             time.sleep(0.6)
             latency[f"{replicas} replicas"] = stats_latency(on.url, 300)
+            latency[f"{replicas} replicas, cold"] = stats_latency(on.url, 30, gap_s=0.3)
         finally:
             fakes.close()
     for label, figures in latency.items():
         print(
-            f"  {label:<12} p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
+            f"  {label:<18} p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
             f"(cluster.replicas {figures['replicas']}, status {figures['status']})"
         )
     results["stats_latency"] = latency
 
-    print("\nproxied /api/x one at a time, cluster on: Redis up, then killed")
-    up = measure_wrk(cluster.url, on.proc, [nginx], args.duration, args.connections, procs.pin)
-    store.stop()
-    down = measure_wrk(cluster.url, on.proc, [nginx], args.duration, args.connections, procs.pin)
-    for label, run in (("Redis up", up), ("Redis down", down)):
+    print(
+        f"\nproxied /api/x one at a time, cluster on: Redis up, then killed, alternately, "
+        f"{args.repeats} times"
+    )
+    runs: dict[str, list[Any]] = {"Redis up": [], "Redis down": []}
+    for _ in range(args.repeats):
+        for label in runs:
+            if label == "Redis down":
+                store.stop()
+            run = measure_wrk(
+                cluster.url, on.proc, [nginx], args.duration, args.connections, procs.pin
+            )
+            runs[label].append(run)
+            print(
+                f"  {label:<11} {run.rps:8,.0f} req/s  p50 {run.p50_ms:5.2f} ms  "
+                f"p99 {run.p99_ms:5.2f} ms  errors {run.errors}",
+                flush=True,
+            )
+            if label == "Redis down":
+                store.start()
+                time.sleep(1.0)
+    for label, label_runs in runs.items():
         print(
-            f"  {label:<11} {run.rps:8,.0f} req/s  p50 {run.p50_ms:5.2f} ms  p99 {run.p99_ms:5.2f}"
-            f" ms  errors {run.errors}"
+            f"  median {label:<11} {median(label_runs, 'rps'):8,.0f} req/s  "
+            f"p99 {median(label_runs, 'p99_ms'):5.2f} ms"
         )
-    results["redis_down"] = {"up": asdict(up), "down": asdict(down)}
-    store.start()
-    time.sleep(1.0)
+    results["redis_down"] = {k: [asdict(r) for r in v] for k, v in runs.items()}
 
     print(
         f"\nside by side: cluster off and on loaded at once (one wrk each, -d{args.pair_duration:g}"
@@ -227,7 +250,7 @@ def _bench(
 
 def main() -> int:
     parser = bench_parser(__doc__)
-    add_run_options(parser, duration=5.0, repeats=1, what="case")
+    add_run_options(parser, duration=5.0, repeats=2, what="Redis up/down alternation")
     parser.set_defaults(pair_repeats=3)
     return run_bench("cluster", parser.parse_args(), bench_cluster)
 
