@@ -3,7 +3,7 @@
 
 - proxied /api/x throughput, 1 worker, with the cluster backend on (LB_CLUSTER_REDIS_URL set,
   publishing every 250 ms) against off, side by side (both load balancers loaded at once on
-  one core, both orders), and one at a time;
+  one core, both orders), with an A/A control (off against a second off) for the noise;
 - proxied p50/p99 with Redis up, then killed (no request waits on Redis);
 - Redis commands per second from one host, at idle and under load (they must not grow with
   the request rate: one publisher per host on a timer);
@@ -155,12 +155,14 @@ def _bench(
     off = launch_lb(procs, name="off", app="service.app:app", env=bench_env(urls))
     cluster_env = {"LB_CLUSTER_REDIS_URL": store.url, "LB_CLUSTER_NAME": CLUSTER}
     on = launch_lb(procs, name="on", app="service.app:app", env=bench_env(urls, cluster_env))
+    off2 = launch_lb(procs, name="off2", app="service.app:app", env=bench_env(urls))
     base, cluster = Case("cluster off", off), Case("cluster on", on)
+    control = Case("cluster off (A/A)", off2)
     print(
         f"nginx upstream; wrk -t1 -c{args.connections}; 1 worker each, pinning "
         f"{'on' if procs.pin else 'off'}; {machine_load()}"
     )
-    for case in (base, cluster):
+    for case in (base, cluster, control):
         run_wrk(case.url, 2, args.connections, procs.pin)  # warm-up
 
     results: dict[str, Any] = {}
@@ -233,7 +235,7 @@ def _bench(
         f"s), sharing CPU {LB_CPUS}; both orders, {args.pair_repeats} repeats"
     )
     pairs = side_by_side(
-        base, [cluster], repeats=args.pair_repeats, duration=args.pair_duration,
+        base, [control, cluster], repeats=args.pair_repeats, duration=args.pair_duration,
         connections=args.connections, pin=procs.pin,
     )  # fmt: skip
     pair = pairs[cluster.label]
@@ -244,7 +246,12 @@ def _bench(
     )
     verdict = "met" if ratio > 0.97 else "NOT met"
     print(f"  cost {100 * (1 - ratio):+.1f} % (target < 3 %) -> {verdict}")
-    results["side_by_side"] = asdict(pair)
+    aa = statistics.median(pairs[control.label].ratios)
+    print(
+        f"  A/A control (off/off): median {aa:.3f} "
+        f"(runs {' '.join(f'{r:.3f}' for r in pairs[control.label].ratios)}): the noise"
+    )
+    results["side_by_side"] = {k: asdict(v) for k, v in pairs.items()}
     save("cluster", stamp, {"args": vars(args), **results})
 
 

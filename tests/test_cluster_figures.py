@@ -31,7 +31,9 @@ def _traffic(store: SharedMemoryStore, count: int, seed: int) -> None:
 
 
 def _wire(figures: HostFigures) -> HostFigures:
-    return HostFigures.from_wire(orjson.loads(orjson.dumps(figures.to_wire())))
+    return HostFigures.from_wire(
+        orjson.loads(orjson.dumps(figures.to_wire(), option=orjson.OPT_NON_STR_KEYS))
+    )
 
 
 def test_one_hosts_figures_give_back_its_own_snapshot() -> None:

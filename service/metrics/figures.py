@@ -51,19 +51,14 @@ class HostFigures:
     rings: dict[str, Ring] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        """A JSON-able form (object keys are strings on the wire)."""
+        """A JSON-able form; bucket keys are ints, so dump it with ``orjson.OPT_NON_STR_KEYS``
+        (on the wire they are strings, which :meth:`from_wire` reads back)."""
         return {
             "counters": self.counters,
             "gauges": self.gauges,
             "latest": self.latest,
             "rings": {
-                name: {
-                    "resolution_s": ring.resolution_s,
-                    "buckets": {
-                        str(epoch): {str(i): v for i, v in values.items()}
-                        for epoch, values in ring.buckets.items()
-                    },
-                }
+                name: {"resolution_s": ring.resolution_s, "buckets": ring.buckets}
                 for name, ring in self.rings.items()
             },
         }
