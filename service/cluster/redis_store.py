@@ -95,9 +95,7 @@ class RedisStore:
     async def publish(self, replica: str, document: dict[str, Any]) -> None:
         """Overwrite this replica's field (one round trip)."""
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                self.replicas_key, replica, orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
-            )
+            pipe.hset(self.replicas_key, replica, orjson.dumps(document))
             pipe.hdel(self.retired_key, replica)  # reaped while cut off: live again
             pipe.expire(self.replicas_key, KEY_TTL_S)
             pipe.expire(self.retired_key, KEY_TTL_S)
