@@ -119,11 +119,9 @@ class FakeReplicas:
             doc = dict(self._doc, id=f"fake-{i}", published_at=now)
             rings = {}
             for name, ring in doc["figures"]["rings"].items():
-                newest = max((int(e) for e in ring["buckets"]), default=0)
+                newest = max((bucket[0] for bucket in ring["buckets"]), default=0)
                 shift = int(now / ring["resolution_s"]) - newest
-                rings[name] = dict(
-                    ring, buckets={str(int(e) + shift): v for e, v in ring["buckets"].items()}
-                )
+                rings[name] = dict(ring, buckets=[[e + shift, i, v] for e, i, v in ring["buckets"]])
             doc["figures"] = dict(doc["figures"], rings=rings)
             out[f"fake-{i}"] = orjson.dumps(doc)
         return out
@@ -131,6 +129,14 @@ class FakeReplicas:
     def _run(self) -> None:
         while not self._stop.wait(0.25):
             self._client.hset(f"{CLUSTER}:replicas", mapping=self._documents())
+
+    def wait_live(self, base: str, replicas: int) -> None:
+        """Until /stats counts them all (a broken fake would otherwise go unnoticed)."""
+        deadline = time.monotonic() + 10
+        while stats_latency(base, 1)["replicas"] != replicas:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the {self._count} fake replicas are not live")
+            time.sleep(0.1)
 
     def close(self) -> None:
         self._stop.set()
@@ -190,7 +196,7 @@ def _bench(
     for replicas in (2, 8):
         fakes = FakeReplicas(client, source, replicas - 1)
         try:
-            time.sleep(0.6)
+            fakes.wait_live(on.url, replicas)
             latency[f"{replicas} replicas"] = stats_latency(on.url, 300)
             latency[f"{replicas} replicas, cold"] = stats_latency(on.url, 30, gap_s=0.3)
         finally:

@@ -123,6 +123,13 @@ def test_150_and_50_requests_show_200_and_20_per_second_on_either(
     assert cluster_a["replica"] != cluster_b["replica"]
     by_id = {m["id"]: m["total_requests"] for m in cluster_a["members"]}
     assert by_id == {cluster_a["replica"]: 150, cluster_b["replica"]: 50}
+    # per target: the figures of both replicas added up (its state stays each host's own)
+    for entry in entries[:2]:
+        (gateway,) = entry["cluster"]["targets"]["api-gateway"].values()
+        assert gateway["requests"] == 200 and gateway["failures"] == 0
+        assert gateway["window_requests"] == 200 and gateway["window_avg_ms"] > 0
+        (own,) = entry["upstreams"]["api-gateway"]["targets"]
+        assert own["requests"] in (150, 50)  # this host's view
     # /metrics reads the same report
     metrics = b.client.get("/metrics").text
     assert 'lb_requests_total{code="2xx",route="api-gateway"} 200.0' in metrics

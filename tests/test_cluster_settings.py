@@ -52,6 +52,13 @@ def test_bad_values_name_the_variable(var: str, value: str) -> None:
         load_settings(env={var: value})
 
 
+def test_the_error_does_not_show_the_redis_password() -> None:
+    with pytest.raises(SettingsError, match="LB_CLUSTER_REDIS_URL") as info:
+        load_settings(env={"LB_CLUSTER_REDIS_URL": "redis://user:s3cret@:6379"})
+    assert "s3cret" not in str(info.value)
+    assert "redis://user:***@:6379" in str(info.value)
+
+
 def test_a_bad_redis_url_stops_start_up_with_exit_status_2() -> None:
     result = subprocess.run(
         [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port()),

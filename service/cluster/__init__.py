@@ -7,6 +7,7 @@ nothing and imports nothing, and the host runs exactly as without this package. 
   cumulative figures to Redis every ``publish_interval``;
 - ``view``: ``/stats`` and ``/metrics`` (through ``stats.report.build_report``) read every
   replica's figures in one round trip and merge them with this host's own;
+- ``targets``: per pool target, the figures (not the state) added up across replicas;
 - ``redis_store``: the keys and the round trips; the only module that imports redis-py.
 
 Redis is never on a request's path: recording stays in shared memory, and Redis down, slow or
@@ -21,6 +22,7 @@ import contextlib
 
 from sanic import Sanic
 
+from service.metrics import HostFigures
 from service.sharedmem import LEASE_WIDTH, Lease
 from service.sharedmem.block import process_alive
 
@@ -38,16 +40,21 @@ def startup(app: Sanic) -> None:
         from service.cluster.publisher import Publisher
         from service.cluster.redis_store import RedisStore
         from service.cluster.replica import replica_id
+        from service.cluster.targets import add_target_figures
         from service.cluster.view import ClusterView
 
         lb = app.ctx.lb
         block = lb.row.block
         replica = replica_id(block.started_wall)
         store = RedisStore(settings.redis_url, settings.name, settings.timeout)
-        lb.cluster = ClusterView(store, settings, replica)
+
+        def figures() -> HostFigures:
+            return add_target_figures(lb.metrics.figures(), lb.pools)
+
+        lb.cluster = ClusterView(store, settings, replica, figures)
         lb.cluster_publisher = Publisher(
             store, settings, Lease(block, lease_region), replica, block.started_wall,
-            lb.metrics.figures, process_alive,
+            figures, process_alive,
         )  # fmt: skip
 
     @app.after_server_start

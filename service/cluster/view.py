@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from service.cluster.redis_store import ClusterUnavailable, RedisStore
 from service.cluster.replica import Published
+from service.cluster.targets import cluster_targets
 from service.metrics import WINDOW_S, HostFigures, MetricsStore, Snapshot, merge, to_snapshot
 from service.metrics.figures import WINDOW_RING
 from service.settings import ClusterSettings
@@ -39,8 +41,16 @@ class Remote:
 
 
 class ClusterView:
-    def __init__(self, store: RedisStore, settings: ClusterSettings, replica: str) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        settings: ClusterSettings,
+        replica: str,
+        figures: Callable[[], HostFigures],
+    ) -> None:
+        """``figures()`` is this host's figures, as its publisher publishes them."""
         self._store = store
+        self._figures = figures
         self._settings = settings
         self.replica = replica
         self.stale_after = max(1.0, 4 * settings.publish_interval)
@@ -56,7 +66,7 @@ class ClusterView:
         except ClusterUnavailable as exc:
             return self._degraded(local, exc.reason)
         now = time.time()
-        own = local.figures()
+        own = self._figures()
         remote = self._remote(documents, retired)
         others = remote.others
         live = [p for p in others if now - p.published_at <= self.stale_after]
@@ -71,6 +81,7 @@ class ClusterView:
                 _member(self.replica, own, now, True, 0.0),
                 *(_member(p.id, p.figures, now, p in live, now - p.published_at) for p in others),
             ],
+            "targets": cluster_targets(merged),
             "retired_replicas": remote.retired_replicas,
             "retired_requests": remote.retired_requests,
         }

@@ -55,7 +55,13 @@ def _parse(kind: str, name: str, raw: Any) -> Any:
     try:
         return _PARSERS[kind](raw, str(raw).strip())
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not valid: expected {EXPECTED[kind]}") from None
+        shown = _hide_password(str(raw)) if kind == "redis_url" else raw
+        raise SettingsError(f"{name}={shown!r} is not valid: expected {EXPECTED[kind]}") from None
+
+
+def _hide_password(url: str) -> str:
+    """A URL for an error message: its password, if any, replaced by ``***``."""
+    return re.sub(r"^([^/]*//[^@/]*?:)[^@/]*@", r"\1***@", url)
 
 
 def _bool(raw: Any, text: str) -> bool:
