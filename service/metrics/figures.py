@@ -97,17 +97,25 @@ def merge(hosts: Iterable[HostFigures], *, live: Iterable[HostFigures]) -> HostF
         for key, instant in host.latest.items():
             merged.latest[key] = max(instant, merged.latest.get(key, instant))
         for name, ring in host.rings.items():
-            into = merged.rings.setdefault(name, Ring(ring.resolution_s))
+            into = merged.rings.setdefault(name, Ring(ring.resolution_s)).buckets
             for epoch, values in ring.buckets.items():
-                _add(into.buckets.setdefault(epoch, {}), values)
+                # the hot loop of a cold /stats read with many replicas: kept inline
+                bucket = into.get(epoch)
+                if bucket is None:
+                    into[epoch] = dict(values)
+                else:
+                    get = bucket.get
+                    for index, value in values.items():
+                        bucket[index] = get(index, 0.0) + value
     for host in live:
         _add(merged.gauges, host.gauges)
     return merged
 
 
 def _add(into: dict[Any, float], values: dict[Any, float]) -> None:
+    get = into.get
     for key, value in values.items():
-        into[key] = into.get(key, 0.0) + value
+        into[key] = get(key, 0.0) + value
 
 
 # -- figures -> snapshot ----------------------------------------------------------------------
