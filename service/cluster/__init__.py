@@ -75,4 +75,4 @@ def startup(app: Sanic) -> None:
 
     @app.after_server_stop
     async def close_cluster(app: Sanic) -> None:
-        await app.ctx.lb.cluster._store.aclose()
+        await app.ctx.lb.cluster.aclose()

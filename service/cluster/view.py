@@ -89,6 +89,10 @@ class ClusterView:
             entry["malformed_members"] = remote.malformed
         return snapshot, entry
 
+    async def aclose(self) -> None:
+        """Close the connection to Redis (the publisher shares it)."""
+        await self._store.aclose()
+
     def _remote(self, documents: dict[str, bytes], retired: dict[str, bytes]) -> Remote:
         """The other replicas' figures, parsed and merged (gauges aside): reused while Redis
         holds exactly the same bytes, so many ``/stats`` calls within one publishing interval
