@@ -182,6 +182,9 @@ def _bench(
     loaded = redis_ops_per_s(client, args.duration, during=load)
     print(f"  idle         {idle:7.1f} ops/s")
     print(f"  under load   {loaded:7.1f} ops/s  ({loaded_run['run'].rps:,.0f} proxied req/s)")
+    # this host's document now, its window full of the load just run: the fakes' model
+    source = client.hget(f"{CLUSTER}:replicas", next(iter(client.hkeys(f"{CLUSTER}:replicas"))))
+    assert source is not None
     results["redis_ops"] = {"idle": idle, "loaded": loaded, "load_rps": loaded_run["run"].rps}
 
     print(
@@ -194,8 +197,6 @@ def _bench(
         # the same spacing as the cold reads below: the fan-out cache (1 s) misses as often
         "no cluster, spaced": stats_latency(off.url, 30, gap_s=0.3),
     }
-    source = client.hget(f"{CLUSTER}:replicas", next(iter(client.hkeys(f"{CLUSTER}:replicas"))))
-    assert source is not None
     print(f"  one replica's document: {len(source):,} bytes (right after the load, full window)")
     for replicas in (2, 8):
         fakes = FakeReplicas(client, source, replicas - 1)
