@@ -135,6 +135,10 @@ def test_150_and_50_requests_show_200_and_20_per_second_on_either(
     assert 'lb_requests_total{code="2xx",route="api-gateway"} 200.0' in metrics
 
 
+def _log(balancer: LoadBalancer) -> str:
+    return "".join(balancer.output)
+
+
 class _Load:
     """Proxied requests to both replicas from two threads until stopped; every status kept."""
 
@@ -181,6 +185,9 @@ def test_redis_killed_under_load_then_back_empty(
         assert degraded["total_requests"] < before + len(load.statuses)  # this host's only
         during = len(load.statuses)
         wait_for(lambda: len(load.statuses) >= during + 100, timeout=20)  # still served
+        # down long enough for both hosts' publishers to have tried (and said so)
+        wait_for(lambda: all("cannot publish to Redis" in _log(x) for x in (a, b)), timeout=5)
+        wait_for(lambda: _lb_stats(a)["cluster"]["status"] == "degraded", timeout=5)
         redis.start()  # same port, no data
         wait_for(lambda: _replicas_ok(a) and _replicas_ok(b), timeout=10)
     finally:
@@ -192,7 +199,7 @@ def test_redis_killed_under_load_then_back_empty(
         wait_for(lambda bal=balancer: _lb_stats(bal)["total_requests"] == expected, timeout=5)
     # the state changes were logged once per host (by its publisher), not once per attempt
     for balancer in (a, b):
-        log = "".join(balancer.output)
+        log = _log(balancer)
         assert log.count("cannot publish to Redis") == 1, log[-2000:]
         assert log.count("Redis is back") == 1
 
