@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
@@ -20,6 +21,10 @@ from service.settings import Settings
 from service.sharedmem import Plan, WorkerRow
 from service.stats import StatsAggregator
 from service.transport import UpstreamClients
+
+if TYPE_CHECKING:  # only imported when a cluster is configured
+    from service.cluster.publisher import Publisher
+    from service.cluster.view import ClusterView
 
 
 @dataclass(eq=False)
@@ -38,6 +43,10 @@ class WorkerContext:
     retry_budget: RetryBudget = field(init=False)
     aggregator: StatsAggregator = field(init=False)
     health_task: asyncio.Task[None] | None = None
+    # set only when LB_CLUSTER_REDIS_URL is (service.cluster): the replicas' shared figures
+    cluster: ClusterView | None = None
+    cluster_publisher: Publisher | None = None
+    cluster_task: asyncio.Task[None] | None = None
     # True from the start of a graceful shutdown: readiness answers 503, /stats says so
     draining: bool = False
     # this worker's X-Request-ID maker (a random prefix and a counter)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sanic import Sanic
 
-from service import errors, logs, metrics, pools, sharedmem, stats, transport
+from service import cluster, errors, logs, metrics, pools, sharedmem, stats, transport
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
@@ -40,6 +40,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     transport.startup(app)  # one client per upstream
     pools.startup(app)  # pools over the row, and active health checks
     stats.startup(app)  # the /stats fan-out over clients and pools
+    cluster.startup(app)  # with LB_CLUSTER_REDIS_URL: figures shared with other replicas
     errors.startup(app)  # Sanic's own errors in the proxy's JSON shape
     app.blueprint(health.bp)
     app.blueprint(stats_endpoint.bp)

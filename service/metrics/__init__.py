@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sanic import Sanic
 
+from service.metrics.figures import HostFigures, merge, to_snapshot
 from service.metrics.sample import RequestSample, is_real_api_traffic
 from service.metrics.shared import MetricsLayout, SharedMemoryStore
 from service.metrics.history import History
@@ -21,14 +22,17 @@ __all__ = [
     "LOCAL",
     "WINDOW_S",
     "History",
+    "HostFigures",
     "MetricsLayout",
     "MetricsStore",
     "RequestSample",
     "SharedMemoryStore",
     "Snapshot",
     "is_real_api_traffic",
+    "merge",
     "reserve",
     "startup",
+    "to_snapshot",
 ]
 
 

@@ -19,6 +19,7 @@ from service.metrics.bins import coarse_bin
 from service.metrics.history import HIST_AT, REAL, REAL_DURATION, REAL_FAILED, SERVER_ERRORS
 from service.metrics.history import RING as HISTORY
 from service.metrics.history import read_history
+from service.metrics.figures import HISTOGRAM_RING, WINDOW_RING, HostFigures, Ring
 from service.metrics.sample import RequestSample
 from service.metrics.store import HIST_BINS, STATUS_CLASSES, WINDOW_S, Snapshot, histogram_bin
 from service.sharedmem import Plan, TimeRing, WorkerRow
@@ -211,6 +212,54 @@ class SharedMemoryStore:
         ]  # fmt: skip
         every = [sum(column) for column in zip(*(d for _, d in per_route), strict=True)]
         return [("", every), *per_route] if per_route else []
+
+    def figures(self) -> HostFigures:
+        """This host's additive raw figures (every worker), rings keyed by wall-clock epoch:
+        what another host needs to compute the same snapshot (``service.metrics.figures``)."""
+        now = self._clock()
+        offset = time.time() - now  # monotonic -> wall clock
+        mem, layout = self._mem, self._layout
+        rows = [at + layout.region.at for at in self._block.claimed_rows()]
+        live = [at + layout.region.at for at in self._block.live_rows()]
+        counters: dict[str, float] = {}
+        for name in _FIELDS:
+            if name not in ("ws_open", "last_heartbeat"):
+                counters[name] = sum(mem[r + F[name]] for r in rows)
+        classes = _column_sums(mem, rows, _CLASSES_AT, _N_CLASSES)
+        counters.update(zip((f"class:{s}" for s in STATUS_CLASSES), classes, strict=True))
+        for i, route in enumerate(layout.routes):
+            counts = _column_sums(mem, rows, _ROUTES_AT + i * _N_CLASSES, _N_CLASSES)
+            counters.update(
+                zip((f"route:{route}:{s}" for s in STATUS_CLASSES), counts, strict=True)
+            )
+        for route, durations in self._durations(rows)[1:]:
+            counters.update((f"duration:{route}:{i}", n) for i, n in enumerate(durations))
+        last_heartbeat = max((mem[r + _LAST_HEARTBEAT] for r in rows), default=0.0)
+        return HostFigures(
+            counters=counters,
+            gauges={"ws_open": sum(mem[r + _WS_OPEN] for r in live), "workers": len(live)},
+            latest={"heartbeat": last_heartbeat + offset} if last_heartbeat else {},
+            rings={
+                WINDOW_RING: self._ring(FINE, rows, layout.fine_at, now, offset),
+                HISTOGRAM_RING: self._ring(COARSE, rows, layout.coarse_at, now, offset),
+            },
+        )
+
+    def _ring(
+        self, ring: TimeRing, rows: Sequence[int], at: int, now: float, offset: float
+    ) -> Ring:
+        """Every row's buckets of ``ring`` in the window, sparse, keyed by wall-clock epoch."""
+        # floor, not round: the bucket being written must never land after the reader's now
+        shift = math.floor(offset / ring.resolution_s)
+        buckets: dict[int, dict[int, float]] = {}
+        for r in rows:
+            for value_at in ring.window(self._mem, r + at, now):
+                epoch = int(self._mem[value_at - 1]) + shift
+                into = buckets.setdefault(epoch, {})
+                for i, value in enumerate(self._mem[value_at : value_at + ring.values]):
+                    if value:
+                        into[i] = into.get(i, 0.0) + value
+        return Ring(ring.resolution_s, buckets)
 
     def _window_totals(self, rows: Sequence[int], now: float) -> tuple[int, float]:
         count, duration = 0.0, 0.0

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from service.metrics.history import History
 from service.metrics.sample import RequestSample
+
+if TYPE_CHECKING:
+    from service.metrics.figures import HostFigures
 
 WINDOW_S = 10.0
 
@@ -98,3 +101,8 @@ class MetricsStore(Protocol):
     def socket_closed(self) -> None: ...
 
     def snapshot(self, *, history: bool = False) -> Snapshot: ...
+
+    def figures(self) -> HostFigures:
+        """The additive raw figures the snapshot is computed from, for other hosts to merge
+        (``service.metrics.figures``)."""
+        ...

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from service.metrics.bins import COARSE_BINS, coarse_bin
 from service.sharedmem import Plan, TimeRing, WorkerRow
+from service.sharedmem.lease import LEASE_WIDTH, Lease
 
 # count, duration sum, then the latency histogram
 WINDOW = TimeRing(resolution_s=1.0, in_window=10, slots=12, values=2 + COARSE_BINS)
@@ -31,8 +32,6 @@ _SHARED_WIDTH = 7
 OUTSTANDING, REQUESTS, FAILURES = range(3)
 _RING_AT = 3
 _ROW_WIDTH = _RING_AT + WINDOW.size
-# the checker lease, shared by the host
-LEASE_PID, LEASE_UNTIL = range(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +49,7 @@ class PoolLayout:
 
     def __init__(self, plan: Plan, targets: int) -> None:
         self.targets = targets
-        self.lease = plan.shared(2)
+        self.lease = plan.shared(LEASE_WIDTH)
         self.shared = plan.shared(targets * _SHARED_WIDTH)
         self.per_worker = plan.per_worker(targets * _ROW_WIDTH)
 
@@ -84,18 +83,8 @@ class PoolState:
         self._mem[self._shared_at(target) + field] = value
 
     def lease(self, pid: int, term_s: float, alive: Callable[[int], bool]) -> bool:
-        """Hold or take the active-checker lease; True if this worker holds it now.
-
-        Two workers can both see an expired lease at the same instant and both check
-        once; the checks are idempotent, and the next renewal settles on one holder.
-        """
-        now, at = self.clock(), self._layout.lease.at
-        holder = int(self._mem[at + LEASE_PID])
-        expired = self._mem[at + LEASE_UNTIL] < now or not alive(holder)
-        if holder == pid or holder == 0 or expired:
-            self._mem[at + LEASE_PID] = pid
-            self._mem[at + LEASE_UNTIL] = now + term_s
-        return int(self._mem[at + LEASE_PID]) == pid
+        """Hold or take the active-checker lease; True if this worker holds it now."""
+        return Lease(self._block, self._layout.lease, clock=self.clock).hold(pid, term_s, alive)
 
     # -- this worker's row --------------------------------------------------------------------
 

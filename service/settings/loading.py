@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -26,6 +27,7 @@ SECTIONS: dict[str, type] = {
     "stats": model.StatsSettings,
     "heartbeat": model.HeartbeatSettings,
     "admin": model.AdminSettings,
+    "cluster": model.ClusterSettings,
 }
 
 
@@ -47,6 +49,9 @@ EXPECTED = {
     "networks": "a comma-separated list of networks such as 127.0.0.1/32, ::1, 10.0.0.0/8",
     "log_format": f"one of {model.LOG_FORMATS}",
     "host": "a host name or address, without spaces",
+    "redis_url": "a redis://, rediss:// or unix:// URL with a host (or a socket path)",
+    "cluster_name": "1 to 64 letters, digits, '.', '_' or '-'",
+    "publish_interval": "a number of seconds greater than 0 and at most 0.25",
 }
 
 
@@ -55,7 +60,13 @@ def _parse(kind: str, name: str, raw: Any) -> Any:
     try:
         return _PARSERS[kind](raw, str(raw).strip())
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not valid: expected {EXPECTED[kind]}") from None
+        shown = _hide_password(str(raw)) if kind == "redis_url" else raw
+        raise SettingsError(f"{name}={shown!r} is not valid: expected {EXPECTED[kind]}") from None
+
+
+def _hide_password(url: str) -> str:
+    """A URL for an error message: its password, if any, replaced by ``***``."""
+    return re.sub(r"^([^/]*//[^@/]*?:)[^@/]*@", r"\1***@", url)
 
 
 def _bool(raw: Any, text: str) -> bool:
@@ -113,6 +124,38 @@ def _networks(raw: Any, text: str) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(ip_network(str(item).strip()) for item in items if str(item).strip())
 
 
+def _redis_url(raw: Any, text: str) -> str:
+    """Empty: no cluster. Otherwise a URL redis-py accepts, checked here and not at connect."""
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError from None
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError
+        return text
+    if parts.scheme == "unix" and parts.path:
+        return text
+    raise ValueError
+
+
+def _cluster_name(raw: Any, text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise ValueError
+    return text
+
+
+def _publish_interval(raw: Any, text: str) -> float:
+    value = _seconds(allow_zero=False)(raw, text)
+    if value > 0.25:
+        raise ValueError
+    return value
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -125,6 +168,9 @@ _PARSERS = {
     "networks": _networks,
     "log_format": _choice(model.LOG_FORMATS),
     "host": _host,
+    "redis_url": _redis_url,
+    "cluster_name": _cluster_name,
+    "publish_interval": _publish_interval,
 }
 
 

@@ -128,6 +128,17 @@ class AdminSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClusterSettings:
+    """Figures shared across replicas through Redis; ``redis_url`` empty: this host only."""
+
+    redis_url: str = ""
+    name: str = "load-balancer"
+    publish_interval: float = 0.25
+    timeout: float = 0.5
+    retention: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
 
@@ -142,6 +153,7 @@ class Settings:
     stats: StatsSettings = field(default_factory=StatsSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -186,6 +198,11 @@ VARIABLES = (
     Variable("LB_WS_PING_INTERVAL", "heartbeat", "ping_interval", "seconds", "seconds between the heartbeat socket's pings"),
     Variable("LB_WS_IDLE_TIMEOUT", "heartbeat", "idle_timeout", "seconds", "seconds of silence before a heartbeat socket is closed"),
     Variable("LB_ADMIN_ALLOW", "admin", "allow", "networks", "client networks (CIDR list, comma-separated) allowed /metrics and /lb-status; empty: nobody"),
+    Variable("LB_CLUSTER_REDIS_URL", "cluster", "redis_url", "redis_url", "redis:// or rediss:// URL of the Redis every replica shares; unset: this host only"),
+    Variable("LB_CLUSTER_NAME", "cluster", "name", "cluster_name", "key prefix in Redis, so several clusters can share one"),
+    Variable("LB_CLUSTER_PUBLISH_INTERVAL", "cluster", "publish_interval", "publish_interval", "seconds between publications of this host's figures (at most 0.25)"),
+    Variable("LB_CLUSTER_TIMEOUT", "cluster", "timeout", "seconds", "seconds one Redis round trip may take before the cluster is degraded"),
+    Variable("LB_CLUSTER_RETENTION", "cluster", "retention", "seconds", "seconds a silent replica's keys are kept before its totals are folded in"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),

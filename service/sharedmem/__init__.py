@@ -13,9 +13,20 @@ import multiprocessing
 from sanic import Sanic
 
 from service.sharedmem.block import MAX_WORKER_ROWS, Plan, Region, SharedBlock, WorkerRow
+from service.sharedmem.lease import LEASE_WIDTH, Lease
 from service.sharedmem.rings import TimeRing
 
-__all__ = ["MAX_WORKER_ROWS", "Plan", "Region", "SharedBlock", "TimeRing", "WorkerRow", "startup"]
+__all__ = [
+    "LEASE_WIDTH",
+    "MAX_WORKER_ROWS",
+    "Lease",
+    "Plan",
+    "Region",
+    "SharedBlock",
+    "TimeRing",
+    "WorkerRow",
+    "startup",
+]
 
 
 def startup(app: Sanic) -> None:

@@ -100,6 +100,11 @@ class SharedBlock:
         """When the block was allocated, on the monotonic clock."""
         return self.mem[_STARTED_MONOTONIC]
 
+    @property
+    def started_wall(self) -> float:
+        """When the block was allocated, on the wall clock (the host's start)."""
+        return self.mem[_STARTED_WALL]
+
     def rows(self) -> range:
         """The offset of every row, claimed or not."""
         size = self.plan.row_size

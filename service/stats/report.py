@@ -7,6 +7,7 @@ payload; the Prometheus exposition maps the same report.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +27,14 @@ class Report:
     services: dict[str, Entry]  # stats key -> the service's entry (or its offline reason)
     draining: bool = False  # a graceful shutdown has begun: the process still serves
     pools_without_live_target: int = 0  # pools none of whose targets is in rotation and answering
+    cluster: Entry | None = None  # replicas and their status, when a cluster is configured
 
     def load_balancer_entry(self) -> Entry:
         """The ``load-balancer`` entry. The first seven keys are the contract's and do not
         change; the rest are additions."""
         snap = self.snapshot
         heartbeat_recent = snap.heartbeat_age_s is not None and snap.heartbeat_age_s <= WINDOW_S
-        return {
+        entry: Entry = {
             "status": "healthy",
             "total_requests": snap.total_requests,
             "requests_per_second": round(snap.window_count / WINDOW_S, 3),
@@ -58,6 +60,9 @@ class Report:
             "draining": self.draining,
             "pools_without_live_target": self.pools_without_live_target,
         }
+        if self.cluster is not None:
+            entry["cluster"] = self.cluster
+        return entry
 
     def document(self) -> Entry:
         """The whole ``/stats`` payload."""
@@ -72,11 +77,20 @@ class Report:
 
 async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
     """Ask the services (in parallel, bounded) and read this host's figures, fresh;
-    ``history``: with the last 15 minutes too (the status page's charts)."""
-    services = await lb.aggregator.collect()
+    ``history``: with the last 15 minutes too (the status page's charts). The pools are
+    described after the fan-out, so a target the fan-out just found dead shows so."""
+    if lb.cluster is None:
+        services = await lb.aggregator.collect()
+        snapshot, cluster = lb.metrics.snapshot(history=history), None
+    else:
+        # With replicas: every replica's figures (one bounded Redis round trip) merged with
+        # this host's, read while the services are asked.
+        services, (snapshot, cluster) = await asyncio.gather(
+            lb.aggregator.collect(), lb.cluster.read(lb.metrics, history=history)
+        )
     pools = {name: pool.describe() for name, pool in lb.pools.items()}
     dead = sum(not pool.has_live_target() for pool in lb.pools.values())
-    return Report(lb.metrics.snapshot(history=history), pools, services, lb.draining, dead)
+    return Report(snapshot, pools, services, lb.draining, dead, cluster)
 
 
 def _mean_ms(total_s: float, count: int) -> float:

@@ -1,0 +1,120 @@
+"""``deploy/kubernetes``: what ``kubectl apply -k`` would apply, checked offline against the
+Kubernetes schemas (kubernetes-validate) and against what the service itself needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from sanic import Sanic
+
+from service.factory import create_app
+from service.settings import load_settings
+from tests.support import REPO
+
+DEPLOY = REPO / "deploy" / "kubernetes"
+MEBI = 1024 * 1024
+
+
+def _resources() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    documents = []
+    for name in kustomization["resources"]:
+        documents += [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
+    return documents
+
+
+def _find(kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in _resources() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_every_file_of_the_kustomization_is_listed_and_valid() -> None:
+    listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
+    on_disk = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in _resources())
+    assert kinds == [
+        ("ConfigMap", "sanic-lb-config"),
+        ("Deployment", "sanic-lb"),
+        ("Deployment", "sanic-lb-redis"),
+        ("Service", "sanic-lb"),
+        ("Service", "sanic-lb-redis"),
+    ]
+    version = kubernetes_validate.latest_version()
+    for document in _resources():
+        # strict: an unknown (misspelt) field is an error, not silently ignored
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_a_misspelt_field_would_be_caught() -> None:
+    deployment = _find("Deployment", "sanic-lb")
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1024, "Mi": MEBI, "Gi": 1024 * MEBI}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * factor / MEBI
+    return float(quantity) / MEBI
+
+
+def test_the_load_balancer_deployment() -> None:
+    deployment = _find("Deployment", "sanic-lb")
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert deployment["spec"]["replicas"] == 2
+    assert container["livenessProbe"]["httpGet"]["path"] == "/lb-health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/lb-health?ready=1"
+    assert _mebibytes(container["resources"]["limits"]["memory"]) <= 256
+    # longer than the preStop pause plus the service's own graceful shutdown
+    Sanic._app_registry.clear()
+    drain = create_app(load_settings(env={})).config.GRACEFUL_SHUTDOWN_TIMEOUT
+    pause = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > drain + pause
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert _find("Service", "sanic-lb")["spec"]["selector"] == selector
+
+
+def test_the_configuration_and_the_redis_url_are_what_the_service_accepts(
+    tmp_path: Path,
+) -> None:
+    deployment = _find("Deployment", "sanic-lb")
+    env = _env(_container(deployment))
+    config = _find("ConfigMap", "sanic-lb-config")
+    mount = next(m for m in _container(deployment)["volumeMounts"] if m["name"] == "config")
+    (file_name,) = config["data"]
+    assert env["LB_CONFIG"] == f"{mount['mountPath']}/{file_name}"
+    (tmp_path / file_name).write_text(config["data"][file_name])
+    settings = load_settings(env={**env, "LB_CONFIG": str(tmp_path / file_name)})
+    assert settings.cluster.redis_url == env["LB_CLUSTER_REDIS_URL"]
+    assert {u.stats_key for u in settings.upstreams} == {
+        "api-gateway", "blog_service", "auth", "user_service", None,
+    }  # fmt: skip
+    # the URL names the Redis Service of this kustomization, on its port
+    redis_service = _find("Service", "sanic-lb-redis")
+    host_port = f"{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}"
+    assert f"//{host_port}/" in settings.cluster.redis_url
+    redis = _find("Deployment", "sanic-lb-redis")
+    assert redis_service["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
+    assert _container(redis)["securityContext"]["readOnlyRootFilesystem"] is True
