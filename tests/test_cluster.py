@@ -168,6 +168,22 @@ class _Load:
             thread.join(30)
 
 
+def _history_requests(balancer: LoadBalancer) -> int:
+    history = balancer.client.get("/lb-status/data").json()["history"]
+    return sum(bucket["requests"] for bucket in history["buckets"])
+
+
+def test_the_status_pages_history_holds_both_replicas_traffic(
+    pair: tuple[LoadBalancer, LoadBalancer],
+) -> None:
+    """The 200 requests of the test above, in 5 s buckets, on either replica's status page
+    (a bucket counts once it is complete, and each replica publishes its history once per
+    bucket, so this takes up to about two buckets)."""
+    a, b = pair
+    for balancer in (a, b):
+        wait_for(lambda balancer=balancer: _history_requests(balancer) == 200, timeout=25)
+
+
 def test_redis_killed_under_load_then_back_empty(
     pair: tuple[LoadBalancer, LoadBalancer], redis: RedisServer
 ) -> None:

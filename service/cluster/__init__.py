@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from sanic import Sanic
 
@@ -52,9 +53,14 @@ def startup(app: Sanic) -> None:
             return add_target_figures(lb.metrics.figures(), lb.pools)
 
         lb.cluster = ClusterView(store, settings, replica, figures)
+
+        def history() -> list[Any]:
+            own = lb.metrics.snapshot(history=True).history
+            return own.to_wire() if own is not None else []
+
         lb.cluster_publisher = Publisher(
             store, settings, Lease(block, lease_region), replica, block.started_wall,
-            figures, process_alive,
+            figures, process_alive, history,
         )  # fmt: skip
 
     @app.after_server_start

@@ -14,11 +14,13 @@ import asyncio
 import logging
 import os
 import time
+from typing import Any
 from collections.abc import Callable
 
 from service.cluster.redis_store import ClusterUnavailable, RedisStore
 from service.cluster.replica import document
 from service.metrics import HostFigures
+from service.metrics.history import HISTORY_RESOLUTION_S
 from service.settings import ClusterSettings
 from service.sharedmem import Lease
 
@@ -37,7 +39,10 @@ class Publisher:
         started_wall: float,
         figures: Callable[[], HostFigures],
         alive: Callable[[int], bool],
+        history: Callable[[], list[Any]] | None = None,
     ) -> None:
+        """``history``: this host's 15-minute history in wire form, published once per
+        history bucket (5 s) rather than every time: it changes no faster."""
         self._store = store
         self._settings = settings
         self._lease = lease
@@ -45,6 +50,8 @@ class Publisher:
         self._started_wall = started_wall
         self._figures = figures
         self._alive = alive
+        self._history = history
+        self._history_epoch = -1  # the history bucket last published
         self._pid = os.getpid()
         self._failing: str | None = None
         self._reaped_at = float("-inf")
@@ -67,7 +74,12 @@ class Publisher:
         try:
             async with asyncio.timeout(self._settings.timeout):
                 doc = document(self._replica, self._started_wall, self._figures())
-                await self._store.publish(self._replica, doc)
+                epoch = int(time.time() / HISTORY_RESOLUTION_S)
+                due = self._history is not None and epoch != self._history_epoch
+                history = self._history() if due and self._history is not None else None
+                await self._store.publish(self._replica, doc, history)
+                if due:
+                    self._history_epoch = epoch
             if time.monotonic() - self._reaped_at >= self._reap_every:
                 self._reaped_at = time.monotonic()
                 async with asyncio.timeout(self._settings.timeout):

@@ -83,6 +83,7 @@ class RedisStore:
     def __init__(self, url: str, name: str, timeout: float) -> None:
         self.replicas_key = f"{name}:replicas"
         self.retired_key = f"{name}:retired"
+        self.history_key = f"{name}:history"  # each replica's 15-minute history (status page)
         self._client = redis_asyncio.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -92,23 +93,32 @@ class RedisStore:
         )
         self._reap = self._client.register_script(_REAP)
 
-    async def publish(self, replica: str, document: dict[str, Any]) -> None:
-        """Overwrite this replica's field (one round trip)."""
+    async def publish(
+        self, replica: str, document: dict[str, Any], history: list[Any] | None = None
+    ) -> None:
+        """Overwrite this replica's field, and its history's when given (one round trip)."""
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.hset(self.replicas_key, replica, orjson.dumps(document))
+            if history is not None:
+                pipe.hset(self.history_key, replica, orjson.dumps(history))
+                pipe.expire(self.history_key, KEY_TTL_S)
             pipe.hdel(self.retired_key, replica)  # reaped while cut off: live again
             pipe.expire(self.replicas_key, KEY_TTL_S)
             pipe.expire(self.retired_key, KEY_TTL_S)
             await self._run(pipe.execute())
 
-    async def read(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    async def read(
+        self, *, history: bool = False
+    ) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]]:
         """Every replica's document and every retired replica's counters, atomically (one
-        round trip)."""
+        round trip); with ``history``, every replica's history too (else an empty dict)."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.replicas_key)
             pipe.hgetall(self.retired_key)
-            replicas, retired = await self._run(pipe.execute())
-        return _by_id(replicas), _by_id(retired)
+            if history:
+                pipe.hgetall(self.history_key)
+            replicas, retired, *histories = await self._run(pipe.execute())
+        return _by_id(replicas), _by_id(retired), _by_id(histories[0]) if histories else {}
 
     async def reap(self, replica: str, now_wall: float, retention: float) -> int:
         """Move replicas silent for ``retention`` seconds to the retired hash."""
@@ -117,7 +127,7 @@ class RedisStore:
 
     async def forget(self) -> None:
         """Delete every key of this cluster (tests and benchmarks only)."""
-        await self._run(self._client.delete(self.replicas_key, self.retired_key))
+        await self._run(self._client.delete(self.replicas_key, self.retired_key, self.history_key))
 
     async def aclose(self) -> None:
         await self._client.aclose()

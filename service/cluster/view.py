@@ -12,6 +12,7 @@ cannot be read within the deadline, the answer is this host's figures alone with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from service.cluster.replica import Published
 from service.cluster.targets import cluster_targets
 from service.metrics import WINDOW_S, HostFigures, MetricsStore, Snapshot, merge, to_snapshot
 from service.metrics.figures import WINDOW_RING
+from service.metrics.history import History
 from service.settings import ClusterSettings
 
 Entry = dict[str, Any]
@@ -61,7 +63,7 @@ class ClusterView:
         with this host's last 15 minutes (the status page's charts)."""
         try:
             async with asyncio.timeout(self._settings.timeout):
-                documents, retired = await self._store.read()
+                documents, retired, histories = await self._store.read(history=history)
         except TimeoutError:
             return self._degraded(local, "redis: timeout", history)
         except ClusterUnavailable as exc:
@@ -73,6 +75,10 @@ class ClusterView:
         live = [p for p in others if now - p.published_at <= self.stale_after]
         merged = merge([own, remote.merged], live=[own, *(p.figures for p in live)])
         snapshot = to_snapshot(merged, now, local.snapshot(history=history))
+        if snapshot.history is not None:
+            snapshot = dataclasses.replace(
+                snapshot, history=self._merged_history(snapshot.history, histories, now)
+            )
         entry: Entry = {
             "replicas": 1 + len(live),
             "status": "ok",
@@ -130,6 +136,18 @@ class ClusterView:
         )
         self._cached = (key, remote)
         return remote
+
+    def _merged_history(self, own: History, histories: dict[str, bytes], now: float) -> History:
+        """This host's 15 minutes with every other replica's (a malformed one is skipped:
+        its figures are still counted, only its chart points are missing)."""
+        for replica, raw in histories.items():
+            if replica == self.replica:
+                continue  # this host's own, published a little while ago: the fresh one counts
+            try:
+                own = own.merged(History.from_wire(orjson.loads(raw), now))
+            except (orjson.JSONDecodeError, ValueError, TypeError, IndexError):
+                continue
+        return own
 
     def _degraded(
         self, local: MetricsStore, reason: str, history: bool = False

@@ -116,6 +116,38 @@ class History:
         """This host's history with another's (the cluster store's replica merge)."""
         return History.of([*self.buckets, *other.buckets])
 
+    def to_wire(self) -> list[list[Any]]:
+        """A JSON-able form for other replicas: one list per bucket, the histogram sparse."""
+        return [
+            [
+                b.epoch, b.requests, b.server_errors, b.real_requests, b.real_failures,
+                b.real_duration_s,
+                [i for i, n in enumerate(b.histogram) if n],
+                [n for n in b.histogram if n],
+            ]
+            for b in self.buckets
+        ]  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, wire: list[list[Any]], now_wall: float) -> History:
+        """What ``to_wire`` wrote, buckets older than the span left out; ValueError, TypeError
+        or IndexError if it is not that shape."""
+        oldest = int(now_wall / HISTORY_RESOLUTION_S) - _SPAN_BUCKETS
+        buckets = []
+        for epoch, requests, errors, real, failures, duration, bins, counts in wire:
+            if int(epoch) < oldest:
+                continue
+            histogram = [0.0] * (RING.values - HIST_AT)
+            for index, count in zip(bins, counts, strict=True):
+                histogram[int(index)] = float(count)
+            buckets.append(
+                Bucket(
+                    int(epoch), int(requests), int(errors), int(real), int(failures),
+                    float(duration), tuple(histogram),
+                )
+            )  # fmt: skip
+        return cls.of(buckets)
+
     def document(self) -> dict[str, Any]:
         return {
             "resolution_s": self.resolution_s,
