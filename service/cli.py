@@ -24,17 +24,10 @@ from typing import Any, NoReturn
 
 from service.settings import SettingsError, load_settings
 from service.settings import model
-from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, SECTIONS
+from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, MODELS
 
 PROG = "python -m service"
-# The model part each VARIABLES section's defaults come from.
-SECTION_MODELS: dict[str, type] = {
-    "server": model.Settings,
-    **SECTIONS,
-    "upstream": model.Upstream,
-    "passive": model.PassiveHealth,
-    "active": model.ActiveHealth,
-}
+SECTION_MODELS = MODELS  # the model part each VARIABLES section's defaults come from
 
 
 def fail(message: str) -> NoReturn:

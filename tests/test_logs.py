@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from service.logs import RequestIds, is_sane
+from service.logs.access import Answered
 from tests.support import (
     REPO,
     LoadBalancer,
@@ -205,7 +206,7 @@ def test_access_lines_escape_what_the_client_controls(log_format: str) -> None:
         ip="::1", method="GET", path='/api/"quoted"\\ é', ctx=SimpleNamespace(request_id="r-1")
     )
     for status in (200, 404):  # the second line fills the buffer: written without a flush
-        log.write(request, route="api-gateway", target="", status=status, size=3, duration_s=0.002)  # type: ignore[arg-type]
+        log.write(request, Answered("api-gateway", "", status, 3), 0.002)  # type: ignore[arg-type]
     lines = out.getvalue().decode().splitlines()
     assert len(lines) == 2
     if log_format == "json":

@@ -51,11 +51,7 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
         duration = time.perf_counter() - started
         lb = request.app.ctx.lb
         if lb.access_log is not None or outcome.error_reason:
-            log_request(
-                request, route=outcome.route, target=outcome.target, status=outcome.status,
-                size=outcome.size, duration_s=duration, access=lb.access_log,
-                error_reason=outcome.error_reason,
-            )  # fmt: skip
+            log_request(request, outcome, duration, lb.access_log)
         lb.metrics.record(
             RequestSample.of(
                 request,

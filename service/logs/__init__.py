@@ -19,7 +19,7 @@ import time
 
 from sanic import HTTPResponse, Request, Sanic
 
-from service.logs.access import AccessLog, log_request
+from service.logs.access import AccessLog, Answered, log_request
 from service.logs.config import log_config
 from service.logs.request_id import HEADER, RequestIds, current, is_sane
 
@@ -84,11 +84,9 @@ def startup(app: Sanic) -> None:
         response.headers[HEADER] = request_id_of(request)
         if lb.access_log is not None:
             started = getattr(request.ctx, "started", None)
-            lb.access_log.write(
-                request, route=LOCAL_ROUTE, target="", status=response.status,
-                size=len(response.body or b""),
-                duration_s=time.perf_counter() - started if started is not None else 0.0,
-            )  # fmt: skip
+            answered = Answered(LOCAL_ROUTE, "", response.status, len(response.body or b""))
+            duration = time.perf_counter() - started if started is not None else 0.0
+            lb.access_log.write(request, answered, duration)
 
     local = [route.name for route in app.router.routes if not _is_proxy(route.name)]
     app.register_named_middleware(assign_request_id, route_names=local, attach_to="request")

@@ -21,13 +21,33 @@ import logging
 import os
 import sys
 import time
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple, Protocol
 
 import orjson
 from sanic import Request
 
 error_log = logging.getLogger("service.proxy")
 LOGGER = "service.access"
+
+
+class Finished(Protocol):
+    """What a log line needs of a finished exchange (the proxy's ``Outcome`` is one)."""
+
+    route: str  # the upstream, or "local"
+    target: str  # the target's URL, "" when none was tried
+    status: int
+    size: int  # body bytes sent to the client
+    error_reason: str  # a proxy-made 502/504's reason, else ""
+
+
+class Answered(NamedTuple):
+    """A local endpoint's answer, as a :class:`Finished`."""
+
+    route: str
+    target: str
+    status: int
+    size: int
+    error_reason: str = ""
 
 
 class AccessLog:
@@ -50,16 +70,8 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def write(
-        self,
-        request: Request,
-        *,
-        route: str,
-        target: str,
-        status: int,
-        size: int,
-        duration_s: float,
-    ) -> None:
+    def write(self, request: Request, done: Finished, duration_s: float) -> None:
+        route, target, status, size = done.route, done.target, done.status, done.size
         now = time.time()
         stamp = self._timestamp(now)
         request_id = getattr(request.ctx, "request_id", "")
@@ -124,24 +136,14 @@ def _text(value: str) -> str:
 
 
 def log_request(
-    request: Request,
-    *,
-    route: str,
-    target: str,
-    status: int,
-    size: int,
-    duration_s: float,
-    access: AccessLog | None,
-    error_reason: str = "",
+    request: Request, done: Finished, duration_s: float, access: AccessLog | None
 ) -> None:
-    """``error_reason`` (a proxy-made 502/504's reason) is logged at WARNING whether or not
-    the access log is on; the access line only when there is an ``access`` log."""
-    if error_reason:
+    """A proxy-made 502/504 (``done.error_reason``) is logged at WARNING whether or not the
+    access log is on; the access line only when there is an ``access`` log."""
+    if done.error_reason:
         error_log.warning(
-            "%s %s -> %d from %s: %s", request.method, request.path, status,
-            target or route, error_reason,
+            "%s %s -> %d from %s: %s", request.method, request.path, done.status,
+            done.target or done.route, done.error_reason,
         )  # fmt: skip
     if access is not None:
-        access.write(
-            request, route=route, target=target, status=status, size=size, duration_s=duration_s
-        )
+        access.write(request, done, duration_s)

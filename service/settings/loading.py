@@ -29,6 +29,14 @@ SECTIONS: dict[str, type] = {
     "admin": model.AdminSettings,
     "cluster": model.ClusterSettings,
 }
+# The model part every VARIABLES section names: the scalar sections, and each upstream's.
+MODELS: dict[str, type] = {
+    "server": model.Settings,
+    **SECTIONS,
+    "upstream": model.Upstream,
+    "passive": model.PassiveHealth,
+    "active": model.ActiveHealth,
+}
 
 
 class SettingsError(ValueError):
