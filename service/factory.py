@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sanic import Sanic
 
-from service import errors, metrics, pools, sharedmem, stats, transport
+from service import errors, frontdoor, metrics, pools, sharedmem, stats, transport
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
@@ -19,7 +19,7 @@ from service.settings import Settings
 
 
 def create_app(settings: Settings, name: str | None = None) -> Sanic:
-    app = Sanic(name or "load-balancer", configure_logging=True)
+    app = frontdoor.FrontDoorApp(name or "load-balancer", configure_logging=True)
     _configure(app, settings)
     plan = sharedmem.Plan()
     app.ctx.lb = WorkerContext(
@@ -36,6 +36,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     pools.startup(app)  # pools over the row, and active health checks
     stats.startup(app)  # the /stats fan-out over clients and pools
     errors.startup(app)  # Sanic's own errors in the proxy's JSON shape
+    frontdoor.startup(app)  # strict heads, client limits, worker supervision, the drain
     app.blueprint(health.bp)
     app.blueprint(stats_endpoint.bp)
     app.blueprint(metrics_endpoint.bp)

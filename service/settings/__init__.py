@@ -5,6 +5,7 @@ from TOML and the environment (``loading``), read once at start-up into one immu
 from service.settings.loading import CONFIG_ENV, SettingsError, load_settings
 from service.settings.model import (
     ActiveHealth,
+    FrontDoorSettings,
     HeartbeatSettings,
     PassiveHealth,
     ProxySettings,
@@ -18,6 +19,7 @@ from service.settings.model import (
 __all__ = [
     "CONFIG_ENV",
     "ActiveHealth",
+    "FrontDoorSettings",
     "HeartbeatSettings",
     "PassiveHealth",
     "ProxySettings",

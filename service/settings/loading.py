@@ -24,6 +24,7 @@ SECTIONS: dict[str, type] = {
     "proxy": model.ProxySettings,
     "stats": model.StatsSettings,
     "heartbeat": model.HeartbeatSettings,
+    "frontdoor": model.FrontDoorSettings,
 }
 
 

@@ -97,6 +97,16 @@ class HeartbeatSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FrontDoorSettings:
+    """The client side: how long a request head may take, how many connections a worker
+    holds, and how long a graceful shutdown keeps serving while readiness says 503."""
+
+    header_timeout: float = 30.0
+    max_client_connections: int = 4096
+    drain_delay: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
 
@@ -107,6 +117,7 @@ class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -147,6 +158,9 @@ VARIABLES = (
     Variable("LB_STATS_MAX_PAYLOAD", "stats", "max_payload", "positive_int", "largest upstream /stats answer in bytes"),
     Variable("LB_WS_PING_INTERVAL", "heartbeat", "ping_interval", "seconds", "seconds between the heartbeat socket's pings"),
     Variable("LB_WS_IDLE_TIMEOUT", "heartbeat", "idle_timeout", "seconds", "seconds of silence before a heartbeat socket is closed"),
+    Variable("LB_HEADER_TIMEOUT", "frontdoor", "header_timeout", "seconds", "seconds a client may take to send a whole request head (then 408 and close)"),
+    Variable("LB_MAX_CLIENT_CONNECTIONS", "frontdoor", "max_client_connections", "positive_int", "client connections per worker (above it: 503 and close)"),
+    Variable("LB_DRAIN_DELAY", "frontdoor", "drain_delay", "size_seconds", "seconds a graceful shutdown keeps accepting (readiness 503) before it stops listening"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),

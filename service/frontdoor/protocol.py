@@ -1,0 +1,53 @@
+"""The front door's protocol, and the app class that makes every server use it.
+
+``FrontDoorProtocol`` is Sanic's WebSocket-capable HTTP/1.1 protocol with ``StrictHttp``
+as its connection handler and a cap on the connections one worker holds. The cap's
+behaviour: the connection over it gets a ready-made ``503`` (``Retry-After: 1``, the JSON
+shape of every error) and is closed at once, before a byte of it is read, so a flood costs
+a write and a close instead of memory and a file descriptor for as long as the client
+likes. ``FrontDoorApp`` is ``Sanic`` with that protocol as the default of ``prepare``,
+which every way of serving calls (``sanic service.app``, ``app.run``, ``--single-process``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sanic import Sanic
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+
+from service.errors import sanic_error_body
+from service.frontdoor.strict_http import StrictHttp
+
+
+def _overloaded_response() -> bytes:
+    body = orjson.dumps(sanic_error_body(503, "too many connections to this worker"))
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "retry-after: 1\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+OVERLOADED = _overloaded_response()
+
+
+class FrontDoorProtocol(WebSocketProtocol):
+    HTTP_CLASS = StrictHttp
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        cap = self.app.ctx.lb.settings.frontdoor.max_client_connections
+        if len(self.connections) > cap:
+            self._task.cancel()
+            transport.write(OVERLOADED)
+            transport.close()
+
+
+class FrontDoorApp(Sanic):
+    def prepare(self, *args: Any, protocol: Any = None, **kwargs: Any) -> None:
+        super().prepare(*args, protocol=protocol or FrontDoorProtocol, **kwargs)
