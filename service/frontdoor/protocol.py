@@ -5,7 +5,8 @@ as its connection handler and a cap on the connections one worker holds. The cap
 behaviour: the connection over it gets a ready-made ``503`` (``Retry-After: 1``, the JSON
 shape of every error) and is closed at once, before a byte of it is read, so a flood costs
 a write and a close instead of memory and a file descriptor for as long as the client
-likes. ``FrontDoorApp`` is ``Sanic`` with that protocol as the default of ``prepare``,
+likes. WebSocket connections are ``StrictWebsocket`` (invalid UTF-8 closes with 1007).
+``FrontDoorApp`` is ``Sanic`` with that protocol as the default of ``prepare``,
 which every way of serving calls (``sanic service.app``, ``app.run``, ``--single-process``).
 """
 
@@ -19,6 +20,7 @@ from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
 from service.errors import sanic_error_body
 from service.frontdoor.strict_http import StrictHttp
+from service.frontdoor.websocket import StrictWebsocket
 
 
 def _overloaded_response() -> bytes:
@@ -46,6 +48,13 @@ class FrontDoorProtocol(WebSocketProtocol):
             self._task.cancel()
             transport.write(OVERLOADED)
             transport.close()
+
+    async def websocket_handshake(self, request: Any, subprotocols: Any = None) -> Any:
+        websocket = await WebSocketProtocol.websocket_handshake(self, request, subprotocols)
+        # Sanic builds the connection object here with no hook for its class; the subclass
+        # adds no state, only the 1007 close (see service/frontdoor/websocket.py).
+        websocket.__class__ = StrictWebsocket
+        return websocket
 
 
 class FrontDoorApp(Sanic):
