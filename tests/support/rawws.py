@@ -15,7 +15,8 @@ def open_websocket(port: int, path: str, timeout: float = 5.0) -> socket.socket:
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     head = b""
     while b"\r\n\r\n" not in head:
@@ -28,7 +29,9 @@ def open_websocket(port: int, path: str, timeout: float = 5.0) -> socket.socket:
     return sock
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True) -> bytes:
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
     """One frame; a client's frames are masked (RFC 6455 §5.3) unless ``mask=False``."""
     first = (0x80 if fin else 0) | (rsv << 4) | opcode
     length = len(payload)
