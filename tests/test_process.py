@@ -96,6 +96,9 @@ def test_python_m_service(upstreams: dict[str, UpstreamServer]) -> None:
             process.wait()
 
 
+GRACEFUL_SHUTDOWN_S = 15  # app.config.GRACEFUL_SHUTDOWN_TIMEOUT (service/factory.py)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], workers: int) -> None:
     """A pod stopped while it is still starting must still go away (Kubernetes sends SIGTERM),
@@ -123,14 +126,14 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], work
         assert wait_for(lambda: len(_spawned(process.pid)) >= 2, timeout=20, step=0.02)
         semaphores = _shm_semaphores(process.pid)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(5) == 0
+        assert process.wait(GRACEFUL_SHUTDOWN_S) == 0
         assert semaphores, "the main process maps the shared block's lock"
         assert wait_for(lambda: not any(os.path.exists(path) for path in semaphores), timeout=2)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            pytest.fail("still running 5 s after SIGTERM during start-up")
+            pytest.fail(f"still running {GRACEFUL_SHUTDOWN_S} s after SIGTERM during start-up")
 
 
 def _shm_semaphores(pid: int) -> set[str]:

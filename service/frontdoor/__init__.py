@@ -19,16 +19,12 @@ import asyncio
 from sanic import Sanic
 
 from service.frontdoor.protocol import FrontDoorApp, FrontDoorProtocol
-from service.frontdoor.supervision import exit_on_sigterm, supervise
+from service.frontdoor.supervision import supervise
 
 __all__ = ["FrontDoorApp", "FrontDoorProtocol", "startup"]
 
 
 def startup(app: Sanic) -> None:
-    @app.main_process_start
-    async def honour_early_sigterm(app: Sanic) -> None:
-        exit_on_sigterm()
-
     @app.main_process_ready
     async def supervise_workers(app: Sanic) -> None:
         supervise(app.manager)

@@ -7,7 +7,9 @@ shape of every error) and is closed at once, before a byte of it is read, so a f
 a write and a close instead of memory and a file descriptor for as long as the client
 likes. WebSocket connections are ``StrictWebsocket`` (invalid UTF-8 closes with 1007).
 ``FrontDoorApp`` is ``Sanic`` with that protocol as the default of ``prepare``,
-which every way of serving calls (``sanic service.app``, ``app.run``, ``--single-process``).
+which every way of serving calls (``sanic service.app``, ``app.run``, ``--single-process``)
+in the main process; from there, a SIGTERM before Sanic installs its own handler is a
+normal exit (status 0) rather than death by signal.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
 from service.errors import sanic_error_body
 from service.frontdoor.strict_http import StrictHttp
+from service.frontdoor.supervision import exit_on_sigterm
 from service.frontdoor.websocket import StrictWebsocket
 
 
@@ -59,4 +62,5 @@ class FrontDoorProtocol(WebSocketProtocol):
 
 class FrontDoorApp(Sanic):
     def prepare(self, *args: Any, protocol: Any = None, **kwargs: Any) -> None:
+        exit_on_sigterm()  # from here until Sanic's worker manager takes SIGTERM over
         super().prepare(*args, protocol=protocol or FrontDoorProtocol, **kwargs)

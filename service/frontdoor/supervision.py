@@ -11,8 +11,9 @@ monitoring), without touching Sanic's class:
   server workers that died while the service was not shutting down; each is restarted
   under its own name, and logged once. The new worker claims the dead one's row of the
   shared block (``sharedmem.SharedBlock.claim``), so lifetime totals carry on.
-- ``wait_for_ack`` is the same wait that returns as soon as a shutdown has begun; the
-  shutdown message stays queued, so the monitor loop reads it next and stops as usual.
+- ``wait_for_ack`` is the same wait that returns as soon as a shutdown has begun (after
+  telling every worker again: one spawned after the signal was not told); the shutdown
+  message stays queued, so the monitor loop reads it next and stops as usual.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def _wait_for_ack_or_shutdown(manager: WorkerManager) -> Callable[[], None]:
         misses = 0
         while not manager._all_workers_ack():
             if manager._shutting_down:
+                # again: a worker that start() spawned after the signal has not been told
+                manager.shutdown()
                 return
             if manager.monitor_subscriber.poll(0.1):
                 message = manager.monitor_subscriber.recv()
