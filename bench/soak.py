@@ -103,6 +103,19 @@ def launch_two_workers(procs: Processes, name: str, urls: dict[str, str]) -> Loa
     return launch_lb(procs, name=name, app="service.app:app", env=env, workers=2, ready=READY)
 
 
+def roles(lb: LoadBalancer) -> dict[str, int]:
+    """The load balancer's processes by role: main, worker(s), and multiprocessing's helpers."""
+    named = {"main": lb.process.pid}
+    for pid in lb.pids()[1:]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        role = "tracker" if b"resource_tracker" in cmdline else "spawned"
+        named[f"{role}{len(named)}"] = pid
+    return named
+
+
 def slope(samples: list[int]) -> float:
     """Least-squares slope of ``samples`` (one every SEGMENT_S), KiB per minute."""
     points = samples[1:]  # the first segment is the warm-up
@@ -116,7 +129,7 @@ def slope(samples: list[int]) -> float:
 
 
 def run_phase(
-    args: argparse.Namespace, phase: Phase, url: str, lb_pids: list[int], tmp: Path
+    args: argparse.Namespace, phase: Phase, url: str, lb_pids: dict[str, int], tmp: Path
 ) -> None:
     script = tmp / "mix.lua"
     script.write_text(WRK_SCRIPT)
@@ -136,8 +149,8 @@ def run_phase(
         phase.requests += run.requests
         phase.non_2xx += run.non_2xx
         phase.socket_errors += run.socket_errors
-        for pid in lb_pids:
-            phase.rss_kib.setdefault(str(pid), []).append(rss_kib(pid))
+        for role, pid in lb_pids.items():
+            phase.rss_kib.setdefault(f"{role}:{pid}", []).append(rss_kib(pid))
         print(
             f"  {phase.name}: {phase.requests:>9} requests, {run.rps:7.0f} req/s, "
             f"errors {phase.non_2xx + phase.socket_errors}, RSS KiB "
@@ -152,8 +165,11 @@ def run_phase(
 def bench_soak(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
     www = tmp / "www"
     www.mkdir()
+    for readable in (tmp, www):  # nginx's worker runs as an unprivileged user
+        readable.chmod(0o755)
     for name, size in SIZES.items():
         (www / name).write_bytes(b"x" * size)
+        (www / name).chmod(0o644)
     phases: list[Phase] = []
     port_a, port_b = free_port(), free_port()
     start_target(procs, tmp, "target-a", port_a)
@@ -162,7 +178,7 @@ def bench_soak(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str
     if args.phase in ("both", "steady"):
         lb = launch_two_workers(procs, "soak", urls)
         phase = Phase("steady")
-        run_phase(args, phase, lb.url, lb.pids(), tmp)
+        run_phase(args, phase, lb.url, roles(lb), tmp)
         phases.append(phase)
         lb.stop()
     if args.phase in ("both", "kill"):
@@ -184,7 +200,7 @@ def bench_soak(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         try:
-            run_phase(args, phase, lb.url, lb.pids(), tmp)
+            run_phase(args, phase, lb.url, roles(lb), tmp)
         finally:
             stop.set()
             thread.join(10)
