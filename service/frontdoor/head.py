@@ -17,13 +17,20 @@ _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
 # RFC 9112 §3: request-line = method SP request-target SP HTTP-version; the target is
 # visible ASCII only (RFC 3986 characters; no controls, no spaces, no obs-text).
-_REQUEST_LINE = re.compile(rb"([" + _TCHAR + rb"]+) ([\x21-\x7e]+) (HTTP/1\.[01])")
+_REQUEST_LINE = rb"([" + _TCHAR + rb"]+) [\x21-\x7e]+ (HTTP/1\.[01])"
 # RFC 9112 §5.1: field-line = field-name ":" OWS field-value OWS, no whitespace between the
 # name and the colon ("MUST respond with 400"). RFC 9110 §5.5: a value holds no NUL, CR or
 # LF; other controls but HTAB are not field-vchar either. obs-text (0x80-0xFF) is obsolete
 # and refused too: the proxy forwards field values as ASCII, and a 400 is clearer than the
-# 500 that forwarding them would end in.
-_FIELD_LINE = re.compile(rb"([" + _TCHAR + rb"]+):[ \t]*([\t\x20-\x7e]*)")
+# 500 that forwarding them would end in. A line starting with whitespace (obs-fold, §5.2)
+# does not start with a token, so it is refused as well.
+_FIELD_LINE = rb"\r\n[" + _TCHAR + rb"]+:[\t\x20-\x7e]*"
+# The whole head in one match (no bare CR or LF can hide anywhere: values exclude both)...
+_HEAD = re.compile(_REQUEST_LINE + rb"(?:" + _FIELD_LINE + rb")*")
+# ...then only the fields that decide the framing, found by name (case-insensitively).
+_FRAMING_FIELD = re.compile(
+    rb"\r\n(host|content-length|transfer-encoding):[ \t]*([\t\x20-\x7e]*)", re.IGNORECASE
+)
 _DIGITS = re.compile(rb"[0-9]+")
 # RFC 9112 §7.1: chunk = chunk-size [ chunk-ext ] CRLF; chunk-size = 1*HEXDIG (no "0x", no
 # sign, no spaces); §7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS token/quoted ) ].
@@ -55,31 +62,35 @@ def has_bare_line_break(received: bytes | bytearray) -> bool:
 def check_head(head: bytes | bytearray) -> None:
     """Raise :class:`HeadError` unless ``head`` (the bytes before the blank line) is a
     well-formed HTTP/1.x request head whose body framing is unambiguous."""
-    if _BARE_CR_OR_LF.search(head):
-        raise HeadError("bare CR or LF in the request head")
-    request_line, *lines = bytes(head).split(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(request_line)
+    match = _HEAD.fullmatch(head)
     if match is None:
-        raise HeadError("malformed request line")
-    version = match.group(3)
+        raise HeadError(_what_is_malformed(bytes(head)))
+    version = match.group(2)
     hosts = 0
     lengths: list[bytes] = []
     encodings: list[bytes] = []
-    for line in lines:
-        field = _FIELD_LINE.fullmatch(line)
-        if field is None:
-            raise HeadError("malformed header field")  # also obs-fold (RFC 9112 §5.2)
+    for field in _FRAMING_FIELD.finditer(head):
         name = field.group(1).lower()
         if name == b"host":
             hosts += 1
         elif name == b"content-length":
             lengths.append(field.group(2).rstrip(b" \t"))
-        elif name == b"transfer-encoding":
+        else:
             encodings.append(field.group(2).rstrip(b" \t"))
     # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0.
     if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
         raise HeadError("a request needs exactly one Host header")
     _check_framing(lengths, encodings, version)
+
+
+def _what_is_malformed(head: bytes) -> str:
+    """The 400's detail for a head that did not match (only on the refusal path)."""
+    if _BARE_CR_OR_LF.search(head):
+        return "bare CR or LF in the request head"
+    request_line, _, _ = head.partition(b"\r\n")
+    if re.fullmatch(_REQUEST_LINE, request_line) is None:
+        return "malformed request line"
+    return "malformed header field"
 
 
 def _check_framing(lengths: list[bytes], encodings: list[bytes], version: bytes) -> None:
