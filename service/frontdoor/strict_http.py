@@ -24,29 +24,32 @@ CHUNK_LINE_MAX = 64  # Sanic's own bound for a chunk-size line with its extensio
 
 class StrictHttp(Http):
     async def http1_request_header(self) -> None:
-        timeout = self.protocol.app.ctx.lb.settings.frontdoor.header_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await self._receive_checked_head()
-        except TimeoutError:
-            # nginx's client_header_timeout: the whole head, not the gap between bytes
-            raise RequestTimeout("the request head was not received in time") from None
+        end = self.recv_buffer.find(b"\r\n\r\n")
+        if end == -1:  # the head is still arriving (usually it came whole): bound the wait
+            timeout = self.protocol.app.ctx.lb.settings.frontdoor.header_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    end = await self._receive_head()
+            except TimeoutError:
+                # nginx's client_header_timeout: the whole head, not the gap between bytes
+                raise RequestTimeout("the request head was not received in time") from None
+        if 0 <= end < self.HEADER_MAX_SIZE:  # an oversized head is Sanic's 413
+            try:
+                check_head(self.recv_buffer[:end])
+            except HeadError as exc:
+                raise BadRequest(str(exc)) from None
         await Http.http1_request_header(self)
 
-    async def _receive_checked_head(self) -> None:
+    async def _receive_head(self) -> int:
+        """Wait for the blank line; its offset, or -1 once the head is over the size limit."""
         buf = self.recv_buffer
         while (end := buf.find(b"\r\n\r\n")) == -1:
             if len(buf) - 3 >= self.HEADER_MAX_SIZE:
-                return  # Sanic answers 413 for an oversized head
+                return -1
             if has_bare_line_break(buf):
                 raise BadRequest("bare CR or LF in the request head")
             await self._receive_more()
-        if end >= self.HEADER_MAX_SIZE:
-            return
-        try:
-            check_head(buf[:end])
-        except HeadError as exc:
-            raise BadRequest(str(exc)) from None
+        return end
 
     async def read(self) -> bytes | None:
         if self.request_bytes_left == 0 and self.request_body == "chunked":
