@@ -46,8 +46,12 @@ class FrontDoorProtocol(WebSocketProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        cap = self.app.ctx.lb.settings.frontdoor.max_client_connections
-        if len(self.connections) > cap:
+        frontdoor = self.app.ctx.lb.settings.frontdoor
+        # Until its first request head, a connection gets the head deadline, not Sanic's
+        # keep-alive timeout: one that never sends a byte goes at LB_HEADER_TIMEOUT, as in
+        # nginx. StrictHttp gives the keep-alive timeout back once a head has arrived.
+        self.keep_alive_timeout = min(frontdoor.header_timeout, self.keep_alive_timeout)
+        if len(self.connections) > frontdoor.max_client_connections:
             self._task.cancel()
             transport.write(OVERLOADED)
             transport.close()

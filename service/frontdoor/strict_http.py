@@ -4,7 +4,8 @@ Sanic's own ``Http`` keeps doing all the parsing; this subclass only runs first,
 places where bytes become framing: the request head (checked by ``head.check_head`` once
 its blank line has arrived, and bounded by ``LB_HEADER_TIMEOUT`` however slowly the bytes
 come: Sanic's request timeout restarts on every byte, so a byte a second holds a
-connection for ever) and each chunk-size line (checked against RFC 9112 §7.1 before
+connection for ever; a new connection's wait for its first byte is bounded the same way,
+see ``protocol``) and each chunk-size line (checked against RFC 9112 §7.1 before
 Sanic's ``int(x, 16)`` sees it). Base methods are called by name, not with ``super()``:
 Sanic's TouchUp recompiles methods from source, which loses ``super()``'s cell.
 """
@@ -33,6 +34,7 @@ class StrictHttp(Http):
             except TimeoutError:
                 # nginx's client_header_timeout: the whole head, not the gap between bytes
                 raise RequestTimeout("the request head was not received in time") from None
+        self.protocol.keep_alive_timeout = self.protocol.app.config.KEEP_ALIVE_TIMEOUT
         if 0 <= end < self.HEADER_MAX_SIZE:  # an oversized head is Sanic's 413
             try:
                 check_head(self.recv_buffer[:end])
