@@ -7,6 +7,7 @@ behind the load balancer (a smuggled request would show up here as its own reque
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -21,6 +22,7 @@ class RecordingUpstream:
         self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self._received: list[bytearray] = []
+        self._connections: list[socket.socket] = []
         self.request_lines: list[bytes] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -31,7 +33,18 @@ class RecordingUpstream:
             return b"".join(bytes(chunk) for chunk in self._received)
 
     def stop(self) -> None:
+        """Stop listening for real: ``close`` alone leaves a thread blocked in ``accept``
+        holding the socket open (and answering), so shut it down first; then end every
+        connection."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        self._thread.join(5)
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def _accept(self) -> None:
         while True:
@@ -45,6 +58,7 @@ class RecordingUpstream:
         record = bytearray()
         with self._lock:
             self._received.append(record)
+            self._connections.append(conn)
         buffer = b""
         conn.settimeout(30)
         try:
