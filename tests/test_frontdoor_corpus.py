@@ -10,6 +10,7 @@ Modelled on what nginx 1.22 refuses (RFC 9110 §5.5-5.6, RFC 9112 §2-7).
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -280,3 +281,29 @@ def test_accepted_once_and_connection_goes_on(
 
 def test_corpus_is_large_enough() -> None:
     assert len(REFUSED) >= 40
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-A: b\r\nConnection: close\r\n\r\n", 200),
+        (b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n", 400),
+        (b"GET /api/x HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n", 400),
+    ],
+    ids=["valid", "bare-cr", "bare-lf"],
+)
+def test_a_head_sent_a_byte_at_a_time_is_judged_the_same(
+    front: LoadBalancer, recording: RecordingUpstream, head: bytes, expected: int
+) -> None:
+    with socket.create_connection(("127.0.0.1", front.port), timeout=8) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(head)):
+            try:
+                sock.sendall(head[i : i + 1])
+            except OSError:
+                break  # refused as soon as the bare CR or LF arrived
+            time.sleep(0.002)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 %d " % expected), received[:200]

@@ -49,11 +49,12 @@ class HeadError(ValueError):
     """A request head the front door refuses; the message is the 400's detail."""
 
 
-def has_bare_line_break(received: bytes | bytearray) -> bool:
-    """True if a head still arriving already holds a bare CR or LF, so it is refused at
-    once rather than at the deadline (a client using bare LFs never sends CRLFCRLF). A CR
-    that is the last byte received may be the first half of a CRLF still in flight."""
-    match = _BARE_CR_OR_LF.search(received)
+def has_bare_line_break(received: bytes | bytearray, start: int = 0) -> bool:
+    """True if a head still arriving already holds a bare CR or LF at or after ``start``,
+    so it is refused at once rather than at the deadline (a client using bare LFs never
+    sends CRLFCRLF). A CR that is the last byte received may be the first half of a CRLF
+    still in flight."""
+    match = _BARE_CR_OR_LF.search(received, start)
     if match is None:
         return False
     return not (match.start() == len(received) - 1 and received.endswith(b"\r"))

@@ -43,13 +43,17 @@ class StrictHttp(Http):
         await Http.http1_request_header(self)
 
     async def _receive_head(self) -> int:
-        """Wait for the blank line; its offset, or -1 once the head is over the size limit."""
+        """Wait for the blank line; its offset, or -1 once the head is over the size limit.
+        Each pass looks only at what arrived since the last (a head sent a byte at a time
+        must not cost a scan of the whole buffer per byte)."""
         buf = self.recv_buffer
-        while (end := buf.find(b"\r\n\r\n")) == -1:
+        scanned = 0
+        while (end := buf.find(b"\r\n\r\n", max(0, scanned - 3))) == -1:
             if len(buf) - 3 >= self.HEADER_MAX_SIZE:
                 return -1
-            if has_bare_line_break(buf):
+            if has_bare_line_break(buf, max(0, scanned - 1)):
                 raise BadRequest("bare CR or LF in the request head")
+            scanned = len(buf)
             await self._receive_more()
         return end
 
