@@ -17,6 +17,7 @@ import httpx
 
 from tests.support import LoadBalancer, UpstreamServer, children, env_for, wait_for
 from tests.support.rawws import frame, open_websocket, read_close_code
+from tests.support.shm import shm_semaphores
 
 SLOW_HEAD = b"GET /api/slow HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 200
 
@@ -159,6 +160,7 @@ def test_readiness_is_503_while_draining_and_in_flight_requests_complete(
         thread = threading.Thread(target=slow)
         thread.start()
         assert wait_for(lambda: server.hits["/api/slow"] > before, step=0.02)
+        semaphores = shm_semaphores(balancer.process.pid)
         balancer.process.send_signal(signal.SIGTERM)
         seen: dict[str, object] = {}
 
@@ -178,6 +180,8 @@ def test_readiness_is_503_while_draining_and_in_flight_requests_complete(
         thread.join(20)
         assert result.get("status") == 200, result
         assert balancer.process.wait(20) == 0
+        assert semaphores  # the shared block's lock...
+        assert not any(os.path.exists(path) for path in semaphores)  # ...unlinked at exit
     finally:
         balancer.stop(signal.SIGKILL)
 

@@ -22,6 +22,7 @@ from tests.support import (
     free_port,
     wait_for,
 )
+from tests.support.shm import shm_semaphores
 
 
 def test_two_workers_serve_and_drain_on_sigterm(upstreams: dict[str, UpstreamServer]) -> None:
@@ -124,7 +125,7 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], work
     try:
         # The worker process exists (spawned after the manager) but is not serving yet.
         assert wait_for(lambda: len(_spawned(process.pid)) >= 2, timeout=20, step=0.02)
-        semaphores = _shm_semaphores(process.pid)
+        semaphores = shm_semaphores(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(GRACEFUL_SHUTDOWN_S) == 0
         assert semaphores, "the main process maps the shared block's lock"
@@ -134,16 +135,6 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], work
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             pytest.fail(f"still running {GRACEFUL_SHUTDOWN_S} s after SIGTERM during start-up")
-
-
-def _shm_semaphores(pid: int) -> set[str]:
-    """The named semaphores (``/dev/shm/sem.*``) a process has open, from its memory map:
-    other engineers' processes use /dev/shm at the same time, so only these are ours."""
-    try:
-        maps = open(f"/proc/{pid}/maps").read()
-    except OSError:
-        return set()
-    return {line.split()[-1] for line in maps.splitlines() if "/dev/shm/sem." in line}
 
 
 def _spawned(pid: int) -> list[int]:
