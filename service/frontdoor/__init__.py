@@ -27,7 +27,7 @@ __all__ = ["FrontDoorApp", "FrontDoorProtocol", "startup"]
 def startup(app: Sanic) -> None:
     @app.main_process_ready
     async def supervise_workers(app: Sanic) -> None:
-        supervise(app.manager)
+        supervise(app.manager, app.config.GRACEFUL_SHUTDOWN_TIMEOUT)
 
     # before_server_stop listeners run in reverse order: registered last, this runs first
     @app.before_server_stop
