@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sanic import Sanic
 
-from service import cluster, errors, logs, metrics, pools, sharedmem, stats, transport
+from service import cluster, errors, frontdoor, logs, metrics, pools, sharedmem, stats, transport
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
@@ -20,7 +20,7 @@ from service.settings import Settings
 
 
 def create_app(settings: Settings, name: str | None = None) -> Sanic:
-    app = Sanic(
+    app = frontdoor.FrontDoorApp(
         name or "load-balancer",
         configure_logging=True,
         log_config=logs.log_config(settings.log_format),
@@ -42,6 +42,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     stats.startup(app)  # the /stats fan-out over clients and pools
     cluster.startup(app)  # with LB_CLUSTER_REDIS_URL: figures shared with other replicas
     errors.startup(app)  # Sanic's own errors in the proxy's JSON shape
+    frontdoor.startup(app)  # strict heads, client limits, worker supervision, the drain
     app.blueprint(health.bp)
     app.blueprint(stats_endpoint.bp)
     app.blueprint(metrics_endpoint.bp)

@@ -68,7 +68,8 @@ def test_client_errors_share_the_shape() -> None:
         (b"GET /page HTTP/9.9\r\nHost: x\r\n\r\n", 400),
         (b"GET /%2f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 400),
         (
-            b"POST /api/x HTTP/1.1\r\nContent-Length: 20\r\nConnection: close\r\n\r\n" + b"x" * 20,
+            b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
+            + b"x" * 20,
             413,
         ),
     ],

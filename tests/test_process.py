@@ -22,6 +22,7 @@ from tests.support import (
     free_port,
     wait_for,
 )
+from tests.support.shm import shm_semaphores
 
 
 def test_two_workers_serve_and_drain_on_sigterm(upstreams: dict[str, UpstreamServer]) -> None:
@@ -96,16 +97,25 @@ def test_python_m_service(upstreams: dict[str, UpstreamServer]) -> None:
             process.wait()
 
 
-@pytest.mark.xfail(
-    reason="Sanic 25.12 WorkerManager.wait_for_ack re-queues the shutdown message forever when "
-    "SIGTERM arrives before every worker has acked; the process never exits",
-    strict=False,
-)
-def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer]) -> None:
-    """A pod stopped while it is still starting must still go away (Kubernetes sends SIGTERM)."""
+GRACEFUL_SHUTDOWN_S = 15  # app.config.GRACEFUL_SHUTDOWN_TIMEOUT (service/factory.py)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], workers: int) -> None:
+    """A pod stopped while it is still starting must still go away (Kubernetes sends SIGTERM),
+    with status 0 and without leaving its semaphores in /dev/shm."""
     port = free_port()
     process = subprocess.Popen(
-        [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        [
+            SANIC,
+            "service.app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         cwd=REPO,
         env=env_for(upstreams),
         stdout=subprocess.DEVNULL,
@@ -115,13 +125,16 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer]) -> N
     try:
         # The worker process exists (spawned after the manager) but is not serving yet.
         assert wait_for(lambda: len(_spawned(process.pid)) >= 2, timeout=20, step=0.02)
+        semaphores = shm_semaphores(process.pid)
         process.send_signal(signal.SIGTERM)
-        process.wait(5)
+        assert process.wait(GRACEFUL_SHUTDOWN_S) == 0
+        assert semaphores, "the main process maps the shared block's lock"
+        assert wait_for(lambda: not any(os.path.exists(path) for path in semaphores), timeout=2)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            pytest.fail("still running 5 s after SIGTERM during start-up")
+            pytest.fail(f"still running {GRACEFUL_SHUTDOWN_S} s after SIGTERM during start-up")
 
 
 def _spawned(pid: int) -> list[int]:

@@ -1,13 +1,23 @@
-"""``/lb-health``: answered by the load balancer itself, never proxied, never waits on I/O."""
+"""``/lb-health``: answered by the load balancer itself, never proxied, never waits on I/O.
+
+``/lb-health`` is the liveness probe: 200 while the process serves, draining or not.
+``/lb-health?ready=1`` is the readiness probe: 503 from the start of a graceful shutdown,
+so that new traffic goes elsewhere while requests in flight complete.
+"""
 
 from __future__ import annotations
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from service.errors import sanic_error_body
+
 bp = Blueprint("health")
 
 
 @bp.route("/lb-health", methods=("GET", "HEAD"))
 async def lb_health(request: Request) -> HTTPResponse:
+    if request.args.get("ready", "0") != "0" and request.app.ctx.lb.draining:
+        body = sanic_error_body(503, "draining: shutting down, send new requests elsewhere")
+        return json({**body, "status": "draining"}, status=503)
     return json({"status": "healthy"})

@@ -6,6 +6,7 @@ from service.settings.loading import CONFIG_ENV, SettingsError, load_settings
 from service.settings.model import (
     ActiveHealth,
     ClusterSettings,
+    FrontDoorSettings,
     HeartbeatSettings,
     PassiveHealth,
     ProxySettings,
@@ -20,6 +21,7 @@ __all__ = [
     "CONFIG_ENV",
     "ActiveHealth",
     "ClusterSettings",
+    "FrontDoorSettings",
     "HeartbeatSettings",
     "PassiveHealth",
     "ProxySettings",

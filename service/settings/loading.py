@@ -28,6 +28,7 @@ SECTIONS: dict[str, type] = {
     "heartbeat": model.HeartbeatSettings,
     "admin": model.AdminSettings,
     "cluster": model.ClusterSettings,
+    "frontdoor": model.FrontDoorSettings,
 }
 # The model part every VARIABLES section names: the scalar sections, and each upstream's.
 MODELS: dict[str, type] = {

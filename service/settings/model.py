@@ -139,6 +139,16 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FrontDoorSettings:
+    """The client side: how long a request head may take, how many connections a worker
+    holds, and how long a graceful shutdown keeps serving while readiness says 503."""
+
+    header_timeout: float = 30.0
+    max_client_connections: int = 4096
+    drain_delay: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
 
@@ -154,6 +164,7 @@ class Settings:
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -203,6 +214,9 @@ VARIABLES = (
     Variable("LB_CLUSTER_PUBLISH_INTERVAL", "cluster", "publish_interval", "publish_interval", "seconds between publications of this host's figures (at most 0.25)"),
     Variable("LB_CLUSTER_TIMEOUT", "cluster", "timeout", "seconds", "seconds one Redis round trip may take before the cluster is degraded"),
     Variable("LB_CLUSTER_RETENTION", "cluster", "retention", "seconds", "seconds a silent replica's keys are kept before its totals are folded in"),
+    Variable("LB_HEADER_TIMEOUT", "frontdoor", "header_timeout", "seconds", "seconds a client may take to send a whole request head (then 408 and close)"),
+    Variable("LB_MAX_CLIENT_CONNECTIONS", "frontdoor", "max_client_connections", "positive_int", "client connections per worker (above it: 503 and close)"),
+    Variable("LB_DRAIN_DELAY", "frontdoor", "drain_delay", "size_seconds", "seconds a graceful shutdown keeps accepting (readiness 503) before it stops listening"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),

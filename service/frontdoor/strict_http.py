@@ -1,0 +1,76 @@
+"""``StrictHttp``: Sanic's HTTP/1.1 connection handler with a strict head and a deadline.
+
+Sanic's own ``Http`` keeps doing all the parsing; this subclass only runs first, at the two
+places where bytes become framing: the request head (checked by ``head.check_head`` once
+its blank line has arrived, and bounded by ``LB_HEADER_TIMEOUT`` however slowly the bytes
+come: Sanic's request timeout restarts on every byte, so a byte a second holds a
+connection for ever; a new connection's wait for its first byte is bounded the same way,
+see ``protocol``) and each chunk-size line (checked against RFC 9112 §7.1 before
+Sanic's ``int(x, 16)`` sees it). Base methods are called by name, not with ``super()``:
+Sanic's TouchUp recompiles methods from source, which loses ``super()``'s cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sanic.exceptions import BadRequest, RequestTimeout
+from sanic.http import Http
+
+from service.frontdoor.head import CHUNK_LINE, HeadError, check_head, has_bare_line_break
+
+HTTP_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNK_LINE_MAX = 64  # Sanic's own bound for a chunk-size line with its extensions
+
+
+class StrictHttp(Http):
+    async def http1_request_header(self) -> None:
+        end = self.recv_buffer.find(b"\r\n\r\n")
+        if end == -1:  # the head is still arriving (usually it came whole): bound the wait
+            timeout = self.protocol.app.ctx.lb.settings.frontdoor.header_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    end = await self._receive_head()
+            except TimeoutError:
+                # nginx's client_header_timeout: the whole head, not the gap between bytes
+                raise RequestTimeout("the request head was not received in time") from None
+        self.protocol.keep_alive_timeout = self.protocol.app.config.KEEP_ALIVE_TIMEOUT
+        if 0 <= end < self.HEADER_MAX_SIZE:  # an oversized head is Sanic's 413
+            try:
+                check_head(self.recv_buffer[:end])
+            except HeadError as exc:
+                raise BadRequest(str(exc)) from None
+        await Http.http1_request_header(self)
+
+    async def _receive_head(self) -> int:
+        """Wait for the blank line; its offset, or -1 once the head is over the size limit.
+        Each pass looks only at what arrived since the last (a head sent a byte at a time
+        must not cost a scan of the whole buffer per byte)."""
+        buf = self.recv_buffer
+        scanned = 0
+        while (end := buf.find(b"\r\n\r\n", max(0, scanned - 3))) == -1:
+            if len(buf) - 3 >= self.HEADER_MAX_SIZE:
+                return -1
+            if has_bare_line_break(buf, max(0, scanned - 1)):
+                raise BadRequest("bare CR or LF in the request head")
+            scanned = len(buf)
+            await self._receive_more()
+        return end
+
+    async def read(self) -> bytes | None:
+        if self.request_bytes_left == 0 and self.request_body == "chunked":
+            if self.expecting_continue:  # the client waits for it before sending any chunk
+                self.expecting_continue = False
+                await self._send(HTTP_CONTINUE)
+            await self._receive_checked_chunk_line()
+        return await Http.read(self)
+
+    async def _receive_checked_chunk_line(self) -> None:
+        buf = self.recv_buffer
+        while (end := buf.find(b"\r\n", 2)) == -1:
+            if len(buf) > CHUNK_LINE_MAX:
+                break
+            await self._receive_more()
+        if end == -1 or CHUNK_LINE.fullmatch(buf, 0, end + 2) is None:
+            self.keep_alive = False
+            raise BadRequest("Bad chunked encoding")

@@ -1,0 +1,241 @@
+"""The front door against real processes and raw sockets: slow clients cut off at the head
+deadline, the connection cap, WebSocket protocol errors, readiness while draining, and a
+worker killed with SIGKILL replaced. (Malformed heads: ``test_frontdoor_corpus.py``; SIGTERM
+during start-up: ``test_process.py``.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+
+import httpx
+
+from tests.support import LoadBalancer, UpstreamServer, children, env_for, wait_for
+from tests.support.rawws import frame, open_websocket, read_close_code
+from tests.support.shm import shm_semaphores
+
+SLOW_HEAD = b"GET /api/slow HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 200
+
+
+def test_slowloris_connections_are_closed_at_the_header_deadline(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    balancer = LoadBalancer(env_for(upstreams, LB_HEADER_TIMEOUT="2"), workers=2)
+    sockets: list[socket.socket] = []
+    silent: list[socket.socket] = []
+    try:
+        selector = selectors.DefaultSelector()
+        opened_at = time.monotonic()
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", balancer.port), timeout=5)
+            sock.setblocking(False)
+            sockets.append(sock)
+            selector.register(sock, selectors.EVENT_READ)
+        for _ in range(10):  # these never send a byte: the same deadline holds for them
+            sock = socket.create_connection(("127.0.0.1", balancer.port), timeout=5)
+            sock.setblocking(False)
+            silent.append(sock)
+            selector.register(sock, selectors.EVENT_READ)
+        closed_after: dict[socket.socket, float] = {}
+        answers: dict[socket.socket, bytes] = {}
+        normal_latencies: list[float] = []
+        sent = 0
+        next_byte = time.monotonic()
+        while len(closed_after) < len(sockets) + len(silent) and time.monotonic() - opened_at < 15:
+            now = time.monotonic()
+            if now >= next_byte and sent < len(SLOW_HEAD):  # one byte a second, on each
+                for sock in sockets:
+                    if sock not in closed_after:
+                        with contextlib.suppress(OSError):
+                            sock.send(SLOW_HEAD[sent : sent + 1])
+                sent += 1
+                next_byte = now + 1.0
+                started = time.monotonic()  # meanwhile, a normal request
+                response = httpx.get(f"{balancer.url}/lb-health", trust_env=False, timeout=5)
+                assert response.status_code == 200
+                normal_latencies.append(time.monotonic() - started)
+            for key, _ in selector.select(timeout=0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(65536)
+                except (ConnectionResetError, BlockingIOError):
+                    data = b""
+                answers[sock] = answers.get(sock, b"") + data
+                if not data:
+                    closed_after[sock] = time.monotonic() - opened_at
+                    selector.unregister(sock)
+        assert len(closed_after) == 110, f"{len(closed_after)} of 100 + 10 closed"
+        assert min(closed_after.values()) >= 1.5  # not before the deadline...
+        assert max(closed_after.values()) < 2 + 6  # ...and all soon after it (a loaded machine)
+        assert all(answers[sock].startswith(b"HTTP/1.1 408 ") for sock in sockets)
+        assert all(answers[sock] == b"" for sock in silent)  # nothing to answer: just closed
+        assert max(normal_latencies) < 1.0, normal_latencies
+    finally:
+        for sock in sockets + silent:
+            sock.close()
+        balancer.stop()
+
+
+def test_connections_over_the_cap_get_503_and_are_closed(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    balancer = LoadBalancer(env_for(upstreams, LB_MAX_CLIENT_CONNECTIONS="5"))  # one process
+    idle: list[socket.socket] = []
+    try:
+        balancer.client.close()  # its keep-alive connection would count against the cap
+        for _ in range(5):
+            idle.append(socket.create_connection(("127.0.0.1", balancer.port), timeout=5))
+        over = httpx.get(f"{balancer.url}/lb-health", trust_env=False, timeout=5)
+        assert over.status_code == 503
+        assert over.headers["retry-after"] == "1"
+        assert over.json()["error"] == "service unavailable"
+        idle.pop().close()
+
+        def answers() -> bool:
+            return httpx.get(f"{balancer.url}/lb-health", trust_env=False).status_code == 200
+
+        assert wait_for(answers, timeout=5)
+    finally:
+        for sock in idle:
+            sock.close()
+        balancer.stop()
+
+
+WS_ERRORS = [
+    ("invalid-utf8", frame(1, b"\xff\xfe"), 1007),
+    ("invalid-utf8-across-fragments", frame(1, b"ok\xe2", fin=False) + frame(0, b"\x28\xa1"), 1007),
+    ("unmasked-client-frame", frame(1, b"hb", mask=False), 1002),
+    ("reserved-bit", frame(1, b"hb", rsv=4), 1002),
+    ("reserved-opcode", frame(3, b"x"), 1002),
+    ("continuation-first", frame(0, b"x"), 1002),
+    ("control-frame-too-long", frame(9, b"x" * 200), 1002),
+    ("message-too-big", frame(2, b"x" * (70 * 1024)), 1009),
+]
+
+
+def test_websocket_protocol_errors_close_with_their_code_at_once(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    balancer = LoadBalancer(env_for(upstreams, LB_WS_IDLE_TIMEOUT="30"), workers=2)
+    try:
+        for name, data, expected in WS_ERRORS:
+            sock = open_websocket(balancer.port, "/api/ws-heartbeat")
+            try:
+                sock.sendall(data)
+                code, after = read_close_code(sock, timeout=5)
+            finally:
+                sock.close()
+            assert code == expected, name
+            assert after < 2.0, (name, after)  # at once, not at the idle timeout
+    finally:
+        balancer.stop()
+    output = "".join(balancer.output)
+    assert "never retrieved" not in output
+    assert "UnicodeDecodeError" not in output
+
+
+def test_readiness_is_503_while_draining_and_in_flight_requests_complete(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    balancer = LoadBalancer(env_for(upstreams, LB_DRAIN_DELAY="3"), workers=2)
+    try:
+        assert balancer.client.get("/lb-health?ready=1").status_code == 200
+        result: dict[str, object] = {}
+
+        def slow() -> None:
+            try:
+                with httpx.Client(base_url=balancer.url, trust_env=False, timeout=20) as client:
+                    result["status"] = client.get("/api/slow?delay=4").status_code
+            except Exception as exc:  # reported by the assertion below
+                result["error"] = repr(exc)
+
+        server = upstreams["api-gateway"]
+        before = server.hits["/api/slow"]
+        thread = threading.Thread(target=slow)
+        thread.start()
+        assert wait_for(lambda: server.hits["/api/slow"] > before, step=0.02)
+        semaphores = shm_semaphores(balancer.process.pid)
+        balancer.process.send_signal(signal.SIGTERM)
+        seen: dict[str, object] = {}
+
+        def readiness_says_draining() -> bool:
+            with httpx.Client(base_url=balancer.url, trust_env=False, timeout=2) as client:
+                ready = client.get("/lb-health?ready=1")
+                if ready.status_code != 503:
+                    return False
+                seen["ready"] = ready.json()
+                seen["live"] = client.get("/lb-health").status_code
+                return True
+
+        assert wait_for(readiness_says_draining, timeout=3, step=0.05)
+        assert seen["live"] == 200  # liveness stays 200: the process is fine, only leaving
+        assert seen["ready"]["status"] == "draining"  # type: ignore[index]
+        assert seen["ready"]["error"] == "service unavailable"  # type: ignore[index]
+        thread.join(20)
+        assert result.get("status") == 200, result
+        assert balancer.process.wait(20) == 0
+        assert semaphores  # the shared block's lock...
+        assert not any(os.path.exists(path) for path in semaphores)  # ...unlinked at exit
+    finally:
+        balancer.stop(signal.SIGKILL)
+
+
+def _stats(balancer: LoadBalancer) -> dict:
+    with httpx.Client(base_url=balancer.url, trust_env=False, timeout=5) as client:
+        return client.get("/stats").json()["load-balancer"]
+
+
+def test_a_killed_worker_is_replaced_and_totals_are_kept(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="0"), workers=2)
+    stop = threading.Event()
+    outcomes = {"ok": 0, "failed": 0, "ok_after_kill": 0}
+    killed = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.Client(base_url=balancer.url, trust_env=False, timeout=5) as client:
+                    ok = client.get("/api/load").status_code == 200
+            except httpx.TransportError:
+                ok = False
+            outcomes["ok" if ok else "failed"] += 1
+            if ok and killed.is_set():
+                outcomes["ok_after_kill"] += 1
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(_stats(balancer)["requests_by_worker"]) == 2, timeout=15)
+        workers = [int(pid) for pid in _stats(balancer)["requests_by_worker"]]
+        victim = workers[0]
+        total_before = _stats(balancer)["total_requests"]
+        os.kill(victim, signal.SIGKILL)
+        killed.set()
+
+        def replaced() -> bool:
+            figures = _stats(balancer)
+            pids = {int(pid) for pid in figures["requests_by_worker"]}
+            return figures["workers"] == 2 and victim not in pids and len(pids) == 2
+
+        assert wait_for(replaced, timeout=10, step=0.1)
+        new_pid = (
+            {int(pid) for pid in _stats(balancer)["requests_by_worker"]} - {workers[1]}
+        ).pop()
+        assert new_pid in children(balancer.process.pid)
+        assert wait_for(lambda: outcomes["ok_after_kill"] >= 20, timeout=10)
+        assert _stats(balancer)["total_requests"] >= total_before  # the dead row's totals kept
+    finally:
+        stop.set()
+        thread.join(10)
+        balancer.stop()
+    died = [line for line in balancer.output if "died" in line and str(victim) in line]
+    assert len(died) == 1, died  # logged once
+    assert outcomes["failed"] <= 3, outcomes  # at most what the victim held in flight
