@@ -242,7 +242,7 @@ def main() -> int:
             print("\nmemory, PSS of the process tree (main process and workers), MiB:")
             for lb in lbs:
                 after = pss_kib(lb.proc.pid)
-                idle = idle_pss[lb.name]
+                idle = idle_pss[_tag(lb)]
                 print(
                     f"  {lb.name:<24} idle {idle / 1024:7.1f}   after the load {after / 1024:7.1f}"
                 )

@@ -11,11 +11,13 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from service.errors import sanic_error_body
+from service.logs import answered_here
 
 bp = Blueprint("health")
 
 
 @bp.route("/lb-health", methods=("GET", "HEAD"))
+@answered_here
 async def lb_health(request: Request) -> HTTPResponse:
     if request.args.get("ready", "0") != "0" and request.app.ctx.lb.draining:
         body = sanic_error_body(503, "draining: shutting down, send new requests elsewhere")

@@ -25,6 +25,7 @@ from sanic.response import HTTPResponse, raw
 from service.access import admin_only
 from service.settings import Upstream
 from service.stats import Report, build_report
+from service.logs import answered_here
 
 bp = Blueprint("metrics")
 
@@ -130,6 +131,7 @@ def _bound(bound: float) -> str:
 
 
 @bp.get("/metrics")
+@answered_here
 @admin_only
 async def metrics(request: Request) -> HTTPResponse:
     registry = CollectorRegistry(auto_describe=False)

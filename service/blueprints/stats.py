@@ -7,11 +7,13 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
 from service.stats import build_report
+from service.logs import answered_here
 
 bp = Blueprint("stats")
 
 
 @bp.get("/stats")
+@answered_here
 async def stats(request: Request) -> HTTPResponse:
     report = await build_report(request.app.ctx.lb)
     return raw(

@@ -18,6 +18,7 @@ from service.access import admin_only
 from service.errors import LoadBalancerError, error_response
 from service.stats import build_report
 from service.status_page import load_assets, status_document
+from service.logs import answered_here
 
 bp = Blueprint("status")
 
@@ -44,6 +45,7 @@ def _asset(name: str) -> HTTPResponse:
 
 
 @bp.get("/lb-status")
+@answered_here
 @admin_only
 async def page(request: Request) -> HTTPResponse:
     asset = ASSETS["index.html"]
@@ -51,6 +53,7 @@ async def page(request: Request) -> HTTPResponse:
 
 
 @bp.get("/lb-status/", strict_slashes=True, name="page_slash")
+@answered_here
 @admin_only
 async def page_slash(request: Request) -> HTTPResponse:
     """The page has one address: its assets are named from the root, not relative to it."""
@@ -58,6 +61,7 @@ async def page_slash(request: Request) -> HTTPResponse:
 
 
 @bp.get("/lb-status/data")
+@answered_here
 @admin_only
 async def data(request: Request) -> HTTPResponse:
     report = await build_report(request.app.ctx.lb, history=True)
@@ -69,6 +73,7 @@ async def data(request: Request) -> HTTPResponse:
 
 
 @bp.get("/lb-status/<name:str>")
+@answered_here
 @admin_only
 async def asset(request: Request, name: str) -> HTTPResponse:
     return _asset(name)
