@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Rows for worker processes; a restarted worker reuses its predecessor's row.
-MAX_WORKER_ROWS = 64
+MAX_WORKER_ROWS = 16
 
 _STARTED_MONOTONIC, _STARTED_WALL = range(2)  # the block's own shared fields
 _OWNER = 0  # the first field of every row: the pid of the worker that claimed it

@@ -32,7 +32,7 @@ import httpx
 
 from service.transport import seam
 
-HIGH_WATER = 256 * 1024  # bytes of response body buffered before reading pauses
+HIGH_WATER = 64 * 1024  # bytes of response body buffered before reading pauses
 MAX_HEAD = 256 * 1024  # bytes of response headers accepted (llhttp itself sets no limit)
 _TIMED_OUT = object()
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
