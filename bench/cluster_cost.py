@@ -241,6 +241,9 @@ def _bench(
         )
     results["redis_down"] = {k: [asdict(r) for r in v] for k, v in runs.items()}
 
+    if args.pair_repeats < 1:
+        save("cluster", stamp, {"args": vars(args), **results})
+        return
     print(
         f"\nside by side: cluster off and on loaded at once (one wrk each, -d{args.pair_duration:g}"
         f"s), sharing CPU {LB_CPUS}; both orders, {args.pair_repeats} repeats"
