@@ -6,11 +6,8 @@ default and switchable."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -19,12 +16,11 @@ import pytest
 from service.logs import RequestIds, is_sane
 from service.logs.access import Answered
 from tests.support import (
-    REPO,
+    python_m_service,
     LoadBalancer,
     UpstreamServer,
     closed_port_url,
     env_for,
-    free_port,
     wait_for,
 )
 
@@ -142,34 +138,10 @@ def test_request_ids_are_sane_and_distinct() -> None:
 def run_service(upstreams: dict[str, UpstreamServer], **extra: str) -> tuple[str, str]:
     """``python -m service`` on a free port: one proxied request, then SIGTERM; its
     (stdout, stderr) and the request id it returned."""
-    port = free_port()
-    env = env_for(upstreams, LB_HOST="127.0.0.1", LB_PORT=str(port), **extra)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-
-        def answers() -> bool:
-            try:
-                return httpx.get(url + "/lb-health", trust_env=False).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(answers, timeout=20)
-        time.sleep(0.5)  # let the main process see the worker's ack (see test_process.py)
+    with python_m_service(env_for(upstreams, **extra), output=subprocess.PIPE) as (process, url):
         rid = httpx.get(url + "/api/x", trust_env=False).headers["x-request-id"]
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     return out.decode() + "\n" + rid, err.decode()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support import (
+    python_m_service,
     REPO,
     SANIC,
     LoadBalancer,
@@ -64,37 +64,11 @@ def test_two_workers_serve_and_drain_on_sigterm(upstreams: dict[str, UpstreamSer
 
 
 def test_python_m_service(upstreams: dict[str, UpstreamServer]) -> None:
-    port = free_port()
-    env = env_for(upstreams, LB_PORT=str(port), LB_HOST="127.0.0.1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{url}/lb-health", trust_env=False).status_code == 200
-            except httpx.TransportError:
-                return process.poll() is not None
-
-        assert wait_for(healthy, timeout=20, step=0.02)
+    with python_m_service(env_for(upstreams)) as (process, url):
         assert process.poll() is None
-        # Give the main process time to see the worker's start-up ack: a SIGTERM before that
-        # hangs Sanic forever (see test_sigterm_during_startup_exits below).
-        time.sleep(0.5)
         assert httpx.get(f"{url}/blog/x", trust_env=False).json()["upstream"] == "blog-service"
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 GRACEFUL_SHUTDOWN_S = 15  # app.config.GRACEFUL_SHUTDOWN_TIMEOUT (service/factory.py)

@@ -18,6 +18,7 @@ from tests.support.processes import (
     cpu_ticks,
     env_for,
     open_fds,
+    python_m_service,
     rss_kib,
 )
 from tests.support.servers import (
@@ -49,6 +50,7 @@ __all__ = [
     "env_for",
     "free_port",
     "open_fds",
+    "python_m_service",
     "raw_request",
     "rss_kib",
     "start_upstreams",

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +18,7 @@ import httpx
 
 from tests.support.net import free_port
 from tests.support.servers import URL_VARS, UpstreamServer
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SANIC = str(Path(sys.executable).with_name("sanic"))
@@ -154,6 +155,42 @@ class LoadBalancer:
 
 
 # ------------------------------------------------------------------------ /proc
+
+
+@contextlib.contextmanager
+def python_m_service(
+    env: Mapping[str, str], *, output: int = subprocess.DEVNULL
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m service`` (the container's command) on 127.0.0.1 and a free port, in its
+    own session; yields the process and its URL once ``/lb-health`` answers (or the process
+    has ended), and kills its process group if it is still running at the end."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=REPO,
+        env={**env, "LB_HOST": "127.0.0.1", "LB_PORT": str(port)},
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/lb-health", trust_env=False).status_code == 200
+        except httpx.TransportError:
+            return process.poll() is not None
+
+    try:
+        wait_for(healthy, timeout=20, step=0.02)
+        # Give the main process time to see the worker's start-up ack: a SIGTERM before
+        # that hung Sanic 25.12 (see test_process.py).
+        time.sleep(0.5)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def children(pid: int) -> list[int]:
