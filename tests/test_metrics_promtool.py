@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import REPO, LoadBalancer, UpstreamServer, closed_port_url, env_for
+from tests.support.tools import require
 from tests.test_metrics_endpoint import scrape, value
 
 CACHED = REPO / ".ci" / "cache" / "prometheus" / "usr" / "bin" / "promtool"
@@ -19,12 +19,7 @@ CACHED = REPO / ".ci" / "cache" / "prometheus" / "usr" / "bin" / "promtool"
 
 def promtool() -> str:
     """``$PROMTOOL``, else promtool on PATH, else the copy ``.ci/get-promtool`` unpacks."""
-    found = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if found:
-        return found
-    if CACHED.exists():
-        return str(CACHED)
-    pytest.fail("promtool not found: run `bash .ci/get-promtool` (CI does) or set PROMTOOL")
+    return os.environ.get("PROMTOOL") or require("promtool", also=(str(CACHED),))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -10,16 +9,14 @@ import tempfile
 import time
 
 from tests.support.net import free_port
+from tests.support.tools import require
 
 
 class RedisServer:
     """A throw-away Redis (no persistence) on 127.0.0.1; ``restart()`` keeps its port."""
 
     def __init__(self, port: int | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (.ci/run installs it)")
-        self.binary = binary
+        self.binary = require("redis-server")
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="lb-redis-")
