@@ -14,14 +14,13 @@ from sanic import Sanic
 
 from service.pools.health_checks import HealthChecker
 from service.pools.pool import Attempt, Pool, Target
-from service.pools.retries import FAILURE_STATUSES, RetryBudget, RetryRule
+from service.pools.retries import RetryBudget, RetryRule
 from service.pools.state import PoolLayout, PoolState
 from service.settings import Settings
 from service.sharedmem import Plan
 from service.sharedmem.block import process_alive
 
 __all__ = [
-    "FAILURE_STATUSES",
     "Attempt",
     "Pool",
     "PoolLayout",

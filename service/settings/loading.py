@@ -61,6 +61,8 @@ EXPECTED = {
     "redis_url": "a redis://, rediss:// or unix:// URL with a host (or a socket path)",
     "cluster_name": "1 to 64 letters, digits, '.', '_' or '-'",
     "publish_interval": "a number of seconds greater than 0 and at most 0.25",
+    "statuses": "a comma-separated list of HTTP statuses from 500 to 599, such as 502,503,504",
+    "percent": "a whole number from 0 to 100",
 }
 
 
@@ -165,6 +167,14 @@ def _publish_interval(raw: Any, text: str) -> float:
     return value
 
 
+def _statuses(raw: Any, text: str) -> frozenset[int]:
+    """Server-error statuses (a TOML list or a comma-separated string); empty: none. Only
+    5xx: a 4xx is about the request, never a sign that the instance is sick."""
+    items = raw if isinstance(raw, list) else text.split(",")
+    status = _whole(500, 599)
+    return frozenset(status(item, str(item).strip()) for item in items if str(item).strip())
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -180,6 +190,8 @@ _PARSERS = {
     "redis_url": _redis_url,
     "cluster_name": _cluster_name,
     "publish_interval": _publish_interval,
+    "statuses": _statuses,
+    "percent": _whole(0, 100),
 }
 
 
