@@ -3,7 +3,9 @@
 loopback only); ``/stats`` stays public, because the dashboard reads it from the browser.
 
 The client is the TCP peer (``request.ip``), never a forwarded header: the load balancer is
-the front door, so any ``X-Forwarded-For`` it receives was written by the client itself.
+the front door, so any ``X-Forwarded-For`` it receives was written by the client itself;
+unless the peer is one of ``LB_TRUSTED_PROXIES``, whose ``X-Forwarded-For`` names the client
+(``service.admission.client``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from sanic import Request
 from sanic.response import HTTPResponse
 
+from service.admission.client import client_address
 from service.errors import Forbidden, error_response
 
 Handler = Callable[..., Awaitable[HTTPResponse]]
@@ -38,7 +41,7 @@ def admin_only(handler: Handler) -> Handler:
 
     @wraps(handler)
     async def guarded(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
-        if not allowed(request.ip, request.app.ctx.lb.settings.admin.allow):
+        if not allowed(client_address(request), request.app.ctx.lb.settings.admin.allow):
             return error_response(Forbidden(f"{request.path} is for operators; see LB_ADMIN_ALLOW"))
         return await handler(request, *args, **kwargs)
 

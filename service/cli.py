@@ -48,7 +48,7 @@ def default_of(section: str, key: str) -> Any:
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if value == "":
+    if value == "" or value is None:
         return "unset"
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value) or "(empty)"

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.admission import AdmissionView, ClientAddresses, Gate
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
 from service.pools import Pool, PoolLayout, PoolState, RetryBudget
@@ -23,6 +24,7 @@ from service.stats import StatsAggregator
 from service.transport import UpstreamClients
 
 if TYPE_CHECKING:  # only imported when a cluster is configured
+    from service.admission.housekeeping import Housekeeping
     from service.cluster.publisher import Publisher
     from service.cluster.view import ClusterView
 
@@ -52,3 +54,10 @@ class WorkerContext:
     # this worker's X-Request-ID maker (a random prefix and a counter)
     request_ids: RequestIds = field(default_factory=RequestIds)
     access_log: AccessLog | None = None  # None when LB_ACCESS_LOG is off
+    # who the client is (LB_TRUSTED_PROXIES), set when the app is built (service.admission)
+    client_addresses: ClientAddresses = field(default_factory=lambda: ClientAddresses(()))
+    # admission control: None when no limit is configured (the proxy's check is then free)
+    gate: Gate | None = None
+    admission: AdmissionView = field(init=False)  # /stats' limits, /metrics, the status page
+    admission_chores: Housekeeping | None = None
+    admission_task: asyncio.Task[None] | None = None

@@ -7,7 +7,11 @@
     │   ├── BadRequest      400  malformed request ("bad request")
     │   │   └── BadPath     400  a path that cannot be routed safely
     │   ├── Forbidden       403  an operator's page asked from outside LB_ADMIN_ALLOW
-    │   └── BodyTooLarge    413  a body over LB_MAX_BODY_SIZE ("payload too large")
+    │   ├── BodyTooLarge    413  a body over LB_MAX_BODY_SIZE ("payload too large")
+    │   └── RateLimited     429  over a rate limit or LB_MAX_CLIENT_REQUESTS ("rate_limited",
+    │                            + "limit"; Retry-After, and the RateLimit fields)
+    ├── Overloaded          503  a pool at its max_requests in flight ("overloaded",
+    │                            + "upstream"; Retry-After: 1); not a failure of the upstream
     └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
         ├── UpstreamRefused        no connection could be made ("refused", or "dns" when
         │                          the target's host name does not resolve)
@@ -53,6 +57,10 @@ class LoadBalancerError(Exception):
     def body(self) -> dict[str, str]:
         return {"error": self.error, "detail": self.detail}
 
+    def headers(self) -> dict[str, str]:
+        """Header fields the answer carries besides its body's (Retry-After...)."""
+        return {}
+
 
 class ClientError(LoadBalancerError):
     status = 400
@@ -77,6 +85,43 @@ class BodyTooLarge(ClientError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body over {limit} bytes")
+
+
+class RateLimited(ClientError):
+    """Refused by admission control (``service.admission``) before reaching an upstream."""
+
+    status = 429
+    error = "rate_limited"
+
+    def __init__(self, limit: str, retry_after: int, fields: dict[str, str] | None = None) -> None:
+        super().__init__(f"over the limit {limit!r}; retry in {retry_after} s")
+        self.limit = limit
+        self.retry_after = retry_after
+        self.fields = fields or {}
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "limit": self.limit, "detail": self.detail}
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after), **self.fields}
+
+
+class Overloaded(LoadBalancerError):
+    """A pool with ``max_requests`` in flight across the host (Envoy's circuit breaker):
+    answered at once, never queued; not counted against the pool's targets."""
+
+    status = 503
+    error = "overloaded"
+
+    def __init__(self, upstream: str, max_requests: int) -> None:
+        super().__init__(f"{upstream} has {max_requests} requests in flight (max_requests)")
+        self.upstream = upstream
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "upstream": self.upstream, "detail": self.detail}
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
 
 
 class UpstreamError(LoadBalancerError):
@@ -167,7 +212,7 @@ def sanic_error_body(status: int, message: str) -> dict[str, Any]:
 
 def error_response(error: LoadBalancerError) -> HTTPResponse:
     """The load balancer's own answer for ``error``: its status and its JSON body."""
-    return json(error.body(), status=error.status)
+    return json(error.body(), status=error.status, headers=error.headers() or None)
 
 
 def startup(app: Sanic) -> None:

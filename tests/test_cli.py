@@ -45,7 +45,7 @@ def test_help_lists_every_setting_with_its_default_and_meaning() -> None:
         if isinstance(default, bool):
             shown = "true" if default else "false"
         else:
-            shown = "unset" if default == "" else str(default)
+            shown = "unset" if default in ("", None) else str(default)
             if isinstance(default, tuple):  # a list setting: its items, comma-separated
                 shown = ",".join(str(item) for item in default)
         assert line.split()[1] == shown, line
@@ -62,7 +62,7 @@ def test_help_works_with_a_broken_environment() -> None:
 def test_every_scalar_setting_has_a_variable() -> None:
     """--help and the loader read VARIABLES: a field without a row would be unreachable."""
     covered = {(v.section, v.key) for v in model.VARIABLES}
-    not_scalar = {"upstreams", "routes", *SECTIONS}  # TOML tables
+    not_scalar = {"upstreams", "routes", "limits", *SECTIONS}  # TOML tables
     from_toml = {"name", "url_env", "targets", "stats_key", "passive", "active"}
     for section, part in SECTION_MODELS.items():
         for item in dataclasses.fields(part):

@@ -33,7 +33,15 @@ bp = Blueprint("metrics")
 class ReportCollector:
     """A prometheus_client collector over one report."""
 
-    def __init__(self, report: Report, upstreams: tuple[Upstream, ...]) -> None:
+    def __init__(
+        self,
+        report: Report,
+        upstreams: tuple[Upstream, ...],
+        admission: tuple[dict[str, int], dict[str, int]] = ({}, {}),
+    ) -> None:
+        """``admission``: requests limited by limit and overloaded by pool
+        (``AdmissionView.metrics``)."""
+        self._admission = admission
         self._report = report
         self._snap = report.snapshot
         self._services = report.services
@@ -99,6 +107,26 @@ class ReportCollector:
             up.add_metric([upstream.name, upstream.stats_key], 1.0 if online else 0.0)
         yield up
         yield from self._targets()
+        yield from self._admitted()
+
+    def _admitted(self) -> Iterator[Metric]:
+        limited_by, overloaded_by = self._admission
+        limited = CounterMetricFamily(
+            "lb_limited_requests",
+            "Requests over a rate limit (answered 429; a dry-run limit's would-be 429s) or over "
+            'LB_MAX_CLIENT_REQUESTS (limit="max_client_requests").',
+            labels=["limit"],
+        )
+        for name, count in limited_by.items():
+            limited.add_metric([name], count)
+        overloaded = CounterMetricFamily(
+            "lb_overloaded_requests",
+            "Requests answered 503 because the pool had max_requests in flight (this host).",
+            labels=["upstream"],
+        )
+        for name, count in overloaded_by.items():
+            overloaded.add_metric([name], count)
+        yield from (limited, overloaded)
 
     def _targets(self) -> Iterator[Metric]:
         labels = ["upstream", "target"]
@@ -136,5 +164,6 @@ def _bound(bound: float) -> str:
 async def metrics(request: Request) -> HTTPResponse:
     registry = CollectorRegistry(auto_describe=False)
     lb = request.app.ctx.lb
-    registry.register(ReportCollector(await build_report(lb), lb.settings.upstreams))
+    report = await build_report(lb)
+    registry.register(ReportCollector(report, lb.settings.upstreams, lb.admission.metrics()))
     return raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -17,6 +17,7 @@ import httpx
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, redirect
 
+from service.admission import Admission
 from service.errors import BodyTooLarge, LoadBalancerError, UpstreamError, error_response
 from service.logs import HEADER, begin_request, log_request
 from service.metrics import LOCAL, RequestSample
@@ -41,15 +42,17 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     outcome = Outcome()
     request_id = begin_request(request, request.app.ctx.lb.request_ids)
     try:
-        return _with_id(await _exchange(request, outcome), request_id)
+        return _with_id(await _exchange(request, outcome), request_id, outcome)
     except LoadBalancerError as error:
         outcome.proxy_error = isinstance(error, UpstreamError)
         if isinstance(error, UpstreamError):
             outcome.error_reason, outcome.target = error.reason, error.target or ""
-        return _with_id(_local(outcome, error_response(error)), request_id)
+        return _with_id(_local(outcome, error_response(error)), request_id, outcome)
     finally:
         duration = time.perf_counter() - started
         lb = request.app.ctx.lb
+        if outcome.admission is not None:
+            outcome.admission.release()
         if lb.access_log is not None or outcome.error_reason:
             log_request(request, outcome, duration, lb.access_log)
         lb.metrics.record(
@@ -76,6 +79,8 @@ class Outcome:
     target: str = ""
     size: int = 0  # body bytes sent to the client
     error_reason: str = ""
+    # admitted by the gate with something to give back at the end or fields to send
+    admission: Admission | None = None
 
 
 async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
@@ -90,6 +95,8 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     if isinstance(decision, Redirect):
         return _local(outcome, redirect(decision.location, status=308))
     outcome.route = decision.route.upstream
+    if lb.gate is not None:  # admission control: raises 429/503 before any upstream is chosen
+        outcome.admission = lb.gate.admit(request, outcome.route)
     limit = lb.settings.proxy.max_body_size
     if limit and _declared_length(request) > limit:
         raise BodyTooLarge(limit)
@@ -120,7 +127,7 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
                 # Sanic sends a HEAD answer's head itself; streaming one through respond()
                 # trips over Sanic's head_response_ignored (a sync function it later awaits).
                 return ProxiedResponse(upstream)
-            size = await relay(request, upstream)
+            size = await relay(request, upstream, _fields(outcome))
             if size is None:
                 attempt.failed = True
             else:
@@ -165,11 +172,20 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
         return None
 
 
-def _with_id(response: HTTPResponse | None, request_id: str) -> HTTPResponse | None:
-    """The request id on a response the proxy returns (a streamed one has it already)."""
+def _with_id(
+    response: HTTPResponse | None, request_id: str, outcome: Outcome
+) -> HTTPResponse | None:
+    """The request id (and the admission's RateLimit fields) on a response the proxy
+    returns (a streamed one has them already)."""
     if response is not None:
         response.headers[HEADER] = request_id
+        if outcome.admission is not None and outcome.admission.fields:
+            response.headers.update(outcome.admission.fields)
     return response
+
+
+def _fields(outcome: Outcome) -> dict[str, str] | None:
+    return outcome.admission.fields if outcome.admission is not None else None
 
 
 def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:

@@ -6,6 +6,7 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
+from service.admission import admitted
 from service.stats import build_report
 from service.logs import answered_here
 
@@ -14,6 +15,7 @@ bp = Blueprint("stats")
 
 @bp.get("/stats")
 @answered_here
+@admitted  # LB_RATE_LIMIT and limits with routes = ["stats"]: its route is "stats"
 async def stats(request: Request) -> HTTPResponse:
     report = await build_report(request.app.ctx.lb)
     return raw(

@@ -64,9 +64,10 @@ async def page_slash(request: Request) -> HTTPResponse:
 @answered_here
 @admin_only
 async def data(request: Request) -> HTTPResponse:
-    report = await build_report(request.app.ctx.lb, history=True)
+    lb = request.app.ctx.lb
+    report = await build_report(lb, history=True)
     return raw(
-        orjson.dumps(status_document(report, time.time())),
+        orjson.dumps(status_document(report, time.time(), lb.admission.history())),
         content_type="application/json",
         headers={"cache-control": "no-store"},
     )

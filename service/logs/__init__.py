@@ -66,7 +66,7 @@ def startup(app: Sanic) -> None:
 
         @app.before_server_start
         async def open_access_log(app: Sanic) -> None:
-            lb.access_log = AccessLog(lb.settings.log_format)
+            lb.access_log = AccessLog(lb.settings.log_format, client_address=lb.client_addresses.of)
             app.ctx.access_flusher = asyncio.create_task(lb.access_log.flush_periodically())
 
         @app.after_server_stop

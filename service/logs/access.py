@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import BinaryIO, NamedTuple, Protocol
 
 import orjson
@@ -60,7 +61,11 @@ class AccessLog:
         *,
         max_lines: int = 256,
         flush_interval: float = 0.25,
+        client_address: Callable[[Request], str] | None = None,
     ) -> None:
+        """``client_address``: who the client is (``service.admission.client``: the peer,
+        or behind LB_TRUSTED_PROXIES the address they name); the TCP peer when None."""
+        self._client = client_address
         self._json = log_format == "json"
         self._stream = stream if stream is not None else sys.stdout.buffer
         self._max_lines = max_lines
@@ -76,6 +81,7 @@ class AccessLog:
         stamp = self._timestamp(now)
         request_id = getattr(request.ctx, "request_id", "")
         duration_ms = round(duration_s * 1000.0, 3)
+        client = self._client(request) if self._client is not None else request.ip
         if self._json:
             # A template rather than a dict through orjson (2.2 vs 6.7 µs a line, measured);
             # only the values a client controls are escaped (the method is a token, the
@@ -84,14 +90,14 @@ class AccessLog:
             line = (
                 f'{{"time":"{stamp}","level":"INFO","worker":{self._pid},"logger":"{LOGGER}",'
                 f'"message":{_json(f"{request.method} {path} {status}")},'
-                f'"request_id":"{request_id}","client":{_json(request.ip)},'
+                f'"request_id":"{request_id}","client":{_json(client)},'
                 f'"method":"{request.method}","path":{_json(path)},"route":"{route}",'
                 f'"target":{_json(target)},"status":{status},"bytes":{size},'
                 f'"duration_ms":{duration_ms}}}'
             ).encode("utf-8", "backslashreplace")
         else:
             line = (
-                f"{stamp} INFO worker={self._pid} {LOGGER}: client={_text(request.ip)} "
+                f"{stamp} INFO worker={self._pid} {LOGGER}: client={_text(client)} "
                 f"method={request.method} path={_text(request.path)} route={route} "
                 f"target={_text(target)} status={status} bytes={size} "
                 f"duration_ms={duration_ms} request_id={request_id or '-'}"

@@ -14,6 +14,7 @@ import httpx
 from sanic import Request
 from sanic.exceptions import PayloadTooLarge
 
+from service.admission.client import client_address
 from service.errors import BodyTooLarge, classify
 from service.pools import Target
 from service.proxying.headers import upstream_request_fields
@@ -58,7 +59,7 @@ def outgoing(
     X-Forwarded-* from what the connection knows, and the body's framing."""
     fields = upstream_request_fields(
         request.head,
-        client_ip=request.ip.encode(),
+        client_ip=client_address(request).encode(),
         scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
         host=None if proxy.keep_host else target.authority,
         request_id=request.ctx.request_id.encode(),

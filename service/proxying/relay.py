@@ -38,15 +38,19 @@ class ProxiedResponse(HTTPResponse):
             yield name.encode("ascii"), f"{value}".encode(errors="surrogateescape")
 
 
-async def relay(request: Request, upstream: httpx.Response) -> int | None:
+async def relay(
+    request: Request, upstream: httpx.Response, fields: dict[str, str] | None = None
+) -> int | None:
     """Stream the upstream's response to the client chunk by chunk; the body bytes relayed,
-    or None if it broke off.
+    or None if it broke off. ``fields`` are header fields of the load balancer's own to add.
 
     If the upstream breaks off mid-body the client connection is aborted, so the client sees
     a truncated response as an error rather than a short body that looks complete.
     """
     proxied = ProxiedResponse(upstream)
     proxied.headers[HEADER] = request.ctx.request_id
+    if fields:  # the admission's RateLimit fields (service.admission)
+        proxied.headers.update(fields)
     response = await request.respond(proxied)
     size = 0
     try:

@@ -24,6 +24,7 @@ from sanic import Request
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
+from service.admission.client import client_address
 from service.errors import classify
 from service.proxying.headers import (
     client_response_fields,
@@ -90,7 +91,7 @@ async def open_tunnel(
 def _request_head(request: Request) -> bytes:
     fields = upstream_request_fields(
         request.head,
-        client_ip=request.ip.encode(),
+        client_ip=client_address(request).encode(),
         scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
         host=None,
         request_id=request.ctx.request_id.encode(),

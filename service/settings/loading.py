@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from service.settings import model
+from service.settings.limits import LimitError, parse_limits, parse_shorthand, with_stats
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "defaults.toml"
 CONFIG_ENV = "LB_CONFIG"
@@ -29,6 +30,7 @@ SECTIONS: dict[str, type] = {
     "admin": model.AdminSettings,
     "cluster": model.ClusterSettings,
     "frontdoor": model.FrontDoorSettings,
+    "admission": model.AdmissionSettings,
 }
 # The model part every VARIABLES section names: the scalar sections, and each upstream's.
 MODELS: dict[str, type] = {
@@ -63,6 +65,8 @@ EXPECTED = {
     "publish_interval": "a number of seconds greater than 0 and at most 0.25",
     "statuses": "a comma-separated list of HTTP statuses from 500 to 599, such as 502,503,504",
     "percent": "a whole number from 0 to 100",
+    "rate_limit": "N/s or N/min, then optionally burst=N and dry_run=true: 50/s burst=100",
+    "limit_keys": "a whole number from 64 to 4194304",
 }
 
 
@@ -192,6 +196,8 @@ _PARSERS = {
     "publish_interval": _publish_interval,
     "statuses": _statuses,
     "percent": _whole(0, 100),
+    "rate_limit": lambda raw, text: parse_shorthand(text),
+    "limit_keys": _whole(64, 4 * 1024 * 1024),
 }
 
 
@@ -331,9 +337,26 @@ def load_settings(
         routes = _routes(document.get("routes", []), {u.name for u in upstreams})
     except KeyError as exc:
         raise SettingsError(f"{str(path)!r}: an upstream or route lacks {exc}") from None
+    limits = _limits(document.get("limits", []), values["admission"], upstreams)
     return model.Settings(
         **values["server"],
         **{section: model(**values[section]) for section, model in SECTIONS.items()},
         upstreams=upstreams,
         routes=routes,
+        limits=limits,
     )
+
+
+def _limits(
+    table: Any, admission: dict[str, Any], upstreams: tuple[model.Upstream, ...]
+) -> tuple[model.LimitSpec, ...]:
+    """The ``[[limits]]`` tables; and ``LB_RATE_LIMIT``'s limit (in ``admission``) made to
+    cover every proxied route and ``/stats``, now that the routes are known."""
+    names = [u.name for u in upstreams]
+    shorthand = admission.get("rate_limit")
+    if shorthand is not None:
+        admission["rate_limit"] = with_stats(shorthand, names)
+    try:
+        return parse_limits(table, names, taken=[shorthand.name] if shorthand else [])
+    except LimitError as exc:
+        raise SettingsError(str(exc)) from None

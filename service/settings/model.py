@@ -63,6 +63,9 @@ class Upstream:
     balance: str = "least_request"
     passive: PassiveHealth = field(default_factory=PassiveHealth)
     active: ActiveHealth | None = None
+    # requests in flight to the pool across the host's workers above which a request gets
+    # 503 at once (Envoy's circuit breaker); 0: no limit (service.admission)
+    max_requests: int = 0
 
     @property
     def url(self) -> str:
@@ -157,6 +160,54 @@ class FrontDoorSettings:
     drain_delay: float = 0.0
 
 
+LIMIT_KEYS = ("client", "header", "all")  # what a rate limit counts per ("header:<Name>")
+STATS_ROUTE = "stats"  # the route name of GET /stats, for a limit's ``routes``
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitSpec:
+    """One rate limit (a ``[[limits]]`` table, or ``LB_RATE_LIMIT``): ``count`` requests per
+    ``period_s`` with a ``burst`` served at once (GCRA), counted per ``per``; it covers the
+    requests of ``routes`` (route names: upstreams, and ``stats``; empty: every proxied
+    route), ``methods`` (empty: any) and ``path_prefix`` (whole segments; empty: any)."""
+
+    name: str
+    count: float
+    period_s: float  # 1.0 for N/s, 60.0 for N/min
+    burst: int
+    per: str = "client"  # "client", "header:<Name>" or "all"
+    routes: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    path_prefix: str = ""
+    dry_run: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        return self.count / self.period_s
+
+    @property
+    def rate_text(self) -> str:
+        return f"{self.count:g}/{'s' if self.period_s == 1.0 else 'min'}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionSettings:
+    """Who the client is behind trusted proxies, and what is admitted (service.admission).
+
+    ``trusted_proxies`` empty: the client is the TCP peer, whatever ``X-Forwarded-For``
+    says (the load balancer is the front door). ``rate_limit`` is ``LB_RATE_LIMIT``'s one
+    per-client limit (named ``default``); ``[[limits]]`` tables are ``Settings.limits``.
+    ``limit_keys`` sizes the shared table of rate-limit states, fixed at start-up.
+    """
+
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    rate_limit: LimitSpec | None = None
+    rate_limit_headers: bool = True
+    max_client_requests: int = 0
+    limit_keys: int = 16384
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
@@ -174,6 +225,8 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    limits: tuple[LimitSpec, ...] = ()  # the [[limits]] tables of the TOML file
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -226,6 +279,11 @@ VARIABLES = (
     Variable("LB_HEADER_TIMEOUT", "frontdoor", "header_timeout", "seconds", "seconds a client may take to send a whole request head (then 408 and close)"),
     Variable("LB_MAX_CLIENT_CONNECTIONS", "frontdoor", "max_client_connections", "positive_int", "client connections per worker (above it: 503 and close)"),
     Variable("LB_DRAIN_DELAY", "frontdoor", "drain_delay", "size_seconds", "seconds a graceful shutdown keeps accepting (readiness 503) before it stops listening"),
+    Variable("LB_TRUSTED_PROXIES", "admission", "trusted_proxies", "networks", "proxies (CIDR list) whose X-Forwarded-For names the client: the rightmost address not in it; empty: the TCP peer is the client"),
+    Variable("LB_RATE_LIMIT", "admission", "rate_limit", "rate_limit", "one per-client rate limit on every proxied route and /stats, e.g. '50/s burst=100' (more: [[limits]] in the TOML)"),
+    Variable("LB_RATE_LIMIT_HEADERS", "admission", "rate_limit_headers", "bool", "send the RateLimit-Policy and RateLimit fields on responses a limit covers"),
+    Variable("LB_MAX_CLIENT_REQUESTS", "admission", "max_client_requests", "size", "requests one client may have in flight across the host (then 429); 0: no limit"),
+    Variable("LB_LIMIT_KEYS", "admission", "limit_keys", "limit_keys", "rate-limit keys tracked at once per host (a fixed table in shared memory)"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),
@@ -237,5 +295,6 @@ VARIABLES = (
     Variable("{PREFIX}_HEALTH_HEALTHY_THRESHOLD", "active", "healthy_threshold", "positive_int", "passing checks in a row that bring a target back"),
     Variable("{PREFIX}_HEALTH_UNHEALTHY_THRESHOLD", "active", "unhealthy_threshold", "positive_int", "failing checks in a row that take a target out"),
     Variable("{PREFIX}_BALANCE", "upstream", "balance", "balance", "least_request (P2C) or round_robin"),
+    Variable("{PREFIX}_MAX_REQUESTS", "upstream", "max_requests", "size", "requests in flight to the pool across the host above which a request gets 503 at once; 0: no limit"),
 )
 # fmt: on

@@ -39,9 +39,12 @@ def load_assets() -> dict[str, Asset]:
     }
 
 
-def status_document(report: Report, generated_at: float) -> dict[str, Any]:
+def status_document(
+    report: Report, generated_at: float, limits_history: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """What the page draws: ``/stats``' load-balancer entry (figures and pools), each
-    service's reachability, and the history (``report`` must have been built with it)."""
+    service's reachability, and the history (``report`` must have been built with it);
+    ``limits_history``: the limited and overloaded requests' chart (service.admission)."""
     snapshot = report.snapshot
     return {
         "generated_at": generated_at,
@@ -56,4 +59,5 @@ def status_document(report: Report, generated_at: float) -> dict[str, Any]:
             for key, entry in report.services.items()
         },
         "history": snapshot.history.document() if snapshot.history is not None else None,
+        "limits_history": limits_history or [],
     }

@@ -1,0 +1,170 @@
+"""Admission control at the front door: who the client is, and whether it is let in.
+
+- ``client``: the real client address (``LB_TRUSTED_PROXIES``: rightmost untrusted
+  ``X-Forwarded-For``), for the access log, ``X-Forwarded-For``, limits and
+  ``LB_ADMIN_ALLOW``;
+- ``policy``: the limits compiled once (``[[limits]]``, ``LB_RATE_LIMIT``), per route;
+- ``gate``: the one check on a request's path (GCRA rate limits, ``LB_MAX_CLIENT_REQUESTS``,
+  pools' ``max_requests``), exact across the host's workers: the state lives in the shared
+  block (``layout``, ``table``) and is changed under one host lock (``lock``);
+- ``housekeeping``: one worker per host ends limited episodes and, with
+  ``LB_CLUSTER_REDIS_URL``, shares admissions with the other replicas (``sync``,
+  ``sync_store``: the only modules that touch Redis, imported only then);
+- ``report``: ``/stats``' ``limits``, ``/metrics``' counters, the status page's panel.
+
+``startup(app)`` sets the client-address resolver on the worker context at once (every
+feature may ask who the client is), reserves the block's regions when something is
+configured, and opens the gate in each worker. With nothing configured, nothing is reserved,
+``lb.gate`` stays None and the proxy's check is one attribute test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+
+from sanic import Sanic
+
+from service.admission.client import ClientAddresses, client_address
+from service.admission.gate import Admission, Gate, admitted
+from service.admission.housekeeping import SWEEP_EVERY_S, Housekeeping
+from service.admission.layout import IN_FLIGHT, PER_POOL, AdmissionLayout
+from service.admission.lock import HostLock
+from service.admission.policy import compile_limits, route_plans
+from service.admission.report import AdmissionView
+from service.admission.table import ClientTable, RateTable
+from service.settings import Settings
+from service.sharedmem import Lease, Plan
+from service.sharedmem.block import process_alive
+
+__all__ = [
+    "Admission",
+    "AdmissionView",
+    "ClientAddresses",
+    "Gate",
+    "admitted",
+    "client_address",
+    "reserve",
+    "startup",
+]
+
+
+def reserve(plan: Plan, settings: Settings) -> AdmissionLayout | None:
+    """The admission's regions of the block, or None when nothing is configured."""
+    limits = compile_limits(settings)
+    pools = len(settings.upstreams)
+    capped = any(u.max_requests for u in settings.upstreams)
+    clients = settings.admission.max_client_requests > 0
+    if not limits and not capped and not clients:
+        return None
+    keyed = any(not limit.per_all for limit in limits)
+    keys = settings.admission.limit_keys
+    return AdmissionLayout(
+        plan,
+        limits=len(limits),
+        pools=pools,
+        keys=keys if keyed else 0,
+        client_slots=keys if clients else 0,
+        cluster=bool(settings.cluster.redis_url) and bool(limits),
+    )
+
+
+def startup(app: Sanic) -> None:
+    lb = app.ctx.lb
+    settings: Settings = lb.settings
+    lb.client_addresses = ClientAddresses(settings.admission.trusted_proxies)
+    limits = compile_limits(settings)
+    layout = reserve(lb.plan, settings)
+    if layout is None:
+
+        @app.before_server_start
+        async def report_nothing(app: Sanic) -> None:
+            app.ctx.lb.admission = AdmissionView(settings, limits, None, None, None)
+
+        return
+
+    @app.main_process_start
+    async def make_lock(app: Sanic) -> None:
+        app.shared_ctx.admission_lock = multiprocessing.Lock()
+
+    @app.before_server_start
+    async def open_gate(app: Sanic) -> None:
+        lb = app.ctx.lb
+        block, row = lb.row.block, lb.row
+        mem = block.mem
+        raw_bytes = mem.cast("B")
+        lock = HostLock(
+            getattr(app.shared_ctx, "admission_lock", None), mem, layout.lock_holder.at,
+            process_alive,
+        )  # fmt: skip
+        table = RateTable(mem, raw_bytes, layout)
+        table.touch()
+        clients = ClientTable(mem, raw_bytes, layout)
+        # A dead predecessor's requests in flight died with it.
+        for pool in range(layout.pools):
+            mem[row.at + layout.pool_counters.at + pool * PER_POOL + IN_FLIGHT] = 0.0
+        if layout.client_slots and lock.acquire():
+            try:
+                clients.clear_column(row.index)
+            finally:
+                lock.release()
+        lb.gate = Gate(
+            mem=mem,
+            layout=layout,
+            lock=lock,
+            table=table,
+            clients=clients,
+            plans=route_plans(settings, limits),
+            limits=limits,
+            pool_names=[u.name for u in settings.upstreams],
+            client_addresses=lb.client_addresses,
+            row_at=row.at,
+            column=row.index,
+            row_offsets=list(block.rows()),
+            max_client_requests=settings.admission.max_client_requests,
+            send_fields=settings.admission.rate_limit_headers,
+        )
+        view = AdmissionView(settings, limits, layout, block, table)
+        lb.admission = view
+        sync = None
+        if layout.cluster:
+            # Imported here: a host without a cluster never loads redis-py.
+            from service.admission.sync import ClusterSync
+            from service.admission.sync_store import SyncStore
+            from service.cluster.replica import replica_id
+
+            def totals() -> list[tuple[int, int]]:
+                counts = view.counts()
+                return [(c.admitted, c.limited) for c in counts[: len(limits)]]
+
+            cluster = settings.cluster
+            sync = ClusterSync(
+                SyncStore(cluster.redis_url, cluster.name, cluster.timeout), cluster,
+                replica_id(block.started_wall), mem=mem, raw_bytes=raw_bytes, layout=layout,
+                lock=lock, table=table, limits=limits, totals=totals,
+            )  # fmt: skip
+        interval = settings.cluster.publish_interval if sync is not None else SWEEP_EVERY_S
+        lb.admission_chores = Housekeeping(
+            Lease(block, layout.lease), lock, table, limits, process_alive, sync, interval
+        )
+
+    @app.after_server_start
+    async def start_housekeeping(app: Sanic) -> None:
+        lb = app.ctx.lb
+        if lb.admission.limits:
+            lb.admission_task = asyncio.create_task(lb.admission_chores.run())
+
+    @app.before_server_stop
+    async def stop_housekeeping(app: Sanic) -> None:
+        task = app.ctx.lb.admission_task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @app.after_server_stop
+    async def close_sync(app: Sanic) -> None:
+        sync = app.ctx.lb.admission_chores.sync
+        if sync is not None:
+            await sync.aclose()

@@ -1,0 +1,99 @@
+"""Who the client is: the TCP peer, or, behind trusted proxies, the address they name.
+
+With ``LB_TRUSTED_PROXIES`` empty (the default) the client is the TCP peer, whatever
+``X-Forwarded-For`` says: the load balancer is the front door, so that header was written
+by the client itself. When the peer is a trusted proxy, the client is the rightmost
+``X-Forwarded-For`` address that is not itself trusted (nginx's ``real_ip_recursive on``):
+each proxy appends the address it saw, so everything right of the first untrusted entry was
+written by proxies we trust, and everything left of it by whoever that client is. Only the
+entries walked are looked at: garbage a client puts at the left of the header cannot move
+the answer. A malformed entry met on the walk (not an IP address) makes the answer the peer:
+never a 500, and never an address we cannot vouch for.
+
+That address is what the access log shows, what ``X-Forwarded-For`` gets appended, what
+rate limits key on and what ``LB_ADMIN_ALLOW`` checks: :func:`client_address`, computed
+once per request and kept on ``request.ctx``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+
+from sanic import Request
+
+Network = IPv4Network | IPv6Network
+Address = IPv4Address | IPv6Address
+_CACHE_SIZE = 1024  # peers judged per worker, kept so a proxy's address is parsed once
+
+
+def parse_address(text: str) -> Address | None:
+    """An address as written in ``X-Forwarded-For`` or by the socket (``[v6]`` brackets, a
+    port after a v4 address or a bracketed v6 one, and a zone allowed; an IPv4-mapped IPv6
+    address is its IPv4 address); None if it is not one."""
+    text = text.strip()
+    if text.startswith("["):  # [v6] or [v6]:port
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:  # v4:port, as some proxies write it
+        text = text.partition(":")[0]
+    try:
+        address = ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class ClientAddresses:
+    """The resolver for one worker: the trusted networks, and which peers it has judged."""
+
+    def __init__(self, trusted: Iterable[Network]) -> None:
+        self.trusted = tuple(trusted)
+        self._peers: dict[str, bool] = {}
+
+    def _trusted(self, address: Address) -> bool:
+        return any(address in network for network in self.trusted)
+
+    def _peer_trusted(self, peer: str) -> bool:
+        known = self._peers.get(peer)
+        if known is None:
+            address = parse_address(peer)
+            known = address is not None and self._trusted(address)
+            if len(self._peers) >= _CACHE_SIZE:
+                self._peers.clear()
+            self._peers[peer] = known
+        return known
+
+    def resolve(self, peer: str, forwarded_for: list[str]) -> str:
+        """The client of a request from ``peer`` carrying these ``X-Forwarded-For`` values."""
+        if not self.trusted or not forwarded_for or not self._peer_trusted(peer):
+            return peer
+        entries = ",".join(forwarded_for).split(",")
+        client: Address | None = None
+        for entry in reversed(entries):
+            address = parse_address(entry)
+            if address is None:
+                return peer  # malformed where we had to read it: the peer, never a guess
+            client = address
+            if not self._trusted(address):
+                break
+        # every entry trusted: the leftmost is the client (nginx does the same)
+        return str(client) if client is not None else peer
+
+    def of(self, request: Request) -> str:
+        """The client of ``request``, computed once and kept on ``request.ctx``."""
+        ctx = request.ctx
+        known: str | None = getattr(ctx, "client_address", None)
+        if known is None:
+            if self.trusted:
+                known = self.resolve(request.ip, request.headers.getall("x-forwarded-for", []))
+            else:
+                known = request.ip
+            ctx.client_address = known
+        return known
+
+
+def client_address(request: Request) -> str:
+    """The real client of ``request`` (see the module docstring)."""
+    return request.app.ctx.lb.client_addresses.of(request)

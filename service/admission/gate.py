@@ -1,0 +1,336 @@
+"""The one admission check on a request's path: :meth:`Gate.admit`, called by the proxy once
+the route is known and before any upstream is chosen, and by ``/stats`` (:func:`admitted`).
+
+One decision takes the host lock once and, inside it, reads and writes nothing but the
+shared tables: every limit that covers the request is asked first (GCRA: the key's
+theoretical arrival time ``tat``; a request fits while ``max(tat, now) + interval - now``
+stays within ``burst * interval``), then the client's and the pool's requests in flight;
+only if everything admits is anything written (each limit's new ``tat``, the counts in
+flight), so a refused request consumes nothing. A dry-run limit is asked and counted like the
+others but never refuses. Counting (per worker, no lock) and logging happen after the lock
+is given back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import wraps
+from typing import Any
+
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from service.admission.client import ClientAddresses
+from service.admission.layout import (
+    ADMITTED,
+    FACTOR,
+    H_DRY,
+    H_LIMITED,
+    H_OVERLOADED,
+    HISTORY,
+    IN_FLIGHT,
+    LIMITED,
+    OVERLOADED,
+    PER_LIMIT,
+    PER_POOL,
+    TAT,
+    AdmissionLayout,
+)
+from service.admission.lock import HostLock
+from service.admission.policy import CLIENT_LIMIT, Limit, RoutePlan, key_hash
+from service.admission.table import ClientTable, RateTable
+from service.errors import LoadBalancerError, Overloaded, RateLimited, error_response
+from service.settings.model import STATS_ROUTE
+
+log = logging.getLogger("service.admission")
+
+Handler = Callable[..., Awaitable[HTTPResponse]]
+_EPSILON = 1e-9  # float slack: a request exactly at the budget's edge fits
+
+
+class Admission:
+    """An admitted request: the fields it answers with, and what to give back at its end."""
+
+    __slots__ = ("_client_at", "_gate", "_pool", "fields")
+
+    def __init__(self, gate: Gate, fields: dict[str, str], client_at: int, pool: int) -> None:
+        self._gate = gate
+        self.fields = fields  # RateLimit-Policy and RateLimit, when sent
+        self._client_at = client_at
+        self._pool = pool
+
+    def release(self) -> None:
+        """The request is over (its last byte sent, or it failed): it is no longer in flight.
+        Only this worker's own counters are written, so no lock is taken."""
+        if self._client_at >= 0:
+            self._gate.clients.leave(self._client_at, self._gate.column)
+            self._client_at = -1
+        if self._pool >= 0:
+            self._gate.mem[self._gate.pool_at + self._pool * PER_POOL + IN_FLIGHT] -= 1
+            self._pool = -1
+
+
+class Gate:
+    def __init__(
+        self,
+        *,
+        mem: memoryview,
+        layout: AdmissionLayout,
+        lock: HostLock,
+        table: RateTable,
+        clients: ClientTable,
+        plans: dict[str, RoutePlan],
+        limits: Sequence[Limit],
+        pool_names: Sequence[str],
+        client_addresses: ClientAddresses,
+        row_at: int,
+        column: int,
+        row_offsets: Sequence[int],
+        max_client_requests: int,
+        send_fields: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mem = mem
+        self.layout = layout
+        self.lock = lock
+        self.table = table
+        self.clients = clients
+        self.plans = plans
+        self.limits = tuple(limits)
+        self.pool_names = tuple(pool_names)
+        self.client_addresses = client_addresses
+        self.column = column
+        self.counters_at = row_at + layout.counters.at
+        self.window_at = row_at + layout.window_at.at
+        self.pool_at = row_at + layout.pool_counters.at
+        self.history_at = row_at + layout.history.at
+        self.misc_at = row_at + layout.misc.at
+        self._pool_rows = tuple(o + layout.pool_counters.at for o in row_offsets)
+        self.max_client_requests = max_client_requests
+        self.send_fields = send_fields
+        self.clock = clock
+        self._factor_at = layout.state.at + FACTOR if layout.cluster else -1
+        self._epoch = -1
+        self._bucket = 0
+
+    # ---- the decision ----------------------------------------------------------------------
+
+    def admit(self, request: Request, route: str) -> Admission | None:
+        """Admit ``request`` on ``route``, or raise :class:`RateLimited` (429) or
+        :class:`Overloaded` (503). None when nothing applies to the route (the common,
+        free case) or the request is admitted with nothing to give back or send."""
+        plan = self.plans.get(route)
+        if plan is None:
+            return None
+        client = self.client_addresses.of(request)
+        method, path = request.method, request.path
+        limits = [limit for limit in plan.limits if limit.covers(method, path)]
+        keys = [limit.key_of(request, client) for limit in limits]
+        hashes = [
+            0 if limit.per_all else limit.hash_of(key)
+            for limit, key in zip(limits, keys, strict=True)
+        ]
+        client_fp = key_hash(CLIENT_LIMIT, client) if plan.clients else 0
+        mem, table = self.mem, self.table
+        now = self.clock()
+        factor = (mem[self._factor_at] or 1.0) if self._factor_at >= 0 else 1.0
+
+        if not self.lock.acquire():
+            mem[self.misc_at + 1] += 1  # went on without the lock
+            return None
+        started: list[tuple[Limit, int]] = []
+        try:
+            # 1. ask every limit; write nothing yet
+            new_tats: list[tuple[int, float]] = []
+            refusal: tuple[Limit, float, int] | None = None  # (limit, wait s, slot)
+            dry: list[tuple[Limit, int]] = []
+            fields: list[str] = []
+            untracked = 0
+            for limit, key, fp in zip(limits, keys, hashes, strict=True):
+                if fp == 0:
+                    at = table.fixed(limit.index)
+                else:
+                    at = table.find(limit.index, fp, key, now)
+                    untracked += at == table.fixed(limit.index)
+                interval = limit.interval * factor
+                capacity = limit.burst * interval
+                tat = mem[at + TAT]
+                if tat < now:
+                    tat = now
+                new = tat + interval
+                if new - now > capacity + _EPSILON:
+                    if limit.dry_run:
+                        dry.append((limit, at))
+                    elif refusal is None:
+                        refusal = (limit, new - now - capacity, at)
+                    continue
+                new_tats.append((at, new))
+                if self.send_fields and not limit.dry_run:
+                    fields.append(_service_limit(limit, new - now, interval, capacity))
+            # 2. requests in flight: the client's, then the pool's
+            client_at = -1
+            if refusal is None and plan.clients:
+                client_at = self.clients.enter(
+                    client_fp, client, self.column, self.max_client_requests
+                )
+                if client_at == -1:
+                    refusal = (_CLIENT_PSEUDO, 1.0, -1)
+            overloaded = False
+            if refusal is None and plan.pool >= 0:
+                slot = plan.pool * PER_POOL + IN_FLIGHT
+                if sum(mem[row + slot] for row in self._pool_rows) >= plan.pool_max:
+                    overloaded = True
+                    if client_at >= 0:
+                        self.clients.leave(client_at, self.column)
+            # 3. commit, or note who was limited
+            for limit, at in dry:
+                if table.limited(at, now):
+                    started.append((limit, at))
+            if refusal is not None:
+                limit, _, at = refusal
+                if at >= 0 and table.limited(at, now):
+                    started.append((limit, at))
+            elif not overloaded:
+                for at, new in new_tats:
+                    mem[at + TAT] = new
+                    if self.layout.cluster:
+                        table.admitted(at)
+                if plan.pool >= 0:
+                    mem[self.pool_at + plan.pool * PER_POOL + IN_FLIGHT] += 1
+            labels = [(limit, table.label(limit.fixed_label, at)) for limit, at in started]
+        finally:
+            self.lock.release()
+
+        # 4. count (this worker's row, no lock) and log, outside the lock
+        if untracked:
+            mem[self.misc_at] += untracked
+        for limit, label in labels:
+            _log_start(limit, label)
+        self._count(now, limits, dry, refusal, overloaded, plan)
+        if refusal is not None:
+            limit, wait, _ = refusal
+            retry = max(1, math.ceil(wait))
+            extra: dict[str, str] = {}
+            if self.send_fields and limit is not _CLIENT_PSEUDO:
+                extra = {
+                    "ratelimit-policy": limit.policy,
+                    "ratelimit": f'"{limit.name}";r=0;t={retry}',
+                }
+            raise RateLimited(limit.name, retry, extra)
+        if overloaded:
+            raise Overloaded(self.pool_names[plan.pool], plan.pool_max)
+        sent: dict[str, str] = {}
+        if fields:
+            sent = {
+                "ratelimit-policy": ", ".join(
+                    limit.policy for limit in limits if not limit.dry_run
+                ),
+                "ratelimit": ", ".join(fields),
+            }
+        if not sent and client_at < 0 and plan.pool < 0:
+            return None
+        return Admission(self, sent, client_at, plan.pool)
+
+    def _count(
+        self,
+        now: float,
+        limits: list[Limit],
+        dry: list[tuple[Limit, int]],
+        refusal: tuple[Limit, float, int] | None,
+        overloaded: bool,
+        plan: RoutePlan,
+    ) -> None:
+        mem = self.mem
+        epoch = int(now)
+        if epoch != self._epoch:
+            self._bucket = self.layout.window.current(mem, self.window_at, now)
+            self._epoch = epoch
+        window, counters = self._bucket, self.counters_at
+        refused = refusal[0] if refusal is not None else None
+        for limit, _ in dry:
+            mem[counters + limit.index * PER_LIMIT + LIMITED] += 1
+            mem[window + limit.index * PER_LIMIT + LIMITED] += 1
+        would = {limit.index for limit, _ in dry}
+        if refused is not None:
+            index = self.layout.limits if refused is _CLIENT_PSEUDO else refused.index
+            mem[counters + index * PER_LIMIT + LIMITED] += 1
+            mem[window + index * PER_LIMIT + LIMITED] += 1
+        elif overloaded:
+            mem[self.pool_at + plan.pool * PER_POOL + OVERLOADED] += 1
+        else:
+            for limit in limits:
+                if limit.index not in would:
+                    mem[counters + limit.index * PER_LIMIT + ADMITTED] += 1
+                    mem[window + limit.index * PER_LIMIT + ADMITTED] += 1
+        if dry or refused is not None or overloaded:
+            bucket = HISTORY.current(mem, self.history_at, time.time())
+            if dry:
+                mem[bucket + H_DRY] += 1
+            if refused is not None:
+                mem[bucket + H_LIMITED] += 1
+            if overloaded:
+                mem[bucket + H_OVERLOADED] += 1
+
+
+def _service_limit(limit: Limit, used: float, interval: float, capacity: float) -> str:
+    """The limit's ``RateLimit`` item (draft-ietf-httpapi-ratelimit-headers-10, §4) once this
+    request is taken: ``r`` requests left now, ``t`` whole seconds until one more is."""
+    taken = used / interval  # requests' worth of the burst in use, fractional
+    remaining = max(0, int(limit.burst - taken + _EPSILON))
+    wait = (taken - (limit.burst - remaining - 1)) * interval if remaining < limit.burst else 0.0
+    return f'"{limit.name}";r={remaining};t={math.ceil(wait - _EPSILON) if wait > 0 else 0}'
+
+
+def describe_key(limit: Limit, label: str) -> str:
+    if limit.per_all or label.startswith("untracked") or label.startswith("client "):
+        return label
+    return f"{limit.spec.per.partition(':')[2] or 'client'} {label}"
+
+
+def _log_start(limit: Limit, label: str) -> None:
+    if limit.dry_run:
+        log.warning(
+            "limit %s (dry run): %s would be limited from now (over %s, burst %d); served "
+            "anyway", limit.name, describe_key(limit, label), limit.spec.rate_text, limit.burst,
+        )  # fmt: skip
+    else:
+        log.warning(
+            "limit %s: %s is being limited (over %s, burst %d): 429 until it slows down",
+            limit.name, describe_key(limit, label), limit.spec.rate_text, limit.burst,
+        )  # fmt: skip
+
+
+class _ClientPseudo:
+    """``LB_MAX_CLIENT_REQUESTS``' refusals, named like a limit in the 429's body."""
+
+    name = CLIENT_LIMIT
+
+
+_CLIENT_PSEUDO: Any = _ClientPseudo()
+
+
+def admitted(handler: Handler) -> Handler:
+    """A local endpoint's handler behind the gate (``/stats``: its route is ``stats``)."""
+
+    @wraps(handler)
+    async def guarded(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
+        gate: Gate | None = request.app.ctx.lb.gate
+        if gate is None:
+            return await handler(request, *args, **kwargs)
+        try:
+            admission = gate.admit(request, STATS_ROUTE)
+        except LoadBalancerError as error:
+            return error_response(error)
+        if admission is None:
+            return await handler(request, *args, **kwargs)
+        try:
+            response = await handler(request, *args, **kwargs)
+        finally:
+            admission.release()
+        response.headers.update(admission.fields)
+        return response
+
+    return guarded
