@@ -81,6 +81,7 @@ def admitted_at_the_rate(admitted: int, rate: float, burst: int, span: float) ->
     """GCRA admits the burst at once, then one request per interval: over ``span`` seconds
     of flood, ``burst + rate * span``, within 5 % of the rate's part (and one request)."""
     expected = burst + rate * span
+    print(f"admitted {admitted} in {span:.2f} s, expected {expected:.1f}")
     assert abs(admitted - expected) <= max(1.5, 0.05 * rate * span), (admitted, expected)
 
 
