@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.support import REPO, LoadBalancer, UpstreamServer, env_for, wait_for
+from tests.support.tools import require
 from tests.support.flood import Flood, client_from, flood, in_parallel, well_behaved
 
 API_RATE, API_BURST = 20.0, 5  # per client, on /api
@@ -238,10 +240,29 @@ def test_max_client_requests_caps_one_client_in_flight(lb: LoadBalancer) -> None
     assert limits_of(lb)["max_client_requests"]["limited"] == 2
 
 
-def test_the_status_page_data_has_the_panel_and_the_chart(lb: LoadBalancer) -> None:
+def test_the_status_page_shows_the_limits_and_charts_refusals(lb: LoadBalancer) -> None:
     data = lb.client.get("/lb-status/data").json()
     assert set(data["load-balancer"]["limits"]["rate"]) == {"api", "keys", "pages"}
-    assert isinstance(data["limits_history"], list)
+    assert sum(p["limited_per_s"] for p in data["limits_history"]) > 0  # the floods, charted
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=require("chromium"), args=["--headless", "--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{lb.url}/lb-status")
+            page.wait_for_selector('#limits tr[data-limit="api"]', timeout=10_000)
+            cell = page.inner_text('tr[data-limit="api"] td[data-field="limited"]')
+            assert int(cell) >= data["load-balancer"]["limits"]["rate"]["api"]["limited"]
+            assert page.inner_text('tr[data-limit="pages"] td[data-field="dry_run"]') == "dry run"
+            points = page.get_attribute('svg[data-chart="limited"]', "data-points")
+            assert int(points or 0) > 0
+            assert page.locator('svg[data-chart="limited"] path.series').count() == 3
+            assert errors == []
+        finally:
+            browser.close()
 
 
 def test_one_line_when_a_key_starts_being_limited_and_one_when_it_stops(

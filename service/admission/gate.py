@@ -113,6 +113,8 @@ class Gate:
         self.send_fields = send_fields
         self.clock = clock
         self._factor_at = layout.state.at + FACTOR if layout.cluster else -1
+        self._shared = layout.cluster  # admissions are shared with other replicas
+        self._fixed = tuple(table.fixed(i) for i in range(layout.limits))
         self._epoch = -1
         self._bucket = 0
 
@@ -125,13 +127,15 @@ class Gate:
         plan = self.plans.get(route)
         if plan is None:
             return None
+        if plan.single is not None:
+            return self._admit_one(request, plan.single)
         client = self.client_addresses.of(request)
         method, path = request.method, request.path
-        limits = [limit for limit in plan.limits if limit.covers(method, path)]
-        keys = [limit.key_of(request, client) for limit in limits]
-        hashes = [
-            0 if limit.per_all else limit.hash_of(key)
-            for limit, key in zip(limits, keys, strict=True)
+        asks = [
+            (limit, key, 0 if limit.per_all else limit.hash_of(key))
+            for limit in plan.limits
+            if limit.everywhere or limit.covers(method, path)
+            for key in (limit.key_of(request, client),)
         ]
         client_fp = key_hash(CLIENT_LIMIT, client) if plan.clients else 0
         mem, table = self.mem, self.table
@@ -141,35 +145,30 @@ class Gate:
         if not self.lock.acquire():
             mem[self.misc_at + 1] += 1  # went on without the lock
             return None
-        started: list[tuple[Limit, int]] = []
         try:
             # 1. ask every limit; write nothing yet
-            new_tats: list[tuple[int, float]] = []
+            taken: list[tuple[Limit, int, float, float]] = []  # (limit, slot, new tat, interval)
             refusal: tuple[Limit, float, int] | None = None  # (limit, wait s, slot)
             dry: list[tuple[Limit, int]] = []
-            fields: list[str] = []
             untracked = 0
-            for limit, key, fp in zip(limits, keys, hashes, strict=True):
+            for limit, key, fp in asks:
                 if fp == 0:
                     at = table.fixed(limit.index)
                 else:
                     at = table.find(limit.index, fp, key, now)
                     untracked += at == table.fixed(limit.index)
                 interval = limit.interval * factor
-                capacity = limit.burst * interval
                 tat = mem[at + TAT]
                 if tat < now:
                     tat = now
                 new = tat + interval
-                if new - now > capacity + _EPSILON:
+                if new - now > limit.burst * interval + _EPSILON:
                     if limit.dry_run:
                         dry.append((limit, at))
                     elif refusal is None:
-                        refusal = (limit, new - now - capacity, at)
+                        refusal = (limit, new - now - limit.burst * interval, at)
                     continue
-                new_tats.append((at, new))
-                if self.send_fields and not limit.dry_run:
-                    fields.append(_service_limit(limit, new - now, interval, capacity))
+                taken.append((limit, at, new, interval))
             # 2. requests in flight: the client's, then the pool's
             client_at = -1
             if refusal is None and plan.clients:
@@ -186,15 +185,13 @@ class Gate:
                     if client_at >= 0:
                         self.clients.leave(client_at, self.column)
             # 3. commit, or note who was limited
-            for limit, at in dry:
-                if table.limited(at, now):
-                    started.append((limit, at))
+            started = [(limit, at) for limit, at in dry if table.limited(at, now)]
             if refusal is not None:
                 limit, _, at = refusal
                 if at >= 0 and table.limited(at, now):
                     started.append((limit, at))
             elif not overloaded:
-                for at, new in new_tats:
+                for _, at, new, _ in taken:
                     mem[at + TAT] = new
                     if self.layout.cluster:
                         table.admitted(at)
@@ -204,84 +201,158 @@ class Gate:
         finally:
             self.lock.release()
 
-        # 4. count (this worker's row, no lock) and log, outside the lock
+        # 4. count (this worker's row, no lock), log and answer, outside the lock
         if untracked:
             mem[self.misc_at] += untracked
         for limit, label in labels:
             _log_start(limit, label)
-        self._count(now, limits, dry, refusal, overloaded, plan)
-        if refusal is not None:
-            limit, wait, _ = refusal
-            retry = max(1, math.ceil(wait))
-            extra: dict[str, str] = {}
-            if self.send_fields and limit is not _CLIENT_PSEUDO:
-                extra = {
-                    "ratelimit-policy": limit.policy,
-                    "ratelimit": f'"{limit.name}";r=0;t={retry}',
-                }
-            raise RateLimited(limit.name, retry, extra)
-        if overloaded:
-            raise Overloaded(self.pool_names[plan.pool], plan.pool_max)
+        if refusal is not None or overloaded or dry:
+            self._count_refused(now, asks, dry, refusal, overloaded, plan)
+            if refusal is not None:
+                limit, wait, _ = refusal
+                retry = max(1, math.ceil(wait))
+                extra: dict[str, str] = {}
+                if self.send_fields and limit is not _CLIENT_PSEUDO:
+                    extra = {
+                        "ratelimit-policy": limit.policy,
+                        "ratelimit": f'"{limit.name}";r=0;t={retry}',
+                    }
+                raise RateLimited(limit.name, retry, extra)
+            if overloaded:
+                raise Overloaded(self.pool_names[plan.pool], plan.pool_max)
+        else:
+            self._count_admitted(now, taken)
         sent: dict[str, str] = {}
-        if fields:
-            sent = {
-                "ratelimit-policy": ", ".join(
-                    limit.policy for limit in limits if not limit.dry_run
-                ),
-                "ratelimit": ", ".join(fields),
-            }
+        if self.send_fields and taken:
+            shown = [t for t in taken if not t[0].dry_run]
+            if shown:
+                sent = {
+                    "ratelimit-policy": ", ".join(limit.policy for limit, _, _, _ in shown),
+                    "ratelimit": ", ".join(
+                        limit.item(new - now, interval) for limit, _, new, interval in shown
+                    ),
+                }
         if not sent and client_at < 0 and plan.pool < 0:
             return None
         return Admission(self, sent, client_at, plan.pool)
 
-    def _count(
+    def _admit_one(self, request: Request, limit: Limit) -> Admission | None:
+        """:meth:`admit` for a route with one rate limit and no cap on requests in flight
+        (the usual case, ``LB_RATE_LIMIT``): the same decision in fewer steps, since it is
+        on every request's path (``bench/admission_cost.py`` measures it)."""
+        if not limit.everywhere and not limit.covers(request.method, request.path):
+            return None
+        key = limit.key_of(request, self.client_addresses.of(request))
+        fp = 0 if limit.per_all else limit.hash_of(key)
+        mem = self.mem
+        now = self.clock()
+        interval = limit.interval
+        if self._shared:
+            interval *= mem[self._factor_at] or 1.0
+        capacity = limit.burst * interval + _EPSILON
+        lock = self.lock
+        if not lock.acquire():
+            mem[self.misc_at + 1] += 1
+            return None
+        started = False
+        try:
+            at = self._fixed[limit.index] if fp == 0 else self.table.find(limit.index, fp, key, now)
+            tat = mem[at + TAT]
+            if tat < now:
+                tat = now
+            new = tat + interval
+            used = new - now
+            if used <= capacity:
+                mem[at + TAT] = new
+                if self._shared:
+                    self.table.admitted(at)
+            else:
+                started = self.table.limited(at, now)
+        finally:
+            lock.release()
+        if used > capacity:
+            self._refused_one(limit, key, fp, at, now, used - capacity, started)
+            return None  # a dry run: served anyway, nothing shown
+        if fp and at == self._fixed[limit.index]:
+            mem[self.misc_at] += 1  # untracked: its limit's overflow bucket took it
+        epoch = int(now)
+        if epoch != self._epoch:
+            self._bucket = self.layout.window.current(mem, self.window_at, now)
+            self._epoch = epoch
+        offset = limit.index * PER_LIMIT + ADMITTED
+        mem[self.counters_at + offset] += 1
+        mem[self._bucket + offset] += 1
+        if not self.send_fields or limit.dry_run:
+            return None
+        fields = {"ratelimit-policy": limit.policy, "ratelimit": limit.item(used, interval)}
+        return Admission(self, fields, -1, -1)
+
+    def _refused_one(
+        self, limit: Limit, key: str, fp: int, at: int, now: float, wait: float, started: bool
+    ) -> None:
+        """The rare path of :meth:`_admit_one`: count, log, and raise unless a dry run."""
+        if started:
+            _log_start(limit, self.table.label(limit.fixed_label, at))
+        if limit.dry_run:
+            self._count_refused(now, [(limit, key, fp)], [(limit, at)], None, False, _NO_PLAN)
+            return
+        self._count_refused(now, [(limit, key, fp)], [], (limit, wait, at), False, _NO_PLAN)
+        retry = max(1, math.ceil(wait))
+        extra: dict[str, str] = {}
+        if self.send_fields:
+            extra = {"ratelimit-policy": limit.policy, "ratelimit": f'"{limit.name}";r=0;t={retry}'}
+        raise RateLimited(limit.name, retry, extra)
+
+    def _window(self, now: float) -> int:
+        """This worker's current 1 s bucket of the window (found once a second)."""
+        epoch = int(now)
+        if epoch != self._epoch:
+            self._bucket = self.layout.window.current(self.mem, self.window_at, now)
+            self._epoch = epoch
+        return self._bucket
+
+    def _count_admitted(self, now: float, taken: list[tuple[Limit, int, float, float]]) -> None:
+        mem, window, counters = self.mem, self._window(now), self.counters_at
+        for limit, _, _, _ in taken:
+            offset = limit.index * PER_LIMIT + ADMITTED
+            mem[counters + offset] += 1
+            mem[window + offset] += 1
+
+    def _count_refused(
         self,
         now: float,
-        limits: list[Limit],
+        asks: list[tuple[Limit, str, int]],
         dry: list[tuple[Limit, int]],
         refusal: tuple[Limit, float, int] | None,
         overloaded: bool,
         plan: RoutePlan,
     ) -> None:
-        mem = self.mem
-        epoch = int(now)
-        if epoch != self._epoch:
-            self._bucket = self.layout.window.current(mem, self.window_at, now)
-            self._epoch = epoch
-        window, counters = self._bucket, self.counters_at
-        refused = refusal[0] if refusal is not None else None
-        for limit, _ in dry:
-            mem[counters + limit.index * PER_LIMIT + LIMITED] += 1
-            mem[window + limit.index * PER_LIMIT + LIMITED] += 1
+        """A request refused (429, 503) or over a dry-run limit: the limited counts, the
+        history's, and (served anyway) the admitted counts of the limits that took it."""
+        mem, window, counters = self.mem, self._window(now), self.counters_at
         would = {limit.index for limit, _ in dry}
+        for index in would:
+            mem[counters + index * PER_LIMIT + LIMITED] += 1
+            mem[window + index * PER_LIMIT + LIMITED] += 1
+        refused = refusal[0] if refusal is not None else None
         if refused is not None:
             index = self.layout.limits if refused is _CLIENT_PSEUDO else refused.index
             mem[counters + index * PER_LIMIT + LIMITED] += 1
             mem[window + index * PER_LIMIT + LIMITED] += 1
         elif overloaded:
             mem[self.pool_at + plan.pool * PER_POOL + OVERLOADED] += 1
-        else:
-            for limit in limits:
+        else:  # only dry-run limits said no: the request is served
+            for limit, _, _ in asks:
                 if limit.index not in would:
                     mem[counters + limit.index * PER_LIMIT + ADMITTED] += 1
                     mem[window + limit.index * PER_LIMIT + ADMITTED] += 1
-        if dry or refused is not None or overloaded:
-            bucket = HISTORY.current(mem, self.history_at, time.time())
-            if dry:
-                mem[bucket + H_DRY] += 1
-            if refused is not None:
-                mem[bucket + H_LIMITED] += 1
-            if overloaded:
-                mem[bucket + H_OVERLOADED] += 1
-
-
-def _service_limit(limit: Limit, used: float, interval: float, capacity: float) -> str:
-    """The limit's ``RateLimit`` item (draft-ietf-httpapi-ratelimit-headers-10, §4) once this
-    request is taken: ``r`` requests left now, ``t`` whole seconds until one more is."""
-    taken = used / interval  # requests' worth of the burst in use, fractional
-    remaining = max(0, int(limit.burst - taken + _EPSILON))
-    wait = (taken - (limit.burst - remaining - 1)) * interval if remaining < limit.burst else 0.0
-    return f'"{limit.name}";r={remaining};t={math.ceil(wait - _EPSILON) if wait > 0 else 0}'
+        bucket = HISTORY.current(mem, self.history_at, time.time())
+        if dry:
+            mem[bucket + H_DRY] += 1
+        if refused is not None:
+            mem[bucket + H_LIMITED] += 1
+        if overloaded:
+            mem[bucket + H_OVERLOADED] += 1
 
 
 def describe_key(limit: Limit, label: str) -> str:
@@ -301,6 +372,9 @@ def _log_start(limit: Limit, label: str) -> None:
             "limit %s: %s is being limited (over %s, burst %d): 429 until it slows down",
             limit.name, describe_key(limit, label), limit.spec.rate_text, limit.burst,
         )  # fmt: skip
+
+
+_NO_PLAN = RoutePlan((), -1, 0, False, None)
 
 
 class _ClientPseudo:

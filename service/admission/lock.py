@@ -44,7 +44,7 @@ class HostLock:
         lock = self._lock
         if lock is None:
             return True
-        if lock.acquire(True, WAIT_S):
+        if lock.acquire(False) or lock.acquire(True, WAIT_S):  # the first is the cheap one
             self._mem[self._holder] = self._pid
             return True
         holder = int(self._mem[self._holder])

@@ -13,6 +13,7 @@ steady client costs a dict lookup, not a hash.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -23,6 +24,7 @@ from service.settings import Settings
 from service.settings.model import STATS_ROUTE, LimitSpec
 
 HASH_CACHE = 4096
+ITEM_CACHE = 4096
 HASH_MASK = (1 << 52) - 1  # a double holds it exactly
 CLIENT_LIMIT = "max_client_requests"  # the name LB_MAX_CLIENT_REQUESTS' refusals are counted by
 
@@ -42,6 +44,8 @@ def policy_item(name: str, burst: int, interval: float) -> str:
 
 @dataclass(slots=True, eq=False)
 class Limit:
+    """One limit, compiled: plain attributes, because the gate reads them per request."""
+
     index: int
     spec: LimitSpec
     interval: float  # seconds between requests at the rate (GCRA's emission interval)
@@ -50,19 +54,16 @@ class Limit:
     methods: frozenset[str] | None
     prefix: str | None
     policy: str  # its RateLimit-Policy item
+    name: str = field(init=False)
+    burst: int = field(init=False)
+    dry_run: bool = field(init=False)
+    everywhere: bool = field(init=False)  # any method, any path of its routes
     _hashes: dict[str, int] = field(default_factory=dict)
+    _items: dict[int, str] = field(default_factory=dict)
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def burst(self) -> int:
-        return self.spec.burst
-
-    @property
-    def dry_run(self) -> bool:
-        return self.spec.dry_run
+    def __post_init__(self) -> None:
+        self.name, self.burst, self.dry_run = self.spec.name, self.spec.burst, self.spec.dry_run
+        self.everywhere = self.methods is None and self.prefix is None
 
     @property
     def fixed_label(self) -> str:
@@ -91,6 +92,28 @@ class Limit:
             return f"client {client}"
         return client
 
+    def item(self, used: float, interval: float) -> str:
+        """Its ``RateLimit`` item (draft-ietf-httpapi-ratelimit-headers-10, §4) once a request
+        is taken and ``used`` seconds of the burst are in use: ``r`` requests left now, ``t``
+        whole seconds until one more fits. The few distinct items are made once each."""
+        burst = self.burst
+        in_use = used / interval  # requests' worth of the burst in use, fractional
+        remaining = int(burst - in_use + 1e-9)
+        wait = (
+            0
+            if remaining >= burst
+            else math.ceil((in_use - (burst - remaining - 1)) * interval - 1e-9)
+        )
+        code = remaining * 1_000_003 + wait
+        items = self._items
+        made = items.get(code)
+        if made is None:
+            made = f'"{self.name}";r={min(remaining, burst)};t={wait}'
+            if len(items) >= ITEM_CACHE:
+                items.clear()
+            items[code] = made
+        return made
+
     def hash_of(self, key: str) -> int:
         hashes = self._hashes
         known = hashes.get(key)
@@ -111,6 +134,7 @@ class RoutePlan:
     pool: int
     pool_max: int
     clients: bool
+    single: Limit | None = None  # the one limit, when nothing else applies (the fast path)
 
 
 def compile_limits(settings: Settings) -> tuple[Limit, ...]:
@@ -151,5 +175,6 @@ def route_plans(settings: Settings, limits: Sequence[Limit]) -> dict[str, RouteP
         pool = pools.index(route) if route in pools else -1
         pool_max = settings.upstream(route).max_requests if pool >= 0 else 0
         if mine or pool_max or clients:
-            plans[route] = RoutePlan(mine, pool if pool_max else -1, pool_max, clients)
+            single = mine[0] if len(mine) == 1 and not pool_max and not clients else None
+            plans[route] = RoutePlan(mine, pool if pool_max else -1, pool_max, clients, single)
     return plans

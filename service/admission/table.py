@@ -104,6 +104,8 @@ class RateTable:
         mem = self._mem
         want = float(fp)
         first = self._hashed + (fp % self._buckets) * SLOT
+        if mem[first] == want:  # where most keys are: no loop
+            return first
         free = -1
         for at in range(first, first + NEIGHBOURHOOD * SLOT, SLOT):
             held = mem[at + FP]

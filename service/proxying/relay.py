@@ -49,8 +49,9 @@ async def relay(
     """
     proxied = ProxiedResponse(upstream)
     proxied.headers[HEADER] = request.ctx.request_id
-    if fields:  # the admission's RateLimit fields (service.admission)
-        proxied.headers.update(fields)
+    if fields:  # the admission's RateLimit fields (service.admission), sent as they are
+        for name, value in fields.items():
+            proxied.upstream_headers.append((name.encode("ascii"), value.encode()))
     response = await request.respond(proxied)
     size = 0
     try:

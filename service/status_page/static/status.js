@@ -124,6 +124,76 @@ function drawPools(upstreams, byRoute) {
   }
 }
 
+// Per rate limit: [column title, key in /stats' limits.rate entry].
+const LIMIT_COLUMNS = [
+  ["limit", "name"], ["rate", "rate"], ["burst", "burst"], ["per", "per"], ["mode", "dry_run"],
+  ["admitted (window)", "admitted_in_window"], ["limited (window)", "limited_in_window"],
+  ["admitted", "admitted"], ["limited", "limited"], ["limited now", "limited_keys"],
+];
+
+function drawLimits(limits) {
+  const root = document.getElementById("limits");
+  root.replaceChildren();
+  if (!limits) return;
+  const head = el("div", { class: "pool-head" });
+  const cluster = limits.cluster;
+  if (cluster) {
+    const degraded = cluster.mode === "share";
+    head.append(el("span", { class: `badge ${degraded ? "badge-panic" : "state-up"}`, "data-cluster": cluster.mode },
+      degraded ? `SHARE ${cluster.share} (Redis: ${cluster.reason || "down"})` : `cluster of ${cluster.replicas}`));
+  }
+  const pools = Object.entries(limits.pools || {}).filter(([, p]) => p.max_requests);
+  const capped = pools.map(([name, p]) => `${name} ${p.in_flight}/${p.max_requests} in flight, ${p.overloaded} overloaded`);
+  if (capped.length) head.append(el("span", { class: "detail" }, `max_requests: ${capped.join(" · ")}`));
+  const client = limits.max_client_requests;
+  if (client && client.max) head.append(el("span", { class: "detail" }, `per client in flight: ${client.max} (${client.limited} refused)`));
+  if (limits.trusted_proxies && limits.trusted_proxies.length) {
+    head.append(el("span", { class: "detail" }, `trusted proxies: ${limits.trusted_proxies.join(", ")}`));
+  }
+  root.append(head);
+  const rates = Object.entries(limits.rate || {});
+  if (!rates.length) {
+    root.append(el("p", { class: "detail" }, "No rate limit configured."));
+    return;
+  }
+  const table = el("table");
+  const header = el("tr");
+  for (const [title] of LIMIT_COLUMNS) header.append(el("th", {}, title));
+  const thead = el("thead");
+  thead.append(header);
+  table.append(thead);
+  const body = el("tbody");
+  for (const [name, limit] of rates) {
+    const row = el("tr", { "data-limit": name });
+    for (const [, key] of LIMIT_COLUMNS) {
+      const cell = el("td", { "data-field": key });
+      if (key === "name") cell.textContent = name;
+      else if (key === "dry_run") cell.textContent = limit.dry_run ? "dry run" : "enforced";
+      else if (key === "limited_keys") {
+        cell.textContent = (limit.limited_keys || []).map((k) => `${k.key} (${k.limited})`).join(", ") || "–";
+      } else cell.textContent = limit[key] == null ? "–" : String(limit[key]);
+      row.append(cell);
+    }
+    body.append(row);
+  }
+  table.append(body);
+  root.append(table);
+}
+
+function drawLimitsHistory(points, history, now) {
+  const step = history ? history.resolution_s : 5;
+  const span = history ? history.span_s : 900;
+  const end = Math.floor(now / step) * step;
+  const start = end - span;
+  const byTime = new Map((points || []).map((p) => [p.t, p]));
+  const times = [];
+  for (let t = start; t < end; t += step) times.push(t);
+  const series = (key) => times.map((t) => [t + step / 2, byTime.has(t) ? byTime.get(t)[key] : 0]);
+  drawChart(document.getElementById("chart-limited"),
+    [series("limited_per_s"), series("dry_run_per_s"), series("overloaded_per_s")], start, end,
+    (points || []).length, "nothing refused in the last 15 minutes");
+}
+
 function drawServices(services) {
   const list = document.getElementById("services");
   list.replaceChildren();
@@ -152,7 +222,7 @@ function label(value) {
 }
 
 // series: [[ [t, value|null], ... ], ...]; a null value breaks the line.
-function drawChart(svg, series, start, end, points) {
+function drawChart(svg, series, start, end, points, empty = "no traffic in the last 15 minutes") {
   svg.replaceChildren();
   svg.dataset.points = String(points);
   const values = series.flat().map(([, v]) => v).filter((v) => v != null);
@@ -172,7 +242,7 @@ function drawChart(svg, series, start, end, points) {
   }
   if (!points) {
     svg.append(svgEl("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" },
-      "no traffic in the last 15 minutes"));
+      empty));
     return;
   }
   series.forEach((line, index) => {
@@ -224,6 +294,8 @@ async function poll() {
     drawPools(lb.upstreams, data.responses_by_route || {});
     drawServices(data.services);
     drawHistory(data.history, data.generated_at);
+    drawLimits(lb.limits);
+    drawLimitsHistory(data.limits_history, data.history, data.generated_at);
     document.getElementById("updated").textContent = new Date(data.generated_at * 1000).toLocaleTimeString();
     document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
     setFreshness(true, "LIVE");
