@@ -5,17 +5,22 @@ test_admission_cluster.py."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from ipaddress import ip_network
 
 import pytest
 
 from service.admission.client import ClientAddresses, parse_address
 from service.admission.layout import NEIGHBOURHOOD, TAT, AdmissionLayout
+from service.admission.lock import HostLock
 from service.admission.policy import compile_limits, key_hash, policy_item, route_plans
 from service.admission.table import RateTable
 from service.settings import SettingsError, load_settings
 from service.settings.model import STATS_ROUTE
 from service.sharedmem import Plan, SharedBlock
+from service.sharedmem.block import process_alive
 from tests.support import REPO
 
 TOML = (REPO / "config" / "defaults.toml").read_text()
@@ -219,3 +224,29 @@ def test_a_decayed_slot_is_reused_and_the_table_never_grows() -> None:
 def test_rate_limit_policy_item() -> None:
     assert policy_item("default", 100, 1 / 50) == '"default";q=100;w=2'
     assert policy_item("slow", 1, 60.0) == '"slow";q=1;w=60'
+
+
+# ---------------------------------------------------------------------- the host lock
+
+
+def _die_holding(raw_lock: object, raw: object) -> None:
+    mem = memoryview(raw).cast("B").cast("d")  # type: ignore[arg-type]
+    assert HostLock(raw_lock, mem, 0, process_alive).acquire()
+    os._exit(0)  # dead while holding it, as far as anyone can tell
+
+
+def test_a_lock_whose_holder_died_is_taken_back() -> None:
+    context = multiprocessing.get_context("fork")
+    raw = context.RawArray("d", 4)
+    mem = memoryview(raw).cast("B").cast("d")
+    raw_lock = context.Lock()
+    lock = HostLock(raw_lock, mem, 0, process_alive)
+    child = context.Process(target=_die_holding, args=(raw_lock, raw))
+    child.start()
+    child.join()
+    assert mem[0] == child.pid  # it died holding the lock
+    started = time.monotonic()
+    assert lock.acquire()  # freed, then had
+    assert time.monotonic() - started < 1.0
+    lock.release()
+    assert mem[0] == 0.0

@@ -114,6 +114,7 @@ class Gate:
         self.clock = clock
         self._factor_at = layout.state.at + FACTOR if layout.cluster else -1
         self._shared = layout.cluster  # admissions are shared with other replicas
+        self._trusted = bool(client_addresses.trusted)  # LB_TRUSTED_PROXIES is set
         self._fixed = tuple(table.fixed(i) for i in range(layout.limits))
         self._epoch = -1
         self._bucket = 0
@@ -242,7 +243,10 @@ class Gate:
         on every request's path (``bench/admission_cost.py`` measures it)."""
         if not limit.everywhere and not limit.covers(request.method, request.path):
             return None
-        key = limit.key_of(request, self.client_addresses.of(request))
+        if limit.per_client and not self._trusted:  # the client is the peer: no resolving
+            key = request.ip
+        else:
+            key = limit.key_of(request, self.client_addresses.of(request))
         fp = 0 if limit.per_all else limit.hash_of(key)
         mem = self.mem
         now = self.clock()

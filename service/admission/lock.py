@@ -47,6 +47,10 @@ class HostLock:
         if lock.acquire(False) or lock.acquire(True, WAIT_S):  # the first is the cheap one
             self._mem[self._holder] = self._pid
             return True
+        return self._stuck(lock)
+
+    def _stuck(self, lock: Any) -> bool:
+        """The lock was not had within :data:`WAIT_S`: free it if its holder is dead."""
         holder = int(self._mem[self._holder])
         if holder and not self._alive(holder):
             log.warning("admission: the worker %d died holding the host lock; freed", holder)

@@ -58,12 +58,14 @@ class Limit:
     burst: int = field(init=False)
     dry_run: bool = field(init=False)
     everywhere: bool = field(init=False)  # any method, any path of its routes
+    per_client: bool = field(init=False)
     _hashes: dict[str, int] = field(default_factory=dict)
     _items: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name, self.burst, self.dry_run = self.spec.name, self.spec.burst, self.spec.dry_run
         self.everywhere = self.methods is None and self.prefix is None
+        self.per_client = not self.per_all and not self.header
 
     @property
     def fixed_label(self) -> str:
