@@ -134,7 +134,17 @@ def bench_cost(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[st
     urls = {var: nginx_url for var in URL_VARS}
     off = launch_lb(procs, name="off", app="service.app:app", env=bench_env(urls))
     on = launch_lb(procs, name="one-limit", app="service.app:app", env=bench_env(urls, ONE_LIMIT))
-    cases = [Case("limits off", off), Case("one limit on", on)]
+    quiet = launch_lb(
+        procs, name="one-limit-no-fields", app="service.app:app",
+        env=bench_env(urls, {**ONE_LIMIT, "LB_RATE_LIMIT_HEADERS": "false"}),
+    )  # fmt: skip
+    again = launch_lb(procs, name="off-again", app="service.app:app", env=bench_env(urls))
+    cases = [
+        Case("limits off", off),
+        Case("one limit on", on),
+        Case("one limit, no fields", quiet),
+        Case("limits off, A/A control", again),
+    ]
     print(
         f"\nnginx upstream; wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.repeats} "
         f"repeats interleaved, 1 worker, pinning {'on' if procs.pin else 'off'}; {machine_load()}"
@@ -158,12 +168,14 @@ def bench_cost(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[st
             connections=args.connections, pin=procs.pin,
         )  # fmt: skip
         print_pairs(cases[0], cases[1:], pairs)
-    one_at_a_time = median(results["one limit on"], "rps") / median(results["limits off"], "rps")
-    line = f"\none limit on / limits off: one at a time {one_at_a_time:.3f}"
-    if pairs:
-        sbs = statistics.median(pairs["one limit on"].ratios)
-        line += f"; side by side {sbs:.3f} (cost {100 * (1 - sbs):+.1f} %, target < 5 %)"
-    print(line)
+    print()
+    for case in cases[1:]:
+        alone = median(results[case.label], "rps") / median(results["limits off"], "rps")
+        line = f"{case.label} / limits off: one at a time {alone:.3f}"
+        if pairs:
+            sbs = statistics.median(pairs[case.label].ratios)
+            line += f"; side by side {sbs:.3f} (cost {100 * (1 - sbs):+.1f} %, target < 5 %)"
+        print(line)
     return {
         "results": {k: [asdict(r) for r in v] for k, v in results.items()},
         "side_by_side": {k: asdict(v) for k, v in pairs.items()},

@@ -40,7 +40,7 @@ from service.admission.layout import (
     AdmissionLayout,
 )
 from service.admission.lock import HostLock
-from service.admission.policy import CLIENT_LIMIT, Limit, RoutePlan, key_hash
+from service.admission.policy import HASH_CACHE, CLIENT_LIMIT, Limit, RoutePlan, key_hash
 from service.admission.table import ClientTable, RateTable
 from service.errors import LoadBalancerError, Overloaded, RateLimited, error_response
 from service.settings.model import STATS_ROUTE
@@ -49,6 +49,7 @@ log = logging.getLogger("service.admission")
 
 Handler = Callable[..., Awaitable[HTTPResponse]]
 _EPSILON = 1e-9  # float slack: a request exactly at the budget's edge fits
+ANSWERS = 4096  # shared fields-only admissions kept per limit
 
 
 class Admission:
@@ -116,6 +117,9 @@ class Gate:
         self._shared = layout.cluster  # admissions are shared with other replicas
         self._trusted = bool(client_addresses.trusted)  # LB_TRUSTED_PROXIES is set
         self._fixed = tuple(table.fixed(i) for i in range(layout.limits))
+        self._answers: list[dict[int, Admission]] = [{} for _ in range(layout.limits)]
+        self._homes: list[dict[str, tuple[int, int]]] = [{} for _ in range(layout.limits)]
+        self._raw_lock, self._holder_at, self._pid = lock.raw, layout.lock_holder.at, lock.pid
         self._epoch = -1
         self._bucket = 0
 
@@ -247,20 +251,28 @@ class Gate:
             key = request.ip
         else:
             key = limit.key_of(request, self.client_addresses.of(request))
-        fp = 0 if limit.per_all else limit.hash_of(key)
+        if limit.per_all:
+            fp, home = 0, self._fixed[limit.index]
+        else:
+            fp, home = self._homes[limit.index].get(key) or self._home(limit, key)
         mem = self.mem
         now = self.clock()
         interval = limit.interval
         if self._shared:
             interval *= mem[self._factor_at] or 1.0
         capacity = limit.burst * interval + _EPSILON
-        lock = self.lock
-        if not lock.acquire():
-            mem[self.misc_at + 1] += 1
-            return None
+        # The host lock, its uncontended case inline (HostLock.acquire has the rest).
+        raw = self._raw_lock
+        if raw is not None:
+            if raw.acquire(False):
+                mem[self._holder_at] = self._pid
+            elif not self.lock.acquire():
+                mem[self.misc_at + 1] += 1
+                return None
         started = False
         try:
-            at = self._fixed[limit.index] if fp == 0 else self.table.find(limit.index, fp, key, now)
+            # the key is where its hash says most of the time: no search then
+            at = home if fp == 0 or mem[home] == fp else self.table.find(limit.index, fp, key, now)
             tat = mem[at + TAT]
             if tat < now:
                 tat = now
@@ -273,7 +285,9 @@ class Gate:
             else:
                 started = self.table.limited(at, now)
         finally:
-            lock.release()
+            if raw is not None:
+                mem[self._holder_at] = 0.0
+                raw.release()
         if used > capacity:
             self._refused_one(limit, key, fp, at, now, used - capacity, started)
             return None  # a dry run: served anyway, nothing shown
@@ -288,8 +302,36 @@ class Gate:
         mem[self._bucket + offset] += 1
         if not self.send_fields or limit.dry_run:
             return None
-        fields = {"ratelimit-policy": limit.policy, "ratelimit": limit.item(used, interval)}
-        return Admission(self, fields, -1, -1)
+        return self._answer(limit, used, interval)
+
+    def _home(self, limit: Limit, key: str) -> tuple[int, int]:
+        """The key's hash and the slot its neighbourhood starts at, kept for the next time
+        (at most HASH_CACHE keys per limit per worker)."""
+        homes = self._homes[limit.index]
+        fp = key_hash(limit.name, key)
+        found = (fp, self.table.home(fp))
+        if len(homes) >= HASH_CACHE:
+            homes.clear()
+        homes[key] = found
+        return found
+
+    def _answer(self, limit: Limit, used: float, interval: float) -> Admission:
+        """An admission that only sends the RateLimit fields: there are few distinct ones
+        (``r`` from 0 to the burst, ``t`` 1 below it at rates of a request a second or more),
+        so each is made once and shared (its ``release`` does nothing)."""
+        if interval > 1.0:  # a slow rate: ``t`` varies, so made each time
+            fields = {"ratelimit-policy": limit.policy, "ratelimit": limit.item(used, interval)}
+            return Admission(self, fields, -1, -1)
+        remaining = int((limit.burst * interval - used) / interval + _EPSILON)
+        answers = self._answers[limit.index]
+        answer = answers.get(remaining)
+        if answer is None:
+            fields = {"ratelimit-policy": limit.policy, "ratelimit": limit.item(used, interval)}
+            answer = Admission(self, fields, -1, -1)
+            if len(answers) >= ANSWERS:
+                answers.clear()
+            answers[remaining] = answer
+        return answer
 
     def _refused_one(
         self, limit: Limit, key: str, fp: int, at: int, now: float, wait: float, started: bool

@@ -39,6 +39,17 @@ class HostLock:
         self._alive = alive
         self._pid = float(os.getpid())
 
+    @property
+    def raw(self) -> Any:
+        """The ``multiprocessing.Lock`` (None when alone), for a caller that inlines the
+        uncontended case: ``raw.acquire(False)``, then write :attr:`pid` at the holder's
+        place; on release, 0 there, then ``raw.release()``."""
+        return self._lock
+
+    @property
+    def pid(self) -> float:
+        return self._pid
+
     def acquire(self) -> bool:
         """True once held; False if it could not be had (go on without it)."""
         lock = self._lock

@@ -98,6 +98,10 @@ class RateTable:
         """The limit's own slot: its whole budget (per = "all") or its overflow bucket."""
         return self._fixed + limit * SLOT
 
+    def home(self, fp: int) -> int:
+        """The first slot of the key's neighbourhood, where it is found most of the time."""
+        return self._hashed + (fp % self._buckets) * SLOT
+
     def find(self, limit: int, fp: int, key: str, now: float) -> int:
         """The offset of the key's slot: its own, one claimed now, or (the neighbourhood
         being all in use) the limit's overflow bucket."""
