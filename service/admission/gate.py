@@ -55,11 +55,13 @@ ANSWERS = 4096  # shared fields-only admissions kept per limit
 class Admission:
     """An admitted request: the fields it answers with, and what to give back at its end."""
 
-    __slots__ = ("_client_at", "_gate", "_pool", "fields")
+    __slots__ = ("_client_at", "_gate", "_pool", "fields", "raw_fields")
 
     def __init__(self, gate: Gate, fields: dict[str, str], client_at: int, pool: int) -> None:
         self._gate = gate
         self.fields = fields  # RateLimit-Policy and RateLimit, when sent
+        # the same as a streamed response's head takes them (shared answers encode once)
+        self.raw_fields = [(k.encode("ascii"), v.encode()) for k, v in fields.items()]
         self._client_at = client_at
         self._pool = pool
 

@@ -184,8 +184,8 @@ def _with_id(
     return response
 
 
-def _fields(outcome: Outcome) -> dict[str, str] | None:
-    return outcome.admission.fields if outcome.admission is not None else None
+def _fields(outcome: Outcome) -> list[tuple[bytes, bytes]]:
+    return outcome.admission.raw_fields if outcome.admission is not None else []
 
 
 def _local(outcome: Outcome, response: HTTPResponse) -> HTTPResponse:

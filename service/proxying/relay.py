@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import httpx
 from sanic import Request
@@ -39,7 +39,7 @@ class ProxiedResponse(HTTPResponse):
 
 
 async def relay(
-    request: Request, upstream: httpx.Response, fields: dict[str, str] | None = None
+    request: Request, upstream: httpx.Response, fields: Sequence[tuple[bytes, bytes]] = ()
 ) -> int | None:
     """Stream the upstream's response to the client chunk by chunk; the body bytes relayed,
     or None if it broke off. ``fields`` are header fields of the load balancer's own to add.
@@ -49,9 +49,8 @@ async def relay(
     """
     proxied = ProxiedResponse(upstream)
     proxied.headers[HEADER] = request.ctx.request_id
-    if fields:  # the admission's RateLimit fields (service.admission), sent as they are
-        for name, value in fields.items():
-            proxied.upstream_headers.append((name.encode("ascii"), value.encode()))
+    if fields:  # the admission's RateLimit fields (service.admission), as bytes already
+        proxied.upstream_headers += fields
     response = await request.respond(proxied)
     size = 0
     try:
