@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # only with a cluster
 log = logging.getLogger("service.admission")
 
 SWEEP_EVERY_S = 0.5
+COUNT_EVERY_S = 5.0  # how often the keys in use are counted (a scan of the whole table)
 QUIET_S = 2.0
 
 
@@ -61,6 +62,7 @@ class Housekeeping:
         self._clock = clock
         self._pid = os.getpid()
         self._swept_at = float("-inf")
+        self._counted_at = float("-inf")
 
     def holds_lease(self) -> bool:
         return self._lease.hold(self._pid, term_s=max(1.0, 4 * self._interval), alive=self._alive)
@@ -76,6 +78,9 @@ class Housekeeping:
         if now - self._swept_at >= SWEEP_EVERY_S:
             self._swept_at = now
             self.sweep(now)
+        if now - self._counted_at >= COUNT_EVERY_S:
+            self._counted_at = now
+            self._table.count_in_use(now)  # for /stats, which should not scan it each time
         if self.sync is not None:
             await self.sync.once()
 

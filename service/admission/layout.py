@@ -40,9 +40,10 @@ C_KEY_AT = 2
 C_COUNTS = C_KEY_AT + KEY_BYTES // 8
 CLIENT_SLOT = C_COUNTS + MAX_WORKER_ROWS
 
-# ---- the host's cluster state (written by the worker holding the housekeeping lease)
+# ---- the host's state (written by the worker holding the housekeeping lease)
 MODE, FACTOR, REPLICAS, SYNCED_AT, STREAM_MS, STREAM_SEQ, SHARED_KEYS, UNSHARED_KEYS = range(8)
-REASON_AT = 8  # then REASON_BYTES bytes: why the cluster is degraded
+IN_USE, IN_USE_AT = 8, 9  # keys whose state has not decayed, as last counted, and when (wall)
+REASON_AT = 10  # then REASON_BYTES bytes: why the cluster is degraded
 REASON_BYTES = 120
 CLUSTER_WIDTH = REASON_AT + REASON_BYTES // 8
 MODE_OFF, MODE_STARTING, MODE_OK, MODE_DEGRADED = 0.0, 1.0, 2.0, 3.0

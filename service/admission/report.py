@@ -245,9 +245,11 @@ class AdmissionView:
             for row in self._rows():
                 misc[0] += self.block.mem[row + self.layout.misc.at]
                 misc[1] += self.block.mem[row + self.layout.misc.at + 1]
+            in_use, counted_at = self.table.in_use()
             entry["table"] = {
                 "keys": self.layout.keys,
-                "in_use": self.table.busy(self.clock()),
+                "in_use": in_use,  # counted every few seconds: a scan of the whole table
+                "in_use_age_s": round(time.time() - counted_at, 3) if counted_at else None,
                 "untracked_requests": int(misc[0]),
                 "lock_timeouts": int(misc[1]),
             }

@@ -21,6 +21,7 @@ one second). Memory never grows: the table is allocated once, at start-up.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -33,6 +34,8 @@ from service.admission.layout import (
     DIRTY_CAP,
     EPISODE,
     FP,
+    IN_USE,
+    IN_USE_AT,
     KEY_AT,
     KEY_BYTES,
     KEY_LEN,
@@ -147,6 +150,17 @@ class RateTable:
 
     def label(self, fixed_key: str, at: int) -> str:
         return self.key_at(at) if at >= self._hashed else fixed_key
+
+    def count_in_use(self, now: float) -> None:
+        """Count the keys in use now and note it for ``/stats`` (a read: no lock)."""
+        state = self.layout.state.at
+        self._mem[state + IN_USE] = self.busy(now)
+        self._mem[state + IN_USE_AT] = time.time()
+
+    def in_use(self) -> tuple[int, float]:
+        """The keys in use as last counted, and when (wall clock; 0 if never)."""
+        state = self.layout.state.at
+        return int(self._mem[state + IN_USE]), self._mem[state + IN_USE_AT]
 
     def busy(self, now: float) -> int:
         """Hashed slots holding a key whose state has not decayed (for ``/stats``)."""
