@@ -22,9 +22,12 @@ How it measures (wrk, pinning, CPU per request, other load, results): bench/harn
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import timeit
@@ -348,6 +351,91 @@ def bench_keys(procs: Processes, tmp: Path, seconds: float, pin: bool) -> dict[s
     }
 
 
+def million_keys_in_process(keys: int = 1_000_000, seconds: float = 60.0) -> dict[str, Any]:
+    """The gate itself under ``keys`` distinct keys in ``seconds`` of simulated time (a clock
+    it is given), one heavy key at 5x its 10/s limit among them: this process's RSS before
+    and after, and the heavy key's admissions. What a host's proxy cannot push through on a
+    shared 2-core machine in a minute, the data structure is shown to take here."""
+    from service import admission
+    from service.admission.lock import HostLock
+    from service.admission.policy import compile_limits, route_plans
+    from service.admission.table import ClientTable, RateTable
+    from service.errors import RateLimited
+    from service.settings import load_settings
+    from service.sharedmem import Plan, SharedBlock
+    from service.sharedmem.block import process_alive
+    from tests.support import rss_kib
+
+    logging.getLogger("service.admission").setLevel(logging.ERROR)  # its one line, not here
+    rate, burst = 10, 10
+    config = Path(tempfile.mkdtemp(prefix="bench-keys-")) / "keys.toml"
+    config.write_text(
+        (REPO / "config" / "defaults.toml").read_text()
+        + f'\n[[limits]]\nname = "keys"\nrate = "{rate}/s"\nburst = {burst}\n'
+        'per = "header:X-Api-Key"\nroutes = ["api-gateway"]\n'
+    )
+    settings = load_settings(env={"LB_CONFIG": str(config)})
+    limits = compile_limits(settings)
+    plan = Plan()
+    layout = admission.reserve(plan, settings)
+    assert layout is not None
+    block = SharedBlock(plan.allocate(), plan)
+    row = block.claim()
+    raw_bytes = block.mem.cast("B")
+    clock = [1000.0]
+    table = RateTable(block.mem, raw_bytes, layout)
+    table.touch()
+    gate = admission.Gate(
+        mem=block.mem, layout=layout,
+        lock=HostLock(Lock(), block.mem, layout.lock_holder.at, process_alive), table=table,
+        clients=ClientTable(block.mem, raw_bytes, layout), plans=route_plans(settings, limits),
+        limits=limits, pool_names=[u.name for u in settings.upstreams],
+        client_addresses=admission.ClientAddresses(()), row_at=row.at, column=row.index,
+        row_offsets=list(block.rows()), max_client_requests=0, send_fields=True,
+        clock=lambda: clock[0],
+    )  # fmt: skip
+
+    def one(key: str) -> bool:
+        request = SimpleNamespace(
+            method="GET", path="/api/k", ip="127.0.0.2", headers={"x-api-key": key},
+            ctx=SimpleNamespace(),
+        )  # fmt: skip
+        try:
+            gate.admit(request, "api-gateway")
+        except RateLimited:
+            return False
+        return True
+
+    step = seconds / keys
+    heavy_every = max(1, round(keys / (5 * rate * seconds)))
+    before = rss_kib(os.getpid())
+    heavy_sent = heavy_admitted = 0
+    started = time.process_time()
+    for n in range(keys):
+        clock[0] += step
+        one(f"key-{n}")
+        if n % heavy_every == 0:
+            heavy_sent += 1
+            heavy_admitted += one("heavy")
+    cpu = time.process_time() - started
+    after = rss_kib(os.getpid())
+    expected = burst + rate * seconds
+    untracked = int(block.mem[row.at + layout.misc.at])
+    print(
+        f"\n{keys:,} distinct keys through the gate in {seconds:g} s of simulated time "
+        f"({cpu:.1f} s of CPU, {cpu / keys * 1e6:.2f} µs a decision), table {layout.keys:,} "
+        f"keys: RSS of this process {before:,} -> {after:,} KiB ({after - before:+,} KiB); "
+        f"heavy key sent {heavy_sent} at {heavy_sent / seconds:.0f}/s, admitted "
+        f"{heavy_admitted}, expected {expected:.0f}; untracked requests {untracked:,}"
+    )
+    return {
+        "keys": keys,
+        "rss_kib": [before, after],
+        "heavy": {"sent": heavy_sent, "admitted": heavy_admitted, "expected": expected},
+        "untracked": untracked,
+    }
+
+
 def bench_admission(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
     document: dict[str, Any] = {"args": vars(args)}
     print(
@@ -363,6 +451,7 @@ def bench_admission(args: argparse.Namespace, procs: Processes, tmp: Path, stamp
     if args.replicas:
         document["replicas"] = bench_replicas(procs, tmp, 10.0)
     if args.keys:
+        document["keys_in_process"] = million_keys_in_process()
         document["keys"] = bench_keys(procs, tmp, args.keys_seconds, procs.pin)
     save("admission", stamp, document)
 
