@@ -121,6 +121,7 @@ class Gate:
         self._fixed = tuple(table.fixed(i) for i in range(layout.limits))
         self._answers: list[dict[int, Admission]] = [{} for _ in range(layout.limits)]
         self._homes: list[dict[str, tuple[int, int]]] = [{} for _ in range(layout.limits)]
+        self._client_hashes: dict[str, int] = {}
         self._raw_lock, self._holder_at, self._pid = lock.raw, layout.lock_holder.at, lock.pid
         self._epoch = -1
         self._bucket = 0
@@ -144,7 +145,7 @@ class Gate:
             if limit.everywhere or limit.covers(method, path)
             for key in (limit.key_of(request, client),)
         ]
-        client_fp = key_hash(CLIENT_LIMIT, client) if plan.clients else 0
+        client_fp = self._client_hash(client) if plan.clients else 0
         mem, table = self.mem, self.table
         now = self.clock()
         factor = (mem[self._factor_at] or 1.0) if self._factor_at >= 0 else 1.0
@@ -305,6 +306,16 @@ class Gate:
         if not self.send_fields or limit.dry_run:
             return None
         return self._answer(limit, used, interval)
+
+    def _client_hash(self, client: str) -> int:
+        """The client's hash in the client table (LB_MAX_CLIENT_REQUESTS), kept like keys'."""
+        known = self._client_hashes.get(client)
+        if known is None:
+            known = key_hash(CLIENT_LIMIT, client)
+            if len(self._client_hashes) >= HASH_CACHE:
+                self._client_hashes.clear()
+            self._client_hashes[client] = known
+        return known
 
     def _home(self, limit: Limit, key: str) -> tuple[int, int]:
         """The key's hash and the slot its neighbourhood starts at, kept for the next time
