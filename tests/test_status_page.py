@@ -16,8 +16,8 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from service.demo.upstreams import dashboard_ui
-from tests.support.tools import require
 from tests.support import Knob, LoadBalancer, UpstreamServer, env_for, wait_for
+from tests.support.tools import require
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -86,7 +86,9 @@ def lb(upstreams: dict[str, UpstreamServer], targets: list[Knob]) -> Iterator[Lo
 @pytest.fixture(scope="module")
 def browsed(lb: LoadBalancer) -> Iterator[Browsed]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=require("chromium"), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=require("chromium"), args=CHROMIUM_ARGS
+        )
         try:
             page = browser.new_page()
             browsed = Browsed(page)

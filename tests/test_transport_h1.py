@@ -26,6 +26,7 @@ import uvloop
 from service.settings import ProxySettings
 from service.transport.h1 import HIGH_WATER, H1Transport
 from service.transport import build_client
+from tests.support.tools import require
 import contextlib
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -718,7 +719,7 @@ def test_https(tmp_path: object) -> None:
 
     cert, key = Path(str(tmp_path)) / "cert.pem", Path(str(tmp_path)) / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        [require("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
          "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key),
          "-out", str(cert)],
         check=True, capture_output=True,
