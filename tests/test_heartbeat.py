@@ -280,7 +280,7 @@ def test_sockets_of_a_killed_worker_are_no_longer_counted(
         with ExitStack() as stack:
             sockets = [stack.enter_context(open_ws(balancer)) for _ in range(10)]
             # every socket held by a worker (this was a fixed 0.3-s sleep)
-            wait_for(lambda: sum(held_by_workers(balancer).values()) == 10, timeout=2.0)
+            wait_for(lambda: sum(held_by_workers(balancer).values()) == 10, timeout=5.0)
             held = held_by_workers(balancer)
             victim = max(held, key=held.__getitem__)
             assert held[victim] >= 1 and sum(held.values()) == 10, held

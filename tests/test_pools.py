@@ -233,7 +233,7 @@ def test_killing_a_target_mid_load_costs_no_request(upstreams, knobs) -> None:
             wait_for(lambda: load.count(200) >= 150 and victim.total() >= 20, timeout=10)
             assert victim.total() > 0  # it was in rotation
             victim.stop()
-            wait_for(lambda: entry(pool_stats(lb), victim)["state"] == "ejected", timeout=2)
+            wait_for(lambda: entry(pool_stats(lb), victim)["state"] == "ejected", timeout=5)
             at_ejection = entry(pool_stats(lb), victim)
             survivors_then = [s.total() for s in survivors]
             # traffic after the ejection, on both survivors (it was a fixed sleep to 2 s after
@@ -409,7 +409,7 @@ def test_failing_health_check_takes_a_target_out_and_back(upstreams, knobs) -> N
         "API_GATEWAY_HEALTH_HEALTHY_THRESHOLD": "2",
     }
     with balancer(upstreams, [s.url for s in servers], **env) as lb:
-        wait_for(lambda: sick.hits["/health"] >= 1, timeout=2)
+        wait_for(lambda: sick.hits["/health"] >= 1, timeout=5)
         assert entry(pool_stats(lb), sick)["state"] == "up"
 
         sick.health_status = 500

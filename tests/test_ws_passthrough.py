@@ -120,7 +120,7 @@ def test_the_heartbeat_socket_is_still_answered_locally(
     with connect(ws_url(ws_lb, "/api/ws-heartbeat")) as ws:
         ws.send("hb")
         # the socket is open and counted here (this was a fixed 0.2-s sleep)
-        wait_for(lambda: stats(ws_lb)["ws_connections"] == 1, timeout=2)
+        wait_for(lambda: stats(ws_lb)["ws_connections"] == 1, timeout=5)
     assert len(echo.paths) == before
     assert stats(ws_lb)["has_real_traffic"] is True
 
