@@ -22,12 +22,30 @@ from tests.support.shm import shm_semaphores
 SLOW_HEAD = b"GET /api/slow HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 200
 
 
+HEADER_TIMEOUT = 4.0
+
+
 def test_slowloris_connections_are_closed_at_the_header_deadline(
     upstreams: dict[str, UpstreamServer],
 ) -> None:
-    balancer = LoadBalancer(env_for(upstreams, LB_HEADER_TIMEOUT="2"), workers=2)
+    env = env_for(upstreams, LB_HEADER_TIMEOUT=str(HEADER_TIMEOUT))
+    balancer = LoadBalancer(env, workers=2)
     sockets: list[socket.socket] = []
     silent: list[socket.socket] = []
+    normal: list[tuple[float, int | str]] = []  # (answered, seconds after opened_at; status)
+    done = threading.Event()
+
+    def meanwhile() -> None:  # normal requests, each on a new connection, from another thread
+        while not done.wait(0.2):
+            try:
+                status: int | str = httpx.get(
+                    f"{balancer.url}/lb-health", trust_env=False, timeout=10
+                ).status_code
+            except httpx.HTTPError as error:
+                status = repr(error)
+            normal.append((time.monotonic() - opened_at, status))
+
+    normal_requests = threading.Thread(target=meanwhile)
     try:
         selector = selectors.DefaultSelector()
         opened_at = time.monotonic()
@@ -41,12 +59,12 @@ def test_slowloris_connections_are_closed_at_the_header_deadline(
             sock.setblocking(False)
             silent.append(sock)
             selector.register(sock, selectors.EVENT_READ)
+        normal_requests.start()
         closed_after: dict[socket.socket, float] = {}
         answers: dict[socket.socket, bytes] = {}
-        normal_latencies: list[float] = []
         sent = 0
         next_byte = time.monotonic()
-        while len(closed_after) < len(sockets) + len(silent) and time.monotonic() - opened_at < 15:
+        while len(closed_after) < len(sockets) + len(silent) and time.monotonic() - opened_at < 20:
             now = time.monotonic()
             if now >= next_byte and sent < len(SLOW_HEAD):  # one byte a second, on each
                 for sock in sockets:
@@ -55,10 +73,6 @@ def test_slowloris_connections_are_closed_at_the_header_deadline(
                             sock.send(SLOW_HEAD[sent : sent + 1])
                 sent += 1
                 next_byte = now + 1.0
-                started = time.monotonic()  # meanwhile, a normal request
-                response = httpx.get(f"{balancer.url}/lb-health", trust_env=False, timeout=5)
-                assert response.status_code == 200
-                normal_latencies.append(time.monotonic() - started)
             for key, _ in selector.select(timeout=0.1):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -70,13 +84,23 @@ def test_slowloris_connections_are_closed_at_the_header_deadline(
                 if not data:
                     closed_after[sock] = time.monotonic() - opened_at
                     selector.unregister(sock)
+        done.set()
+        normal_requests.join()
         assert len(closed_after) == 110, f"{len(closed_after)} of 100 + 10 closed"
-        assert min(closed_after.values()) >= 1.5  # not before the deadline...
-        assert max(closed_after.values()) < 2 + 6  # ...and all soon after it (a loaded machine)
+        first_closed = min(closed_after.values())
+        assert first_closed >= HEADER_TIMEOUT - 0.5  # not before the deadline...
+        # ...and all soon after it: a busy machine's margin, far below Sanic's own 60-s timeout
+        assert max(closed_after.values()) < HEADER_TIMEOUT + 8
         assert all(answers[sock].startswith(b"HTTP/1.1 408 ") for sock in sockets)
         assert all(answers[sock] == b"" for sock in silent)  # nothing to answer: just closed
-        assert max(normal_latencies) < 1.0, normal_latencies
+        # the 110 held connections starve no one: normal requests were answered meanwhile
+        assert {status for _, status in normal} == {200}, normal
+        served_while_held = [answered for answered, _ in normal if answered < first_closed]
+        assert len(served_while_held) >= 3, normal
     finally:
+        done.set()
+        if normal_requests.is_alive():
+            normal_requests.join()
         for sock in sockets + silent:
             sock.close()
         balancer.stop()

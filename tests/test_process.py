@@ -103,7 +103,7 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], work
         process.send_signal(signal.SIGTERM)
         assert process.wait(GRACEFUL_SHUTDOWN_S) == 0
         assert semaphores, "the main process maps the shared block's lock"
-        assert wait_for(lambda: not any(os.path.exists(path) for path in semaphores), timeout=2)
+        assert wait_for(lambda: not any(os.path.exists(path) for path in semaphores), timeout=5)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
