@@ -79,7 +79,15 @@ class Resolver:
 
     @property
     def servers(self) -> list[str]:
-        return [str(server) for server in self._resolver.nameservers]
+        """The servers asked, as ``ip:port`` (``[v6]:port``)."""
+        shown = []
+        for server in self._resolver.nameservers:
+            if isinstance(server, dns.nameserver.Do53Nameserver):
+                ip, port = server.address, server.port
+            else:  # a plain address string (older dnspython)
+                ip, port = str(server), self._resolver.port
+            shown.append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+        return shown
 
     async def lookup(self, name: str) -> Lookup:
         if not self._resolver.nameservers:
@@ -102,8 +110,10 @@ class Resolver:
             answer = await self._resolver.resolve(name, kind, search=True, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             return Lookup(NXDOMAIN)
-        except dns.exception.Timeout as exc:
-            return Lookup(TIMEOUT, detail=f"timeout: {exc}")
+        except dns.exception.Timeout:
+            return Lookup(
+                TIMEOUT, detail=f"timeout: no answer within {self._resolver.lifetime:g} s"
+            )
         except dns.resolver.NoNameservers as exc:
             return _server_failure(exc)
         except (dns.exception.DNSException, OSError) as exc:
