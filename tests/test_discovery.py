@@ -22,6 +22,7 @@ import pytest
 
 from tests.support import REPO, Knob, LoadBalancer, UpstreamServer, env_for, free_port, wait_for
 from tests.support.dns import DnsServer
+from tests.test_metrics_promtool import promtool
 
 NAME = "svc.test"
 POOL = "api-gateway"
@@ -140,6 +141,10 @@ def test_requests_spread_over_every_address_and_reach_an_added_one(
     metrics = lb.client.get("/metrics").text
     assert f'lb_discovery_targets{{upstream="{POOL}"}} 4.0' in metrics
     assert f'lb_discovery_lookups_total{{result="ok",upstream="{POOL}"}}' in metrics
+    checked = subprocess.run(
+        [promtool(), "check", "metrics"], input=metrics, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_a_removed_address_finishes_its_request_and_gets_no_new_one(
