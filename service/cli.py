@@ -130,9 +130,11 @@ def describe(settings: model.Settings, source: str) -> str:
             f"active GET {active.path} every {active.interval} s" if active else "no active checks"
         )
         stats = f"/stats as {upstream.stats_key!r}" if upstream.stats_key else "not aggregated"
+        statuses = ",".join(map(str, sorted(passive.fail_statuses))) or "none"
         lines.append(
             f"  {upstream.name}: {upstream.balance}, {stats}, max_fails {passive.max_fails} "
-            f"in {passive.fail_timeout} s, {checks}"
+            f"in {passive.fail_timeout} s (failing statuses: {statuses}; at most "
+            f"{passive.max_ejection_percent} % ejected), {checks}"
         )
         lines += [
             f"    {t.url}  weight {t.weight}" + ("  (resolve)" if t.resolve else "")

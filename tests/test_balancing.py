@@ -164,12 +164,30 @@ def test_max_fails_counts_failures_within_the_fail_timeout_only() -> None:
 
 
 def test_all_targets_down_still_picks_one_panic_mode() -> None:
-    pool, _ = make_pool([1, 1])
+    pool, _ = make_pool([1, 1], max_ejection_percent=100)
     for target in pool.targets:
         pool.started(target)
         pool.finished(target, 0.01, failed=True)
     assert all(t.ejected() for t in pool.targets)
     assert {pool.choose().position for _ in range(100)} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("targets", "percent", "most"), [(2, 50, 1), (4, 50, 2), (3, 50, 1), (5, 0, 1), (3, 100, 3)]
+)
+def test_ejections_stop_at_max_ejection_percent(targets: int, percent: int, most: int) -> None:
+    """Every target failing ejects no more than the cap (at least one may be out)."""
+    pool, clock = make_pool([1] * targets, max_ejection_percent=percent)
+    for _ in range(3):
+        for target in pool.targets:
+            pool.started(target)
+            pool.finished(target, 0.01, failed=True)
+    assert sum(t.ejected() for t in pool.targets) == most
+    clock.now += 10.5  # the first ejection (fail_timeout 10 s) is over: another may go
+    target = next(t for t in pool.targets if not t.ejected())
+    pool.started(target)
+    pool.finished(target, 0.01, failed=True)
+    assert sum(t.ejected() for t in pool.targets) == 1
 
 
 def test_a_retry_goes_to_a_target_not_yet_tried() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Knob, LoadBalancer, UpstreamServer, env_for, wait_for
+from tests.support import Knob, LoadBalancer, UpstreamServer, closed_port_url, env_for, wait_for
 
 POOL = "api-gateway"
 
@@ -318,7 +318,9 @@ def test_restarted_target_comes_back_through_active_health_checks(upstreams, kno
 def test_all_targets_down_is_a_fast_502_and_panic_then_recovery(upstreams, knobs) -> None:
     servers = [knobs(f"d{i}") for i in range(3)]
     urls = {s.url for s in servers}
-    with balancer(upstreams, [s.url for s in servers], LB_CONNECT_TIMEOUT="1") as lb:
+    # every target may be ejected (the default cap, 50 %, keeps half of them in rotation)
+    env = {"LB_CONNECT_TIMEOUT": "1", "API_GATEWAY_MAX_EJECTION_PERCENT": "100"}
+    with balancer(upstreams, [s.url for s in servers], **env) as lb:
         assert lb.client.get("/api/down").status_code == 200
         for server in servers:
             server.stop()
@@ -350,7 +352,8 @@ def test_all_targets_down_is_a_fast_502_and_panic_then_recovery(upstreams, knobs
 def test_post_with_a_body_is_never_retried(upstreams, knobs) -> None:
     log: list[tuple[str, str]] = []
     servers = [knobs(f"p{i}", log=log) for i in range(3)]
-    with balancer(upstreams, [s.url for s in servers], API_GATEWAY_MAX_FAILS="1000000") as lb:
+    env = {"API_GATEWAY_MAX_FAILS": "1000000", "API_GATEWAY_FAIL_STATUSES": "502,503"}
+    with balancer(upstreams, [s.url for s in servers], **env) as lb:
         for method, status in (("POST", 502), ("POST", 503), ("PUT", 503)):
             path = f"/api/once-{method}-{status}"
             response = lb.client.request(method, f"{path}?status={status}", content=b"x" * 5000)
@@ -367,7 +370,8 @@ def test_post_with_a_body_is_never_retried(upstreams, knobs) -> None:
 def test_failed_get_is_retried_once_on_another_target(upstreams, knobs) -> None:
     log: list[tuple[str, str]] = []
     servers = [knobs(f"g{i}", log=log) for i in range(3)]
-    with balancer(upstreams, [s.url for s in servers], API_GATEWAY_MAX_FAILS="1000000") as lb:
+    env = {"API_GATEWAY_MAX_FAILS": "1000000", "API_GATEWAY_FAIL_STATUSES": "503"}
+    with balancer(upstreams, [s.url for s in servers], **env) as lb:
         for attempt in range(3):
             path = f"/api/twice-{attempt}"
             response = lb.client.get(f"{path}?status=503")
@@ -380,7 +384,8 @@ def test_failed_get_is_retried_once_on_another_target(upstreams, knobs) -> None:
 
 def test_retries_stay_within_the_budget(upstreams, knobs) -> None:
     bad, good = knobs("bad", get_status=503), knobs("good")
-    env = {"API_GATEWAY_MAX_FAILS": "1000000"}  # keep the bad one in rotation
+    # 503 counts as a failure here; a huge MAX_FAILS keeps the bad one in rotation
+    env = {"API_GATEWAY_MAX_FAILS": "1000000", "API_GATEWAY_FAIL_STATUSES": "503"}
     with balancer(upstreams, [bad.url, good.url], **env) as lb:
         statuses = Counter(lb.client.get(f"/api/budget/{i}").status_code for i in range(200))
         total = bad.total() + good.total()
@@ -391,6 +396,55 @@ def test_retries_stay_within_the_budget(upstreams, knobs) -> None:
         assert statuses[503] == bad.total() - retries, (statuses, bad.total(), retries)
         assert statuses[200] + statuses[503] == 200
         assert entry(pool_stats(lb), bad)["state"] == "up"  # never ejected
+
+
+# ------------------------------------------------------------------------ what is a failure
+
+
+def test_a_relayed_502_is_the_targets_answer(upstreams, knobs) -> None:
+    """A gateway answering 502 (something behind it is down) is answering: relayed as it is,
+    sent once, never retried, never held against the gateway."""
+    servers = [knobs(f"r{i}", get_status=502) for i in range(2)]
+    with balancer(upstreams, [s.url for s in servers]) as lb:
+        for i in range(10):
+            response = lb.client.get(f"/api/posts/{i}")
+            assert response.status_code == 502
+            assert response.json()["upstream"] in {"r0", "r1"}  # the target's body, unchanged
+        assert sum(s.total() for s in servers) == 10  # each request reached one target once
+        document = lb.client.get("/stats").json()["load-balancer"]
+        stats = document["upstreams"][POOL]
+        assert stats["panic"] is False and document["pools_without_live_target"] == 0
+        assert [t["state"] for t in stats["targets"]] == ["up", "up"]
+        assert [(t["failures"], t["ejections"]) for t in stats["targets"]] == [(0, 0), (0, 0)]
+        assert not logged(lb, "ejected")
+
+
+def test_fail_statuses_opt_in_and_the_ejection_cap_holds(upstreams, knobs) -> None:
+    """With FAIL_STATUSES=502 a 502 is the target's failure, retried on the other target;
+    but when every target answers it, at most half the pool is ejected: no panic."""
+    servers = [knobs(f"c{i}", get_status=502) for i in range(2)]
+    env = {"API_GATEWAY_FAIL_STATUSES": "502", "API_GATEWAY_FAIL_TIMEOUT": "30"}
+    with balancer(upstreams, [s.url for s in servers], **env) as lb:
+        for i in range(10):
+            assert lb.client.get(f"/api/cap/{i}").status_code == 502
+        assert sum(s.total() for s in servers) > 10  # some were sent on to the other target
+        stats = pool_stats(lb)
+        assert sorted(t["state"] for t in stats["targets"]) == ["ejected", "up"]
+        assert stats["panic"] is False
+        assert sum(t["failures"] for t in stats["targets"]) == sum(s.total() for s in servers)
+
+
+def test_a_refused_connection_is_retried_and_ejects(upstreams, knobs) -> None:
+    good = knobs("good")
+    dead = closed_port_url()
+    # round robin: the dead target is certain to be drawn first within two requests
+    with balancer(upstreams, [dead, good.url], API_GATEWAY_BALANCE="round_robin") as lb:
+        for i in range(6):
+            assert lb.client.get(f"/api/refused/{i}").status_code == 200
+        (stats,) = [t for t in pool_stats(lb)["targets"] if t["url"] == dead]
+        assert stats["failures"] >= 1
+        assert stats["state"] == "ejected"
+        assert good.total() == 6
 
 
 # ------------------------------------------------------------------------ active health checks

@@ -64,6 +64,16 @@ def test_environment_overrides() -> None:
     assert settings.upstream("dashboard-ui").url == CONTRACT_URLS["dashboard-ui"][1]
 
 
+def test_failure_statuses_and_ejection_cap() -> None:
+    """By default no answer is a failure and half a pool may be ejected; both per upstream."""
+    passive = load_settings(env={}).upstream("api-gateway").passive
+    assert passive.fail_statuses == frozenset() and passive.max_ejection_percent == 50
+    env = {"API_GATEWAY_FAIL_STATUSES": " 502, 503,504 ", "API_GATEWAY_MAX_EJECTION_PERCENT": "0"}
+    passive = load_settings(env=env).upstream("api-gateway").passive
+    assert passive.fail_statuses == {502, 503, 504} and passive.max_ejection_percent == 0
+    assert load_settings(env=env).upstream("blog-service").passive.fail_statuses == frozenset()
+
+
 def test_unreachable_host_is_not_an_error() -> None:
     settings = load_settings(env={"USER_SERVICE_URL": "http://no-such-host.invalid:1"})
     assert settings.upstream("user-service").url == "http://no-such-host.invalid:1"
@@ -93,6 +103,10 @@ def test_unreachable_host_is_not_an_error() -> None:
         ("LB_KEEP_HOST", "maybe"),
         ("LB_MAX_BODY_SIZE", "1.5"),
         ("LB_WORKERS", "0"),
+        ("API_GATEWAY_FAIL_STATUSES", "404"),
+        ("API_GATEWAY_FAIL_STATUSES", "502,x"),
+        ("API_GATEWAY_MAX_EJECTION_PERCENT", "101"),
+        ("API_GATEWAY_MAX_EJECTION_PERCENT", "-1"),
     ],
 )
 def test_bad_value_names_the_variable(var: str, value: str) -> None:

@@ -103,6 +103,16 @@ def test_classification_of_real_api_traffic(fresh_lb: LoadBalancer) -> None:
     assert entry["requests_per_second"] == 6.0
     assert entry["success_rate"] == pytest.approx(100.0 * 50 / 60, abs=0.01)
 
+    # Answered by the load balancer itself, not proxied: not counted (the Go original
+    # counts 0), neither the /blog redirect nor a canonical-path one under /api/.
+    for path in ("/blog", "/blog?x=1", "/api//x"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 308, path
+    entry = own(fresh_lb)
+    assert entry["total_requests"] == 135
+    assert entry["requests_per_second"] == 6.0
+    assert entry["success_rate"] == pytest.approx(100.0 * 50 / 60, abs=0.01)
+
 
 def test_durations_of_a_slow_upstream(fresh_lb: LoadBalancer) -> None:
     def slow(_: int) -> int:

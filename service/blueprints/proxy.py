@@ -20,7 +20,7 @@ from sanic.response import HTTPResponse, redirect
 from service.errors import BodyTooLarge, LoadBalancerError, UpstreamError, error_response
 from service.logs import HEADER, begin_request, log_request
 from service.metrics import LOCAL, RequestSample
-from service.pools import FAILURE_STATUSES, Pool, RetryRule, Target
+from service.pools import Pool, RetryRule, Target
 from service.proxying import exchange, websocket_tunnel
 from service.proxying.relay import ProxiedResponse, relay
 from service.proxying.routing import Redirect
@@ -115,7 +115,6 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     outcome.status = upstream.status_code
     outcome.target = attempt.target.url
     async with attempt:
-        attempt.failed = upstream.status_code in FAILURE_STATUSES
         try:
             if request.method == "HEAD":
                 # Sanic sends a HEAD answer's head itself; streaming one through respond()

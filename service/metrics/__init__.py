@@ -9,14 +9,13 @@ from __future__ import annotations
 from sanic import Sanic
 
 from service.metrics.figures import HostFigures, merge, to_snapshot
-from service.metrics.sample import RequestSample, is_real_api_traffic
+from service.metrics.sample import LOCAL, RequestSample, is_real_api_traffic
 from service.metrics.shared import MetricsLayout, SharedMemoryStore
 from service.metrics.history import History
 from service.metrics.store import WINDOW_S, MetricsStore, Snapshot
 from service.settings import Settings
 from service.sharedmem import Plan
 
-LOCAL = "local"  # the route of a request the load balancer answered itself
 
 __all__ = [
     "LOCAL",

@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 from sanic import Request
 
+LOCAL = "local"  # the route of a request the load balancer answered itself
+
 
 def is_real_api_traffic(path: str, method: str, heartbeat_header: str | None) -> bool:
     """The contract's definition, unchanged from the Go original."""

@@ -20,7 +20,7 @@ from service.metrics.history import HIST_AT, REAL, REAL_DURATION, REAL_FAILED, S
 from service.metrics.history import RING as HISTORY
 from service.metrics.history import read_history
 from service.metrics.figures import HISTOGRAM_RING, WINDOW_RING, HostFigures, Ring
-from service.metrics.sample import RequestSample
+from service.metrics.sample import LOCAL, RequestSample
 from service.metrics.store import HIST_BINS, STATUS_CLASSES, WINDOW_S, Snapshot, histogram_bin
 from service.sharedmem import Plan, TimeRing, WorkerRow
 
@@ -95,19 +95,26 @@ class SharedMemoryStore:
     # -- writing (this worker's row only) -------------------------------------------------
 
     def record(self, sample: RequestSample) -> None:
+        """One finished request. An answer the load balancer made itself instead of routing
+        (route ``local``: a redirect, a bad path) is counted in its route's figures only:
+        ``total_requests`` and every whole-service figure count proxied requests (contract)."""
         mem, row = self._mem, self._row
         duration = sample.duration_s
-        mem[row + _TOTAL] += 1
-        mem[row + _DURATION_SUM] += duration
         route = self._route_index.get(sample.route)
         if route is not None:
             durations = self._durations_at + route * _DURATION_WIDTH
             mem[durations + bisect_left(LIFETIME_BOUNDS, duration)] += 1
             mem[durations + _N_BUCKETS] += duration
         status = sample.status
+        if sample.route == LOCAL:
+            if status and route is not None:
+                mem[row + _ROUTES_AT + route * _N_CLASSES + _status_class(status)] += 1
+            return
+        mem[row + _TOTAL] += 1
+        mem[row + _DURATION_SUM] += duration
         self._record_history(sample.real_api, status, duration)
         if status:
-            status_class = (5 if status >= 500 else status // 100 if status >= 100 else 1) - 1
+            status_class = _status_class(status)
             mem[row + _CLASSES_AT + status_class] += 1
             if route is not None:
                 mem[row + _ROUTES_AT + route * _N_CLASSES + status_class] += 1
@@ -286,6 +293,11 @@ def _cumulative(counts: Sequence[float]) -> tuple[tuple[float, int], ...]:
         total += int(count)
         buckets.append((bound, total))
     return tuple(buckets)
+
+
+def _status_class(status: int) -> int:
+    """The index of ``status``'s class in STATUS_CLASSES (1xx ... 5xx)."""
+    return (5 if status >= 500 else status // 100 if status >= 100 else 1) - 1
 
 
 def _column_sums(mem: memoryview, rows: Sequence[int], at: int, width: int) -> list[float]:

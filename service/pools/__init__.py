@@ -16,7 +16,7 @@ from sanic import Sanic
 
 from service.pools.health_checks import HealthChecker
 from service.pools.pool import Attempt, Pool, Target
-from service.pools.retries import FAILURE_STATUSES, RetryBudget, RetryRule
+from service.pools.retries import RetryBudget, RetryRule
 from service.pools.slots import Member, SlotsExhausted, SlotTable, capacity_for
 from service.pools.state import PoolLayout, PoolState
 from service.pools.sync import TargetSync
@@ -25,7 +25,6 @@ from service.sharedmem import Plan
 from service.sharedmem.block import process_alive
 
 __all__ = [
-    "FAILURE_STATUSES",
     "Attempt",
     "Member",
     "Pool",

@@ -141,6 +141,7 @@ class Pool:
         )
         self._state = state
         self._single = len(self.targets) == 1
+        self._fail_statuses = upstream.passive.fail_statuses
 
     def replace_targets(self, members: Sequence[Member]) -> list[Target]:
         """Make ``members`` (slots of the shared table, in order) this pool's targets; the
@@ -216,8 +217,10 @@ class Pool:
 
         Returns the attempt that answered, still open: the caller finishes it (``async
         with attempt:``) once the answer has been relayed. ``status`` reads an answer's
-        status for the rule (a 503 may be retried), ``discard`` drops an answer that is
-        retried. Raises the last :class:`UpstreamError`, naming the target it came from.
+        status: one in the upstream's ``fail_statuses`` is a failure of the target (retried
+        if the rule allows, else returned with ``failed`` set); any other is the target
+        answering. ``discard`` drops an answer that is retried. Raises the last
+        :class:`UpstreamError`, naming the target it came from.
         """
         budget.request()
         tried: frozenset[int] = frozenset()
@@ -236,18 +239,14 @@ class Pool:
             except BaseException:
                 attempt.finish(failed=False)
                 raise
-            if (
-                may_retry
-                and status is not None
-                and rule.after_status(status(answer))
-                and budget.try_spend()
-            ):
+            failed = status is not None and status(answer) in self._fail_statuses
+            if failed and may_retry and rule.after_failed_answer() and budget.try_spend():
                 if discard is not None:
                     await discard(answer)
                 attempt.finish(failed=True)
                 tried = frozenset({attempt.target.position})
                 continue
-            attempt.answer = answer
+            attempt.answer, attempt.failed = answer, failed
             return attempt
 
     def started(self, target: Target) -> None:
@@ -271,7 +270,7 @@ class Pool:
         recent.append(now)
         while recent and recent[0] < now - passive.fail_timeout:
             recent.popleft()
-        if len(recent) < passive.max_fails or target.ejected():
+        if len(recent) < passive.max_fails or target.ejected() or self._ejection_capped():
             return
         recent.clear()
         streak = int(self._state.get(target.index, EJECTIONS))
@@ -282,6 +281,16 @@ class Pool:
             "upstream %s target %s ejected for %.1f s after %d failure(s) (ejection #%d)",
             self.name, target.url, cool_down, passive.max_fails, streak + 1,
         )  # fmt: skip
+
+    def _ejection_capped(self) -> bool:
+        """Envoy's ``max_ejection_percent``: when that share of the pool is already out, no
+        more is ejected (at least one target may be), so a failure every target shares (a
+        dependency behind all of them) cannot empty the pool into panic. Workers read the
+        shared state without a lock: two ejecting at the same instant may pass the cap by one.
+        """
+        ejected = sum(1 for t in self.targets if t.ejected())
+        allowed = max(1, len(self.targets) * self.upstream.passive.max_ejection_percent // 100)
+        return ejected >= allowed
 
 
 class Attempt(Generic[T]):

@@ -1,7 +1,8 @@
 """When a failed attempt may be tried again on another target, and how often at most.
 
-nginx's ``proxy_next_upstream error timeout http_502 http_503 http_504`` with its
-``non_idempotent`` rule, and Envoy's retry budget on top:
+nginx's default ``proxy_next_upstream error timeout`` with its ``non_idempotent`` rule, and
+Envoy's retry budget on top. What is a failure is the pool's to say (``PassiveHealth``): not
+getting an answer, or an answer whose status the operator listed in ``FAIL_STATUSES``. Then:
 
 - a request whose connection could not be made is retried whatever its method: nothing
   reached the upstream;
@@ -20,9 +21,6 @@ from typing import Protocol
 from service.errors import UpstreamConnectTimeout, UpstreamError, UpstreamRefused
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-# Statuses that count against a target (passive health) and that an idempotent request
-# may be retried on.
-FAILURE_STATUSES = frozenset({502, 503, 504})
 
 
 class Replayable(Protocol):
@@ -52,12 +50,10 @@ class RetryRule:
             return True
         return self.idempotent
 
-    def after_status(self, status: int) -> bool:
-        return (
-            status in FAILURE_STATUSES
-            and self.idempotent
-            and not (self.body is not None and self.body.started)
-        )
+    def after_failed_answer(self) -> bool:
+        """After an answer whose status the pool counts as a failure: the target may have
+        acted on the request, so only an idempotent one whose body was not taken is sent on."""
+        return self.idempotent and not (self.body is not None and self.body.started)
 
 
 _NO_BODY_IDEMPOTENT = RetryRule(idempotent=True)

@@ -64,6 +64,8 @@ EXPECTED = {
     "publish_interval": "a number of seconds greater than 0 and at most 0.25",
     "resolvers": "a comma-separated list of DNS server addresses ip[:port] ([v6]:port)",
     "resolver_valid": "a number of seconds of at least 1",
+    "statuses": "a comma-separated list of HTTP statuses from 500 to 599, such as 502,503,504",
+    "percent": "a whole number from 0 to 100",
 }
 
 
@@ -205,6 +207,14 @@ def _resolver_valid(raw: Any, text: str) -> float:
     return value
 
 
+def _statuses(raw: Any, text: str) -> frozenset[int]:
+    """Server-error statuses (a TOML list or a comma-separated string); empty: none. Only
+    5xx: a 4xx is about the request, never a sign that the instance is sick."""
+    items = raw if isinstance(raw, list) else text.split(",")
+    status = _whole(500, 599)
+    return frozenset(status(item, str(item).strip()) for item in items if str(item).strip())
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -222,6 +232,8 @@ _PARSERS = {
     "publish_interval": _publish_interval,
     "resolvers": _resolvers,
     "resolver_valid": _resolver_valid,
+    "statuses": _statuses,
+    "percent": _whole(0, 100),
 }
 
 

@@ -36,11 +36,20 @@ class TargetSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class PassiveHealth:
-    """nginx's ``max_fails``/``fail_timeout``, with Envoy's growing ejection."""
+    """nginx's ``max_fails``/``fail_timeout``, with Envoy's growing ejection and its
+    ``max_ejection_percent``.
+
+    A failure is the load balancer not getting an answer (refused, reset, timed out, broken
+    or malformed), judged where it happens. An answer of any status is the target answering,
+    unless the operator names it in ``fail_statuses``: a gateway's 502 usually says that
+    something *behind* it failed, and counting it would eject a healthy gateway.
+    """
 
     max_fails: int = 1
     fail_timeout: float = 10.0
     max_ejection: float = 300.0
+    fail_statuses: frozenset[int] = frozenset()
+    max_ejection_percent: int = 50
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +267,8 @@ VARIABLES = (
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),
+    Variable("{PREFIX}_FAIL_STATUSES", "passive", "fail_statuses", "statuses", "answer statuses (5xx) that count as the target's failure and may be retried on another; empty: none"),
+    Variable("{PREFIX}_MAX_EJECTION_PERCENT", "passive", "max_ejection_percent", "percent", "most targets of a pool ejected at once, in percent (at least one may be)"),
     Variable("{PREFIX}_HEALTH_PATH", "active", "path", "path", "path of the active check; unset: none"),
     Variable("{PREFIX}_HEALTH_INTERVAL", "active", "interval", "seconds", "seconds between checks"),
     Variable("{PREFIX}_HEALTH_TIMEOUT", "active", "timeout", "seconds", "seconds one check may take"),
