@@ -14,6 +14,7 @@ from service.settings.model import (
     Settings,
     StatsSettings,
     TargetSpec,
+    TlsSettings,
     Upstream,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "SettingsError",
     "StatsSettings",
     "TargetSpec",
+    "TlsSettings",
     "Upstream",
     "load_settings",
 ]

@@ -158,6 +158,24 @@ class FrontDoorSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS at the front door (a PEM certificate chain and its key, watched for rotation; an
+    optional plain listener that redirects to https) and to ``https://`` upstreams (the CA
+    bundle they are verified against, or an explicit opt-out). Empty paths: off / system CAs.
+    The files themselves are checked by ``service.tls.check`` at start-up."""
+
+    cert: str = ""
+    key: str = ""
+    http_redirect_port: int = 0  # 0: no plain listener
+    upstream_ca: str = ""
+    upstream_verify: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert or self.key)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
 
@@ -174,6 +192,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -226,6 +245,11 @@ VARIABLES = (
     Variable("LB_HEADER_TIMEOUT", "frontdoor", "header_timeout", "seconds", "seconds a client may take to send a whole request head (then 408 and close)"),
     Variable("LB_MAX_CLIENT_CONNECTIONS", "frontdoor", "max_client_connections", "positive_int", "client connections per worker (above it: 503 and close)"),
     Variable("LB_DRAIN_DELAY", "frontdoor", "drain_delay", "size_seconds", "seconds a graceful shutdown keeps accepting (readiness 503) before it stops listening"),
+    Variable("LB_TLS_CERT", "tls", "cert", "file", "PEM certificate chain (leaf first) to serve HTTPS with; with LB_TLS_KEY, turns TLS on; rotated when the file changes"),
+    Variable("LB_TLS_KEY", "tls", "key", "file", "PEM private key of LB_TLS_CERT"),
+    Variable("LB_HTTP_REDIRECT_PORT", "tls", "http_redirect_port", "optional_port", "plain HTTP port answering 308 to https (and /lb-health); 0: none; needs TLS"),
+    Variable("LB_UPSTREAM_CA", "tls", "upstream_ca", "file", "PEM CA bundle https upstreams are verified against instead of the system CAs"),
+    Variable("LB_UPSTREAM_TLS_VERIFY", "tls", "upstream_verify", "bool", "verify https upstreams' certificates and host names (false: an explicit, logged opt-out)"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),
