@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -129,10 +130,14 @@ def startup(app: Sanic) -> None:
 
 
 def _listening(app: Sanic) -> tuple[str | None, int]:
-    """The host and port this worker's TLS server was started on."""
+    """The host and port this worker's TLS server listens on: the socket the main process
+    bound and handed over (with workers), else the host and port it was given."""
     for info in app.state.server_info:
-        port = info.settings.get("port")
-        if port:
-            return info.settings.get("host"), int(port)
+        sock = info.settings.get("sock")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            host, port = sock.getsockname()[:2]
+            return host, port
+        if info.settings.get("port"):
+            return info.settings.get("host"), int(info.settings["port"])
     settings = app.ctx.lb.settings
     return settings.host, settings.port
