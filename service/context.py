@@ -25,7 +25,7 @@ from service.transport import UpstreamClients
 if TYPE_CHECKING:  # only imported when a cluster is configured
     from service.cluster.publisher import Publisher
     from service.cluster.view import ClusterView
-    from service.tls import LiveCertificate
+    from service.tls.rotation import LiveCertificate
 
 
 @dataclass(eq=False)

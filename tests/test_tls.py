@@ -18,6 +18,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from service import tls
+from service.settings import SettingsError, load_settings
 from service.tls.contexts import server_context
 from tests.support import REPO, SANIC, LoadBalancer, UpstreamServer, env_for, free_port
 from tests.support.certs import Issued, issue, make_ca
@@ -312,3 +314,31 @@ def test_python_m_service_serves_https_from_the_settings(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"LB_TLS_CERT": "/x.pem"}, "LB_TLS_CERT and LB_TLS_KEY go together: LB_TLS_KEY"),
+        ({"LB_TLS_KEY": "/x.pem"}, "LB_TLS_CERT and LB_TLS_KEY go together: LB_TLS_CERT"),
+        ({"LB_HTTP_REDIRECT_PORT": "8080"}, "LB_HTTP_REDIRECT_PORT=8080 redirects to https"),
+        ({"LB_HTTP_REDIRECT_PORT": "http"}, "LB_HTTP_REDIRECT_PORT='http' is not valid"),
+        ({"LB_UPSTREAM_TLS_VERIFY": "maybe"}, "LB_UPSTREAM_TLS_VERIFY='maybe' is not valid"),
+        (
+            {"LB_UPSTREAM_CA": "/ca.pem", "LB_UPSTREAM_TLS_VERIFY": "false"},
+            "LB_UPSTREAM_CA='/ca.pem' is set but LB_UPSTREAM_TLS_VERIFY=false",
+        ),
+        ({"LB_UPSTREAM_CA": "/nowhere.pem"}, "LB_UPSTREAM_CA='/nowhere.pem' cannot be used"),
+    ],
+)
+def test_settings_that_cannot_work_together_are_named(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        tls.check(load_settings(env=env))
+    assert str(error.value).startswith(expected), str(error.value)
+
+
+def test_the_redirect_port_cannot_be_the_tls_port(files: dict[str, str]) -> None:
+    env = {"LB_TLS_CERT": files["cert"], "LB_TLS_KEY": files["key"]}
+    tls.check(load_settings(env=env))  # a good pair passes
+    with pytest.raises(SettingsError, match="is LB_PORT itself"):
+        tls.check(load_settings(env={**env, "LB_PORT": "8443", "LB_HTTP_REDIRECT_PORT": "8443"}))

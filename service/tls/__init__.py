@@ -30,13 +30,17 @@ from service.sharedmem import LEASE_WIDTH, Lease
 from service.sharedmem.block import process_alive
 from service.tls import redirect
 from service.tls.contexts import upstream_context
-from service.tls.loader import SettingsCertLoader
-from service.tls.pair import PairError, load_pair, read_files
-from service.tls.rotation import POLL_INTERVAL, LiveCertificate, utcnow
 
-__all__ = ["LiveCertificate", "check", "startup", "upstream_context"]
+# The certificate side (pair, rotation, loader) imports cryptography (~40 ms in every process,
+# workers included): it is imported only when LB_TLS_CERT is set.
+
+__all__ = ["check", "startup", "upstream_context"]
 
 log = logging.getLogger("service.tls")
+
+# Seconds a worker stays the host's speaker for TLS (the one that logs) without renewing; it
+# renews on every look at the files (every second), so another takes over soon after it dies.
+SPEAKER_TERM = 3.0
 
 
 def check(settings: Settings) -> None:
@@ -46,6 +50,9 @@ def check(settings: Settings) -> None:
         if not (tls.cert and tls.key):
             missing = "LB_TLS_KEY" if tls.cert else "LB_TLS_CERT"
             raise SettingsError(f"LB_TLS_CERT and LB_TLS_KEY go together: {missing} is not set")
+        from service.tls.pair import PairError, load_pair, read_files
+        from service.tls.rotation import utcnow
+
         try:
             load_pair(tls.cert, tls.key, read_files(tls.cert, tls.key), utcnow())
         except PairError as exc:
@@ -63,6 +70,8 @@ def check(settings: Settings) -> None:
             f"LB_UPSTREAM_CA={tls.upstream_ca!r} is set but LB_UPSTREAM_TLS_VERIFY=false: "
             "choose one"
         )
+    if not tls.upstream_ca:
+        return  # the system's CA store: nothing of ours to check
     try:
         upstream_context(tls)
     except (ssl.SSLError, OSError) as exc:
@@ -87,6 +96,8 @@ def startup(app: Sanic) -> None:
         return
     speaker_region = lb.plan.shared(LEASE_WIDTH)  # which worker logs for the host
     if tls.enabled:
+        from service.tls.loader import SettingsCertLoader
+
         app.certloader_class = SettingsCertLoader
     running = _WorkerTls()
 
@@ -96,7 +107,7 @@ def startup(app: Sanic) -> None:
         lease, pid = Lease(lb.row.block, speaker_region), os.getpid()
 
         def speaker() -> bool:
-            return lease.hold(pid, 3 * POLL_INTERVAL, process_alive)
+            return lease.hold(pid, SPEAKER_TERM, process_alive)
 
         if speaker() and not tls.upstream_verify:
             log.warning(
