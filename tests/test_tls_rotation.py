@@ -11,6 +11,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,42 @@ def test_a_bad_new_pair_is_refused_once_and_the_old_one_stays(
     mount.swap(good)
     wait_for(lambda: served_by_every_worker(lb, trust, good), SWITCH_WITHIN, step=0.2)
     assert lb.client.get("/stats").json()["load-balancer"]["tls"]["refused"] is None
+
+
+def test_the_watch_judges_a_change_only_once_it_has_settled(
+    ca: Issued, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process: a rotation written file by file is not an error; files that stay bad are
+    logged once, and again if they go bad again after a good pair; only the speaker logs."""
+    from service.settings import TlsSettings
+    from service.tls.rotation import LiveCertificate
+
+    a, b = issue(ca, "a"), issue(ca, "b")
+    cert, key = a.write(tmp_path)
+    live = LiveCertificate(TlsSettings(cert=cert, key=key))
+    caplog.set_level("INFO", logger="service.tls")
+
+    def logged(text: str) -> int:
+        return sum(text in record.getMessage() for record in caplog.records)
+
+    Path(cert).write_bytes(b.cert_pem)  # the certificate first, its key a moment later
+    live.poll(speaker=True)
+    assert live.current.subject == "CN=a" and live.refused is None and not caplog.records
+    Path(key).write_bytes(b.key_pem)
+    live.poll(speaker=True)
+    assert live.current.subject == "CN=b" and logged("rotated: now serving CN=b") == 1
+
+    for round_ in (1, 2):
+        Path(key).unlink()
+        for _ in range(3):
+            live.poll(speaker=True)
+        assert live.current.subject == "CN=b" and "cannot be read" in (live.refused or "")
+        assert logged("cannot be served") == round_
+        Path(key).write_bytes(b.key_pem)
+        live.poll(speaker=True)
+        assert live.refused is None
+
+    Path(key).unlink()
+    for _ in range(3):
+        live.poll(speaker=False)  # another worker speaks for the host
+    assert logged("cannot be served") == 2 and live.refused is not None

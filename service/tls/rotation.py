@@ -70,7 +70,7 @@ class LiveCertificate:
             return
         digest = files.digest
         if digest == self.current.digest:
-            self._bad_digest = self.refused = None
+            self._bad_digest = self._logged_bad = self.refused = None
             self._warn_if_expiring(speaker)
             return
         try:
@@ -79,7 +79,7 @@ class LiveCertificate:
             self._refuse(digest, str(exc), speaker)
             return
         self.current, self.rotations = pair, self.rotations + 1
-        self._bad_digest = self.refused = None
+        self._bad_digest = self._logged_bad = self.refused = None
         if speaker:
             log.warning(
                 "TLS certificate rotated: now serving %s, expires %s",
