@@ -23,6 +23,7 @@ from service.settings import SettingsError, load_settings
 from service.tls.contexts import server_context
 from tests.support import REPO, SANIC, LoadBalancer, UpstreamServer, env_for, free_port
 from tests.support.certs import Issued, issue, make_ca
+from tests.test_metrics_promtool import promtool
 from tests.support.net import raw_request
 from tests.support.processes import clean_env
 from tests.support.tools import require
@@ -192,6 +193,10 @@ def test_stats_metrics_and_status_page_show_the_certificate(lb: LoadBalancer, ca
     (line,) = [x for x in metrics.splitlines() if x.startswith("lb_tls_certificate_expiry_seconds")]
     assert 'subject="CN=lb.test"' in line
     assert 29 * 86400 < float(line.split()[-1]) <= 30 * 86400
+    checked = subprocess.run(
+        [promtool(), "check", "metrics"], input=metrics.encode(), capture_output=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     page = lb.client.get("/lb-status/data").json()
     assert page["load-balancer"]["tls"]["subject"] == "CN=lb.test"
 
