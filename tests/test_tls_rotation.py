@@ -129,7 +129,7 @@ def test_rotation_by_symlink_swap_in_every_worker_while_a_download_goes_on(
     download.close()
 
     # logged once for the host (by one worker), the expiry because it is within 14 days
-    wait_for(lambda: lines(lb, "TLS certificate CN=second expires"), 3)
+    wait_for(lambda: lines(lb, "TLS certificate CN=second expires"), 5)
     assert len(lines(lb, "TLS certificate rotated: now serving CN=second")) == 1
     assert not lines(lb, "TLS certificate CN=first expires")  # 30 days: no warning
     (warning,) = lines(lb, "TLS certificate CN=second expires")
@@ -148,10 +148,10 @@ def test_a_bad_new_pair_is_refused_once_and_the_old_one_stays(
     mismatched = issue(ca, "mismatched")
     mount.swap(mismatched, key_of=issue(ca, "someone else"))
     refusal = "TLS certificate files changed but cannot be served"
-    wait_for(lambda: lines(lb, refusal), 5, step=0.2)
+    wait_for(lambda: lines(lb, refusal), 10, step=0.2)
     for _ in range(3):  # still the old pair, in whichever worker answers
         assert set(new_handshakes(lb, trust)) == {current}
-    wait_for(lambda: lb.client.get("/stats").json()["load-balancer"]["tls"]["refused"], 3)
+    wait_for(lambda: lb.client.get("/stats").json()["load-balancer"]["tls"]["refused"], 5)
     (line,) = lines(lb, refusal)  # once for the host, not per worker nor per poll
     assert "LB_TLS_KEY" in line and "is not the key of the certificate" in line
 
