@@ -30,6 +30,7 @@ SECTIONS: dict[str, type] = {
     "cluster": model.ClusterSettings,
     "frontdoor": model.FrontDoorSettings,
     "resolver": model.ResolverSettings,
+    "tls": model.TlsSettings,
 }
 # The model part every VARIABLES section names: the scalar sections, and each upstream's.
 MODELS: dict[str, type] = {
@@ -66,6 +67,8 @@ EXPECTED = {
     "resolver_valid": "a number of seconds of at least 1",
     "statuses": "a comma-separated list of HTTP statuses from 500 to 599, such as 502,503,504",
     "percent": "a whole number from 0 to 100",
+    "file": "a file path, without control characters",
+    "optional_port": "a port number from 1 to 65535, or 0 for none",
 }
 
 
@@ -215,6 +218,13 @@ def _statuses(raw: Any, text: str) -> frozenset[int]:
     return frozenset(status(item, str(item).strip()) for item in items if str(item).strip())
 
 
+def _file(raw: Any, text: str) -> str:
+    """A path (empty: unset); whether it can be read is checked where it is used."""
+    if any(ord(c) < 32 for c in text):
+        raise ValueError
+    return text
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -234,6 +244,8 @@ _PARSERS = {
     "resolver_valid": _resolver_valid,
     "statuses": _statuses,
     "percent": _whole(0, 100),
+    "file": _file,
+    "optional_port": _whole(0, 65535),
 }
 
 

@@ -191,6 +191,24 @@ class ResolverSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS at the front door (a PEM certificate chain and its key, watched for rotation; an
+    optional plain listener that redirects to https) and to ``https://`` upstreams (the CA
+    bundle they are verified against, or an explicit opt-out). Empty paths: off / system CAs.
+    The files themselves are checked by ``service.tls.check`` at start-up."""
+
+    cert: str = ""
+    key: str = ""
+    http_redirect_port: int = 0  # 0: no plain listener
+    upstream_ca: str = ""
+    upstream_verify: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert or self.key)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
 
@@ -208,6 +226,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
     resolver: ResolverSettings = field(default_factory=ResolverSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -264,6 +283,11 @@ VARIABLES = (
     Variable("LB_RESOLVER_VALID", "resolver", "valid", "resolver_valid", "longest time in seconds a DNS answer is used before it is asked again (a lower record TTL wins; never below 1)"),
     Variable("LB_RESOLVER_TIMEOUT", "resolver", "timeout", "seconds", "seconds for one DNS lookup"),
     Variable("LB_RESOLVER_MAX_TARGETS", "resolver", "max_targets", "positive_int", "addresses kept per ;resolve entry (sizes the shared block; more are cut, sorted)"),
+    Variable("LB_TLS_CERT", "tls", "cert", "file", "PEM certificate chain (leaf first) to serve HTTPS with; with LB_TLS_KEY, turns TLS on; rotated when the file changes"),
+    Variable("LB_TLS_KEY", "tls", "key", "file", "PEM private key of LB_TLS_CERT"),
+    Variable("LB_HTTP_REDIRECT_PORT", "tls", "http_redirect_port", "optional_port", "plain HTTP port answering 308 to https (and /lb-health); 0: none; needs TLS"),
+    Variable("LB_UPSTREAM_CA", "tls", "upstream_ca", "file", "PEM CA bundle https upstreams are verified against instead of the system CAs"),
+    Variable("LB_UPSTREAM_TLS_VERIFY", "tls", "upstream_verify", "bool", "verify https upstreams' certificates and host names (false: an explicit, logged opt-out)"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),
