@@ -16,6 +16,7 @@ import pytest
 from service.transport import H1Transport
 from tests.support import LoadBalancer, UpstreamServer, env_for
 from tests.support.certs import Issued, issue, make_ca
+from tests.support.dns import DnsServer
 from tests.support.waiting import wait_for
 
 
@@ -136,4 +137,36 @@ def test_the_transport_connects_to_an_address_and_verifies_a_name(
         with pytest.raises(httpx.ConnectError, match="IP address mismatch"):
             asyncio.run(fetch({}))  # by address alone, the certificate does not match
     finally:
+        server.stop()
+
+
+def test_a_resolved_https_target_is_verified_by_its_name(
+    upstreams: dict[str, UpstreamServer], ca: Issued, ca_file: str, tmp_path: Path
+) -> None:
+    """A ``;resolve`` entry connects to the address dnsmasq gives but verifies the entry's
+    name: a certificate for the name alone (not the address) is accepted; the same server
+    under a name its certificate does not hold is refused by name."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*issue(ca, "secure.test", ("secure.test",)).write(tmp_path))
+    server = UpstreamServer("api-gateway").start(host="127.0.0.2", tls=context)
+    dns_server = DnsServer({"secure.test": ["127.0.0.2"], "wrong.test": ["127.0.0.2"]})
+    try:
+        env = {"LB_RESOLVER": dns_server.address, "LB_UPSTREAM_CA": ca_file}
+        good = f"https://secure.test:{server.port};resolve"
+        lb = start({**upstreams, "api-gateway": server}, API_GATEWAY_URL=good, **env)
+        try:
+            wait_for(lambda: lb.client.get("/api/x").status_code == 200, timeout=10)
+            assert target(lb, "api-gateway")["url"] == f"https://127.0.0.2:{server.port}"
+        finally:
+            lb.stop()
+        wrong = f"https://wrong.test:{server.port};resolve"
+        lb = start({**upstreams, "api-gateway": server}, API_GATEWAY_URL=wrong, **env)
+        try:
+            wait_for(lambda: lb.client.get("/api/x").status_code == 502, timeout=10)
+            detail = lb.client.get("/api/x").json()["detail"]
+            assert "certificate verify failed" in detail and "wrong.test" in detail, detail
+        finally:
+            lb.stop()
+    finally:
+        dns_server.close()
         server.stop()
