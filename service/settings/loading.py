@@ -61,6 +61,7 @@ EXPECTED = {
     "redis_url": "a redis://, rediss:// or unix:// URL with a host (or a socket path)",
     "cluster_name": "1 to 64 letters, digits, '.', '_' or '-'",
     "publish_interval": "a number of seconds greater than 0 and at most 0.25",
+    "stall_timeout": "a number of seconds of at least 2 (workers stamp every second)",
 }
 
 
@@ -165,6 +166,13 @@ def _publish_interval(raw: Any, text: str) -> float:
     return value
 
 
+def _stall_timeout(raw: Any, text: str) -> float:
+    value = _seconds(allow_zero=False)(raw, text)
+    if value < 2:
+        raise ValueError
+    return value
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -180,6 +188,7 @@ _PARSERS = {
     "redis_url": _redis_url,
     "cluster_name": _cluster_name,
     "publish_interval": _publish_interval,
+    "stall_timeout": _stall_timeout,
 }
 
 

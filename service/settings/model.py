@@ -141,11 +141,13 @@ class ClusterSettings:
 @dataclass(frozen=True, kw_only=True)
 class FrontDoorSettings:
     """The client side: how long a request head may take, how many connections a worker
-    holds, and how long a graceful shutdown keeps serving while readiness says 503."""
+    holds, and how long a graceful shutdown keeps serving while readiness says 503; and how
+    long a worker's event loop may stall before it is replaced."""
 
     header_timeout: float = 30.0
     max_client_connections: int = 4096
     drain_delay: float = 0.0
+    worker_stall_timeout: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +219,7 @@ VARIABLES = (
     Variable("LB_HEADER_TIMEOUT", "frontdoor", "header_timeout", "seconds", "seconds a client may take to send a whole request head (then 408 and close)"),
     Variable("LB_MAX_CLIENT_CONNECTIONS", "frontdoor", "max_client_connections", "positive_int", "client connections per worker (above it: 503 and close)"),
     Variable("LB_DRAIN_DELAY", "frontdoor", "drain_delay", "size_seconds", "seconds a graceful shutdown keeps accepting (readiness 503) before it stops listening"),
+    Variable("LB_WORKER_STALL_TIMEOUT", "frontdoor", "worker_stall_timeout", "stall_timeout", "seconds a worker's event loop may give no sign of life (it stamps every second) before the main process kills and replaces it"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),
