@@ -86,7 +86,9 @@ def lb(upstreams: dict[str, UpstreamServer], targets: list[Knob]) -> Iterator[Lo
 @pytest.fixture(scope="module")
 def browsed(lb: LoadBalancer) -> Iterator[Browsed]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=require("chromium"), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=require("chromium"), args=CHROMIUM_ARGS
+        )
         try:
             page = browser.new_page()
             browsed = Browsed(page)
