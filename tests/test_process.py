@@ -142,7 +142,7 @@ def _stop_the_group(
     def in_flight() -> None:
         try:
             with httpx.Client(base_url=url, trust_env=False, timeout=20) as client:
-                result["status"] = client.get("/api/group?delay=1").status_code
+                result["status"] = client.get("/api/group?delay=0.5").status_code
         except Exception as exc:  # reported by the assertion below
             result["error"] = repr(exc)
 
