@@ -10,7 +10,8 @@ monitoring), without touching Sanic's class:
 - ``_sync_states`` (run by the monitor loop about every 0.1 s) is followed by a look for
   server workers that died while the service was not shutting down; each is restarted
   under its own name, and logged once. The new worker claims the dead one's row of the
-  shared block (``sharedmem.SharedBlock.claim``), so lifetime totals carry on.
+  shared block (``sharedmem.SharedBlock.claim``), so lifetime totals carry on. A worker
+  that stopped cleanly (a signal of its own) is replaced after ``CLEAN_EXIT_GRACE``.
 - ``wait_for_ack`` is the same wait that returns as soon as a shutdown has begun; the
   shutdown message stays queued, so the monitor loop reads it next and stops as usual.
 - SIGTERM and SIGINT are deferred: Sanic's handler talks to the sync manager (worker
@@ -77,6 +78,10 @@ from service.frontdoor.liveness import StallWatch
 log = logging.getLogger("sanic.root")
 
 RESPAWN_BACKOFF = 1.0  # seconds: a worker that keeps dying is restarted at most this often
+# seconds a worker that stopped cleanly (exit 0: a signal of its own) waits to be replaced:
+# when the whole group is being stopped one process at a time, the main process's turn
+# comes within it, and no replacement is started only to be stopped while it starts
+CLEAN_EXIT_GRACE = 1.0
 
 
 def prepare_main_process() -> None:
@@ -140,6 +145,7 @@ def supervise(manager: WorkerManager, grace: float, stalls: StallWatch | None = 
     last_respawn: dict[str, float] = {}
     requested: list[int] = []  # the signal that asked for a shutdown, not yet acted on
     stalled: set[int] = set()  # pids killed as stalled: their end is already logged
+    ended_at: dict[int, float] = {}  # when a cleanly stopped worker was first seen ended
 
     def defer(signum: int, frame: Any) -> None:
         if requested or manager._shutting_down:
@@ -162,13 +168,18 @@ def supervise(manager: WorkerManager, grace: float, stalls: StallWatch | None = 
             now = time.monotonic()
             if now - last_respawn.get(process.name, 0.0) < RESPAWN_BACKOFF:
                 continue
+            clean_exit = process.exitcode == 0
+            if clean_exit and now - ended_at.setdefault(process.pid, now) < CLEAN_EXIT_GRACE:
+                continue
             last_respawn[process.name] = now
+            ended_at.pop(process.pid, None)
             if process.pid in stalled:
                 stalled.discard(process.pid)
             else:
                 log.warning(
-                    "worker %s [%s] died (exit code %s); starting a replacement",
-                    process.name, process.pid, process.exitcode,
+                    "worker %s [%s] %s (exit code %s); starting a replacement",
+                    process.name, process.pid, "stopped" if clean_exit else "died",
+                    process.exitcode,
                 )  # fmt: skip
             manager.restart(process_names=[process.name])
         if stalls is not None:
