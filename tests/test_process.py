@@ -4,6 +4,7 @@ stop, on a signal to the main process or to the whole process group."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -130,11 +131,16 @@ def _spawned(pid: int) -> list[int]:
 
 
 def _stop_the_group(
-    process: subprocess.Popen[bytes], sig: signal.Signals, url: str, upstream: UpstreamServer
+    process: subprocess.Popen[bytes],
+    sig: signal.Signals,
+    url: str,
+    upstream: UpstreamServer,
+    order: list[int] | None = None,
 ) -> None:
     """With a request in flight, ``sig`` to every process of the group at once (systemd's
-    KillMode=control-group, ``kill -TERM -PGID``, Ctrl-C in a terminal): one graceful stop,
-    exit status 0, nothing left running or in /dev/shm."""
+    KillMode=control-group, ``kill -TERM -PGID``, Ctrl-C in a terminal), or to each pid of
+    ``order`` in turn: one graceful stop, exit status 0, nothing left running or in
+    /dev/shm."""
     pids = [process.pid, *children(process.pid)]
     held = shm_names(pids)
     result: dict[str, object] = {}
@@ -150,7 +156,11 @@ def _stop_the_group(
     thread = threading.Thread(target=in_flight)
     thread.start()
     assert wait_for(lambda: upstream.hits["/api/group"] > before, step=0.02)
-    os.killpg(process.pid, sig)  # started with start_new_session: its pid is the group's id
+    if order is None:
+        os.killpg(process.pid, sig)  # started with start_new_session: its pid is the group's id
+    for pid in order or ():
+        os.kill(pid, sig)
+        time.sleep(0.1)
     returncode = process.wait(30)
     thread.join(20)
     assert result == {"status": 200}  # the request in flight finished
@@ -171,6 +181,28 @@ def test_a_signal_to_the_process_group_is_one_graceful_stop(
     finally:
         balancer.stop(signal.SIGKILL)
     assert not [line for line in balancer.output if "Traceback" in line or "ERROR" in line]
+
+
+def test_signals_to_each_process_in_turn_main_last_are_one_graceful_stop(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    """The same stop when the signals come one process at a time (a script or an operator):
+    a worker that stopped first is not replaced, since the main process's turn comes."""
+    balancer = LoadBalancer(env_for(upstreams), workers=2)
+    try:
+        workers = [
+            int(pid) for pid in re.findall(r"Starting worker \[(\d+)\]", "".join(balancer.output))
+        ]
+        sync_manager = [pid for pid in _spawned(balancer.process.pid) if pid not in workers]
+        assert len(workers) == 2 and len(sync_manager) == 1, (workers, sync_manager)
+        order = [workers[0], *sync_manager, workers[1], balancer.process.pid]
+        _stop_the_group(
+            balancer.process, signal.SIGTERM, balancer.url, upstreams["api-gateway"], order
+        )
+    finally:
+        balancer.stop(signal.SIGKILL)
+    assert not [line for line in balancer.output if "Traceback" in line or "ERROR" in line]
+    assert not [line for line in balancer.output if "replacement" in line]  # none started
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
