@@ -131,7 +131,8 @@ def stop_once_on_signal(app: Sanic) -> None:
     def stop(signum: int, frame: Any) -> None:
         if not stopping:
             stopping.append(signum)
-            loop.call_soon_threadsafe(functools.partial(app.stop, terminate=False))
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is ending
+                loop.call_soon_threadsafe(functools.partial(app.stop, terminate=False))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         if loop.remove_signal_handler(signum):  # Sanic's; the default is back for a moment
