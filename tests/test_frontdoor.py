@@ -1,7 +1,8 @@
 """The front door against real processes and raw sockets: slow clients cut off at the head
-deadline, the connection cap, WebSocket protocol errors, readiness while draining, and a
-worker killed with SIGKILL replaced. (Malformed heads: ``test_frontdoor_corpus.py``; SIGTERM
-during start-up: ``test_process.py``.)"""
+deadline, the connection cap, WebSocket protocol errors, readiness while draining, a worker
+killed with SIGKILL replaced, and one stopped with SIGSTOP. (Malformed heads:
+``test_frontdoor_corpus.py``; SIGTERM during start-up and to the process group:
+``test_process.py``.)"""
 
 from __future__ import annotations
 
@@ -263,3 +264,63 @@ def test_a_killed_worker_is_replaced_and_totals_are_kept(
     died = [line for line in balancer.output if "died" in line and str(victim) in line]
     assert len(died) == 1, died  # logged once
     assert outcomes["failed"] <= 3, outcomes  # at most what the victim held in flight
+
+
+STALL_TIMEOUT_S = 3  # LB_WORKER_STALL_TIMEOUT for the test; the default is 10 s
+
+
+def test_a_stalled_worker_is_killed_and_replaced_and_totals_are_kept(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    """A worker whose event loop stops (SIGSTOP: alive to the operating system, silent to
+    everyone) is killed and replaced while the other worker keeps answering."""
+    env = env_for(upstreams, LB_STATS_CACHE_TTL="0", LB_WORKER_STALL_TIMEOUT=str(STALL_TIMEOUT_S))
+    balancer = LoadBalancer(env, workers=2)
+    stop = threading.Event()
+    stopped = threading.Event()
+    outcomes = {"ok": 0, "failed": 0, "ok_after_stop": 0}
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.Client(base_url=balancer.url, trust_env=False, timeout=20) as client:
+                    ok = client.get("/api/load").status_code == 200
+            except httpx.TransportError:
+                ok = False
+            outcomes["ok" if ok else "failed"] += 1
+            if ok and stopped.is_set():
+                outcomes["ok_after_stop"] += 1
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(_stats(balancer)["requests_by_worker"]) == 2, timeout=15)
+        before = _stats(balancer)
+        victim, other = (int(pid) for pid in before["requests_by_worker"])
+        victims_requests = before["requests_by_worker"][str(victim)]
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        stopped.set()
+        assert wait_for(lambda: outcomes["ok_after_stop"] >= 20, timeout=10)  # the other serves
+
+        def replaced() -> set[int]:
+            figures = _stats(balancer)
+            pids = {int(pid) for pid in figures["requests_by_worker"]}
+            return pids - {other} if figures["workers"] == 2 and victim not in pids else set()
+
+        new_pid = wait_for(replaced, timeout=30, step=0.1).value.pop()
+        replaced_after = time.monotonic() - stopped_at
+        assert STALL_TIMEOUT_S <= replaced_after < 30, replaced_after
+        assert new_pid in children(balancer.process.pid)
+        assert victim not in children(balancer.process.pid)  # killed, not left stopped
+        after = _stats(balancer)
+        assert after["total_requests"] >= before["total_requests"]
+        assert after["requests_by_worker"][str(new_pid)] >= victims_requests  # its row, kept
+    finally:
+        stop.set()
+        thread.join(20)
+        balancer.stop()
+    about_victim = [line for line in balancer.output if f"[{victim}]" in line]
+    told = [line for line in about_victim if "stalled" in line or "died" in line]
+    assert len(told) == 1 and "stalled" in told[0], told  # logged once
+    assert outcomes["failed"] <= 3, outcomes  # at most what the victim held when it stopped

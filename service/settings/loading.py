@@ -69,6 +69,7 @@ EXPECTED = {
     "percent": "a whole number from 0 to 100",
     "file": "a file path, without control characters",
     "optional_port": "a port number from 1 to 65535, or 0 for none",
+    "stall_timeout": "a number of seconds of at least 2 (workers stamp every second)",
 }
 
 
@@ -210,6 +211,13 @@ def _resolver_valid(raw: Any, text: str) -> float:
     return value
 
 
+def _stall_timeout(raw: Any, text: str) -> float:
+    value = _seconds(allow_zero=False)(raw, text)
+    if value < 2:
+        raise ValueError
+    return value
+
+
 def _statuses(raw: Any, text: str) -> frozenset[int]:
     """Server-error statuses (a TOML list or a comma-separated string); empty: none. Only
     5xx: a 4xx is about the request, never a sign that the instance is sick."""
@@ -246,6 +254,7 @@ _PARSERS = {
     "percent": _whole(0, 100),
     "file": _file,
     "optional_port": _whole(0, 65535),
+    "stall_timeout": _stall_timeout,
 }
 
 

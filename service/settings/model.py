@@ -171,11 +171,13 @@ class ClusterSettings:
 @dataclass(frozen=True, kw_only=True)
 class FrontDoorSettings:
     """The client side: how long a request head may take, how many connections a worker
-    holds, and how long a graceful shutdown keeps serving while readiness says 503."""
+    holds, and how long a graceful shutdown keeps serving while readiness says 503; and how
+    long a worker's event loop may stall before it is replaced."""
 
     header_timeout: float = 30.0
     max_client_connections: int = 4096
     drain_delay: float = 0.0
+    worker_stall_timeout: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,6 +290,7 @@ VARIABLES = (
     Variable("LB_HTTP_REDIRECT_PORT", "tls", "http_redirect_port", "optional_port", "plain HTTP port answering 308 to https (and /lb-health); 0: none; needs TLS"),
     Variable("LB_UPSTREAM_CA", "tls", "upstream_ca", "file", "PEM CA bundle https upstreams are verified against instead of the system CAs"),
     Variable("LB_UPSTREAM_TLS_VERIFY", "tls", "upstream_verify", "bool", "verify https upstreams' certificates and host names (false: an explicit, logged opt-out)"),
+    Variable("LB_WORKER_STALL_TIMEOUT", "frontdoor", "worker_stall_timeout", "stall_timeout", "seconds a worker's event loop may give no sign of life (it stamps every second) before the main process kills and replaces it"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),

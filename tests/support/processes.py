@@ -164,7 +164,7 @@ class LoadBalancer:
 
 @contextlib.contextmanager
 def python_m_service(
-    env: Mapping[str, str], *, output: int = subprocess.DEVNULL
+    env: Mapping[str, str], *, output: int | IO[bytes] = subprocess.DEVNULL
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m service`` (the container's command) on 127.0.0.1 and a free port, in its
     own session; yields the process and its URL once ``/lb-health`` answers (or the process
