@@ -157,7 +157,8 @@ class _Pool:
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
-        self._retired: set[tuple[str, str, int]] = set()  # origins whose targets left
+        # origins (scheme, host, port: a key without its server name) whose targets left
+        self._retired: set[tuple[str, str, int]] = set()
 
     async def acquire(
         self, key: _Key, timeouts: dict[str, Any], request: httpx.Request
@@ -166,7 +167,7 @@ class _Pool:
         pool_timeout = timeouts.get("pool")
         deadline = None if pool_timeout is None else self._loop.time() + pool_timeout
         if self._retired:
-            self._retired.discard(key)  # asked for again: a target once more
+            self._retired.discard(key[:3])  # asked for again: a target once more
         while True:
             conn = self._idle_connection(key)
             if conn is not None:
@@ -246,7 +247,7 @@ class _Pool:
     def release(self, conn: _Connection) -> None:
         """Back to the idle list if its last exchange left it clean, else closed."""
         conn.busy = False
-        if self._closed or not conn.reusable() or conn.key in self._retired:
+        if self._closed or not conn.reusable() or conn.key[:3] in self._retired:
             self.discard(conn)
             return
         idle = self._idle.setdefault(conn.key, collections.deque())
@@ -262,11 +263,13 @@ class _Pool:
         idle.append(conn)
         self._wake_one()
 
-    def retire(self, key: tuple[str, str, int]) -> None:
-        """Close the idle connections to ``key`` and keep none that comes back to idle."""
-        self._retired.add(key)
-        for conn in list(self._idle.get(key, ())):
-            self.discard(conn)
+    def retire(self, origin: tuple[str, str, int]) -> None:
+        """Close the idle connections to ``origin`` (whatever server name they verified) and
+        keep none that comes back to idle."""
+        self._retired.add(origin)
+        for key in [k for k in self._idle if k[:3] == origin]:
+            for conn in list(self._idle.get(key, ())):
+                self.discard(conn)
 
     def discard(self, conn: _Connection) -> None:
         """Close ``conn`` and give its slot back (idempotent)."""
