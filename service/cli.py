@@ -4,7 +4,8 @@
   settings model (``service.settings.model.VARIABLES`` and the dataclass defaults), so it
   cannot drift from what the loader reads;
 - ``--check`` (nginx's ``-t``) loads and validates the configuration, prints the effective
-  routes and pools and exits 0, or prints one line naming the bad setting and exits 2;
+  routes and pools (and what each ``;resolve`` name resolves to from here: a failed lookup
+  is a warning) and exits 0, or prints one line naming the bad setting and exits 2;
 - with no option it serves ``service.app`` on ``LB_HOST:LB_PORT`` with ``LB_WORKERS``
   workers. An ``LB_HOST`` that does not resolve, or a port that cannot be listened on, ends
   with one line naming the cause and exit status 2, like every other bad setting, instead
@@ -22,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from service import tls
 from service.settings import SettingsError, load_settings
 from service.settings import model
 from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, MODELS
@@ -48,7 +50,7 @@ def default_of(section: str, key: str) -> Any:
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if value == "" or value is None:
+    if value is None or value in ("", ()):
         return "unset"
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value) or "(empty)"
@@ -59,7 +61,11 @@ def help_text() -> str:
     """Every setting, from the model; then the upstreams of the default TOML file."""
     rows = [(CONFIG_ENV, "config/defaults.toml", "TOML file of upstreams, routes and defaults")]
     per_upstream = [
-        ("<PREFIX>_URL", "see below", "one target, or a list url[;weight=N], url[;weight=N]")
+        (
+            "<PREFIX>_URL",
+            "see below",
+            "one target, or a list url[;weight=N][;resolve], url[;weight=N][;resolve]",
+        )
     ]
     for variable in model.VARIABLES:
         row = (
@@ -115,6 +121,13 @@ def describe(settings: model.Settings, source: str) -> str:
         f"{'on' if settings.access_log else 'off'}, {settings.log_format} logs",
         "routes (longest prefix first):",
     ]
+    if settings.tls.enabled:
+        redirect = settings.tls.http_redirect_port
+        lines.insert(
+            2,
+            f"tls: {settings.tls.cert} (key {settings.tls.key})"
+            + (f"; plain port {redirect} redirects to https" if redirect else ""),
+        )
     for route in settings.routes:
         extra = f"  ({route.prefix} alone: 308 to {route.prefix}/)" if route.redirect_bare else ""
         lines.append(f"  {route.prefix:<12} -> {route.upstream}{extra}")
@@ -131,11 +144,14 @@ def describe(settings: model.Settings, source: str) -> str:
             f"in {passive.fail_timeout} s (failing statuses: {statuses}; at most "
             f"{passive.max_ejection_percent} % ejected), {checks}"
         )
-        lines += [f"    {t.url}  weight {t.weight}" for t in upstream.targets]
+        lines += [
+            f"    {t.url}  weight {t.weight}" + ("  (resolve)" if t.resolve else "")
+            for t in upstream.targets
+        ]
     return "\n".join(lines) + "\n"
 
 
-def check_listen(host: str, port: int) -> None:
+def check_listen(host: str, port: int, port_variable: str = "LB_PORT") -> None:
     """Exit 2 with one line unless ``host`` resolves and ``host:port`` can be listened on."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -152,7 +168,7 @@ def check_listen(host: str, port: int) -> None:
             errno.EACCES: "permission denied",
             errno.EADDRNOTAVAIL: "the address is not one of this host's",
         }.get(exc.errno or 0, exc.strerror or str(exc))
-        fail(f"cannot listen on {host}:{port} (LB_HOST, LB_PORT): {reason}")
+        fail(f"cannot listen on {host}:{port} (LB_HOST, {port_variable}): {reason}")
     finally:
         probe.close()
 
@@ -169,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         settings = load_settings()
+        tls.check(settings)
     except SettingsError as exc:
         fail(f"configuration error: {exc}")
     if args.check:
@@ -177,8 +194,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (socket.gaierror, UnicodeError) as exc:
             fail(f"LB_HOST={settings.host!r} does not resolve: {exc}")
         sys.stdout.write(describe(settings, os.environ.get(CONFIG_ENV) or str(DEFAULTS_FILE)))
+        from service.discovery.check import check_names  # dnspython only when asked
+
+        sys.stdout.write(check_names(settings))
         return
     check_listen(settings.host, settings.port)
+    if settings.tls.http_redirect_port:
+        check_listen(settings.host, settings.tls.http_redirect_port, "LB_HTTP_REDIRECT_PORT")
     serve(settings)
 
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from service.admission import AdmissionView, ClientAddresses, Gate
+from service.discovery.state import DiscoveryLayout
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
-from service.pools import Pool, PoolLayout, PoolState, RetryBudget
+from service.pools import Pool, PoolLayout, PoolState, RetryBudget, SlotTable, TargetSync
 from service.proxying.routing import Router
 from service.settings import Settings
 from service.sharedmem import Plan, WorkerRow
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # only imported when a cluster is configured
     from service.admission.housekeeping import Housekeeping
     from service.cluster.publisher import Publisher
     from service.cluster.view import ClusterView
+    from service.discovery import Discovery
+    from service.tls.rotation import LiveCertificate
 
 
 @dataclass(eq=False)
@@ -36,12 +39,17 @@ class WorkerContext:
     plan: Plan
     metrics_layout: MetricsLayout
     pool_layout: PoolLayout
+    discovery_layout: DiscoveryLayout
     # filled in before the worker serves (see the module docstring)
     row: WorkerRow = field(init=False)
     metrics: MetricsStore = field(init=False)
     clients: UpstreamClients = field(init=False)
     pool_state: PoolState = field(init=False)
     pools: dict[str, Pool] = field(init=False)
+    # the shared table of target slots, and this worker's pools kept in step with it
+    slots: SlotTable = field(init=False)
+    target_sync: TargetSync = field(init=False)
+    target_sync_task: asyncio.Task[None] | None = None
     retry_budget: RetryBudget = field(init=False)
     aggregator: StatsAggregator = field(init=False)
     health_task: asyncio.Task[None] | None = None
@@ -49,6 +57,8 @@ class WorkerContext:
     cluster: ClusterView | None = None
     cluster_publisher: Publisher | None = None
     cluster_task: asyncio.Task[None] | None = None
+    # set only when a target entry has ;resolve (service.discovery): the names looked up
+    discovery: Discovery | None = None
     # True from the start of a graceful shutdown: readiness answers 503, /stats says so
     draining: bool = False
     # this worker's X-Request-ID maker (a random prefix and a counter)
@@ -61,3 +71,5 @@ class WorkerContext:
     admission: AdmissionView = field(init=False)  # /stats' limits, /metrics, the status page
     admission_chores: Housekeeping | None = None
     admission_task: asyncio.Task[None] | None = None
+    # set only when LB_TLS_CERT is (service.tls): the certificate this worker serves
+    tls: LiveCertificate | None = None

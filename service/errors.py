@@ -12,9 +12,12 @@
     │                            + "limit"; Retry-After, and the RateLimit fields)
     ├── Overloaded          503  a pool at its max_requests in flight ("overloaded",
     │                            + "upstream"; Retry-After: 1); not a failure of the upstream
+    ├── NoTargets           503  the route's pool has no target at all ("no_targets": its
+    │                            names resolve to nothing); Retry-After: 1, answered at once
     └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
         ├── UpstreamRefused        no connection could be made ("refused", or "dns" when
-        │                          the target's host name does not resolve)
+        │                          the target's host name does not resolve, or "tls: ..."
+        │                          when its certificate is not trusted)
         ├── UpstreamTimeout   504  connect or read took longer than allowed ("timeout")
         │   └── UpstreamConnectTimeout  no connection at all: nothing was sent
         ├── UpstreamBroken         the connection broke after it was made ("broken")
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from http import HTTPStatus
 from typing import Any
 
@@ -57,9 +61,9 @@ class LoadBalancerError(Exception):
     def body(self) -> dict[str, str]:
         return {"error": self.error, "detail": self.detail}
 
-    def headers(self) -> dict[str, str]:
-        """Header fields the answer carries besides its body's (Retry-After...)."""
-        return {}
+    def headers(self) -> dict[str, str] | None:
+        """Headers of the answer beyond the JSON body's (none for most errors)."""
+        return None
 
 
 class ClientError(LoadBalancerError):
@@ -102,7 +106,7 @@ class RateLimited(ClientError):
     def body(self) -> dict[str, str]:
         return {"error": self.error, "limit": self.limit, "detail": self.detail}
 
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str] | None:
         return {"retry-after": str(self.retry_after), **self.fields}
 
 
@@ -120,7 +124,26 @@ class Overloaded(LoadBalancerError):
     def body(self) -> dict[str, str]:
         return {"error": self.error, "upstream": self.upstream, "detail": self.detail}
 
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str] | None:
+        return {"retry-after": "1"}
+
+
+class NoTargets(LoadBalancerError):
+    """A pool with no target to send to: every ``resolve`` entry of it found no address
+    (NXDOMAIN or no record: a headless Service with no ready pod). Answered at once, not
+    after a connect timeout, and not a proxy 502: nothing was tried."""
+
+    status = 503
+    error = "no_targets"
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(f"upstream {upstream!r} has no target: its names resolve to no address")
+        self.upstream = upstream
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "upstream": self.upstream, "detail": self.detail}
+
+    def headers(self) -> dict[str, str] | None:
         return {"retry-after": "1"}
 
 
@@ -180,6 +203,8 @@ def classify(upstream: str, exc: BaseException, *, connected: bool = True) -> Up
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return UpstreamTimeout(upstream, "timeout: no answer within the read timeout")
     if isinstance(exc, httpx.ConnectError) or (isinstance(exc, OSError) and not connected):
+        if (tls := _tls_failure(exc)) is not None:
+            return UpstreamRefused(upstream, tls)
         if _resolution_failed(exc):
             return UpstreamRefused(upstream, f"dns: {detail}")
         return UpstreamRefused(upstream, f"refused: {detail}")
@@ -201,6 +226,21 @@ def _resolution_failed(exc: BaseException) -> bool:
     return False
 
 
+def _tls_failure(exc: BaseException) -> str | None:
+    """The reason of a failed TLS handshake found in the chain of causes, else None: a
+    certificate the proxy does not trust is an operator's fix, not a network fault."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"tls: certificate verify failed: {seen.verify_message or seen.reason}"
+        if isinstance(seen, ssl.SSLError):
+            return f"tls: handshake failed: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def sanic_error_body(status: int, message: str) -> dict[str, Any]:
     """Sanic's own errors in the load balancer's shape: ``{"error", "detail"}``."""
     try:
@@ -212,7 +252,7 @@ def sanic_error_body(status: int, message: str) -> dict[str, Any]:
 
 def error_response(error: LoadBalancerError) -> HTTPResponse:
     """The load balancer's own answer for ``error``: its status and its JSON body."""
-    return json(error.body(), status=error.status, headers=error.headers() or None)
+    return json(error.body(), status=error.status, headers=error.headers())
 
 
 def startup(app: Sanic) -> None:

@@ -3,6 +3,7 @@ Kubernetes schemas (kubernetes-validate) and against what the service itself nee
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import yaml
 from sanic import Sanic
 
 from service.factory import create_app
-from service.settings import load_settings
+from service.settings import Settings, load_settings
 from tests.support import REPO
 
 DEPLOY = REPO / "deploy" / "kubernetes"
@@ -50,6 +51,11 @@ def test_every_file_of_the_kustomization_is_listed_and_valid() -> None:
         ("ConfigMap", "sanic-lb-config"),
         ("Deployment", "sanic-lb"),
         ("Deployment", "sanic-lb-redis"),
+        ("Service", "local-api-gateway-headless"),
+        ("Service", "local-auth-headless"),
+        ("Service", "local-blog-headless"),
+        ("Service", "local-dashboard-ui-headless"),
+        ("Service", "local-user-headless"),
         ("Service", "sanic-lb"),
         ("Service", "sanic-lb-redis"),
     ]
@@ -118,3 +124,72 @@ def test_the_configuration_and_the_redis_url_are_what_the_service_accepts(
     redis = _find("Deployment", "sanic-lb-redis")
     assert redis_service["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
     assert _container(redis)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _configured(tmp_path: Path, toml: str | None = None) -> Settings:
+    """The ConfigMap's TOML (or ``toml``) loaded as the Deployment's environment loads it."""
+    env = _env(_container(_find("Deployment", "sanic-lb")))
+    config = _find("ConfigMap", "sanic-lb-config")
+    (file_name,) = config["data"]
+    (tmp_path / file_name).write_text(toml if toml is not None else config["data"][file_name])
+    return load_settings(env={**env, "LB_CONFIG": str(tmp_path / file_name)})
+
+
+def test_every_upstream_resolves_the_pods_of_a_headless_service(tmp_path: Path) -> None:
+    settings = _configured(tmp_path)
+    for upstream in settings.upstreams:
+        (entry,) = upstream.targets
+        assert entry.resolve, upstream.name
+        service = _find("Service", entry.host)
+        assert service["spec"]["clusterIP"] == "None"  # DNS answers with every ready pod
+        assert not service["spec"].get("publishNotReadyAddresses", False)
+        (port,) = service["spec"]["ports"]
+        assert f":{port['port']}" in entry.url
+        assert service["spec"]["selector"]["app.kubernetes.io/name"] == upstream.name
+    assert settings.resolver.max_targets <= 32  # the shared block stays small
+
+
+def test_the_commented_clusterip_alternative_loads_too(tmp_path: Path) -> None:
+    toml = _find("ConfigMap", "sanic-lb-config")["data"]["lb.toml"]
+    swapped, count = re.subn(r'url = "[^"]+;resolve"\n(\s*)# (url = "[^"]+")', r"\2", toml)
+    assert count == 5
+    settings = _configured(tmp_path, swapped)
+    assert not any(t.resolve for u in settings.upstreams for t in u.targets)
+    assert {u.url for u in settings.upstreams} == {
+        "http://local-api-gateway-service:8000", "http://local-dashboard-ui-service:80",
+        "http://local-blog-service:8005", "http://local-auth-service:8002",
+        "http://local-user-service:8001",
+    }  # fmt: skip
+
+
+def test_the_tls_lines_uncommented_make_a_valid_deployment_the_service_accepts() -> None:
+    """The optional HTTPS of load-balancer.yaml (lines marked ``#TLS``), uncommented as its
+    header says, and the cert-manager Certificate of that header."""
+    text = (DEPLOY / "load-balancer.yaml").read_text()
+    uncommented = re.sub(r"^(\s*)#TLS ", r"\1", text, flags=re.MULTILINE)
+    assert not re.search(r"^\s*#TLS", uncommented, flags=re.MULTILINE)
+    (deployment,) = [d for d in yaml.safe_load_all(uncommented) if d]
+    kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert mount["readOnly"] is True and "subPath" not in mount  # subPath mounts never update
+    env = _env(container)
+    assert env["LB_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+    assert env["LB_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    settings = load_settings(env={k: v for k, v in env.items() if k != "LB_CONFIG"})
+    assert settings.tls.enabled and settings.tls.http_redirect_port == ports["http-redirect"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    lines = text.splitlines()
+    start = lines.index("#   apiVersion: cert-manager.io/v1")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line.removeprefix("#   "))
+    certificate = yaml.safe_load("\n".join(block))
+    assert certificate["kind"] == "Certificate"
+    assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]

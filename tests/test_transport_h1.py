@@ -26,6 +26,7 @@ import uvloop
 from service.settings import ProxySettings
 from service.transport.h1 import HIGH_WATER, H1Transport
 from service.transport import build_client
+from tests.support.tools import require
 import contextlib
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -66,7 +67,7 @@ class Server:
 async def read_request(reader: asyncio.StreamReader, server: Server) -> h11.Request | None:
     """One request, parsed by h11, its body read whole; None at the end of the connection."""
     conn = h11.Connection(h11.SERVER)
-    request, body = None, b""
+    request, body = None, bytearray()  # not bytes +=, quadratic for an 8 MiB body
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
@@ -80,7 +81,7 @@ async def read_request(reader: asyncio.StreamReader, server: Server) -> h11.Requ
             body += event.data
         elif isinstance(event, h11.EndOfMessage):
             assert request is not None
-            server.requests.append((request, body))
+            server.requests.append((request, bytes(body)))
             return request
         else:
             raise AssertionError(event)
@@ -286,6 +287,38 @@ def test_head_has_no_body_whatever_its_length_and_reuses() -> None:
             response, body = await fetch(t, server.url, "HEAD")
             assert body == b""
             assert server.connections == 1
+            await t.aclose()
+
+    run(main())
+
+
+def test_retire_closes_idle_connections_to_an_origin_whatever_name_they_verify() -> None:
+    """A target that left its pool (DNS, reload): its idle connections close at once, those
+    made for another server name (``sni_hostname``) too; asked for again, it is a target."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        while await read_request(reader, server) is not None:
+            writer.write(answer(b"ok"))
+            await writer.drain()
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            t = transport()
+            await fetch(t, server.url)
+            named = httpx.Request(
+                "GET", server.url, extensions={"timeout": TIMEOUTS, "sni_hostname": "svc.test"}
+            )
+            response = await t.handle_async_request(named)
+            await response.aread()
+            await response.aclose()
+            assert server.connections == 2
+            assert t._pool is not None and t._pool._open == 2
+            t.retire(server.url)
+            assert t._pool._open == 0  # both closed, not left idle
+            assert (await fetch(t, server.url))[1] == b"ok"
+            assert server.connections == 3 and t._pool._open == 1  # kept again
             await t.aclose()
 
     run(main())
@@ -718,7 +751,7 @@ def test_https(tmp_path: object) -> None:
 
     cert, key = Path(str(tmp_path)) / "cert.pem", Path(str(tmp_path)) / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        [require("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
          "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key),
          "-out", str(cert)],
         check=True, capture_output=True,

@@ -106,7 +106,16 @@ class ReportCollector:
             online = entry.get("service_status") == "online" or entry.get("status") == "healthy"
             up.add_metric([upstream.name, upstream.stats_key], 1.0 if online else 0.0)
         yield up
+        if self._report.tls is not None:
+            expiry = GaugeMetricFamily(
+                "lb_tls_certificate_expiry_seconds",
+                "Seconds until the served TLS certificate expires (negative: expired).",
+                labels=["subject"],
+            )
+            expiry.add_metric([self._report.tls["subject"]], self._report.tls["expires_in_s"])
+            yield expiry
         yield from self._targets()
+        yield from self._discovery()
         yield from self._admitted()
 
     def _admitted(self) -> Iterator[Metric]:
@@ -152,6 +161,32 @@ class ReportCollector:
                 requests.add_metric(key, target["requests"])
                 failures.add_metric(key, target["failures"])
         yield from (up, outstanding, requests, failures)
+
+    def _discovery(self) -> Iterator[Metric]:
+        """DNS discovery, per pool with ``;resolve`` entries (none without them)."""
+        lookups = CounterMetricFamily(
+            "lb_discovery_lookups",
+            "DNS lookups of the pool's resolve entries, by result (ok, nxdomain, nodata, "
+            "timeout, servfail, refused, no_servers, error).",
+            labels=["upstream", "result"],
+        )
+        targets = GaugeMetricFamily(
+            "lb_discovery_targets",
+            "Targets the pool has from its resolve entries now.",
+            labels=["upstream"],
+        )
+        for name, pool in self._pools.items():
+            entries = pool.get("discovery")
+            if not entries:
+                continue
+            totals: dict[str, int] = {}
+            for entry in entries:
+                for result, count in entry["lookups"].items():
+                    totals[result] = totals.get(result, 0) + count
+            for result, count in totals.items():
+                lookups.add_metric([name, result], count)
+            targets.add_metric([name], sum(len(entry["addresses"]) for entry in entries))
+        yield from (lookups, targets)
 
 
 def _bound(bound: float) -> str:

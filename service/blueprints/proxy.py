@@ -154,6 +154,7 @@ async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPRespons
         return websocket_tunnel.open_tunnel(
             request, upstream=pool.name, target_url=target.url,
             connect_timeout=proxy.connect_timeout, read_timeout=proxy.read_timeout,
+            ssl_context=lb.clients.ssl_context, server_hostname=target.origin or None,
         )  # fmt: skip
 
     attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, lb.retry_budget)

@@ -10,10 +10,12 @@ from service.settings.model import (
     HeartbeatSettings,
     PassiveHealth,
     ProxySettings,
+    ResolverSettings,
     Route,
     Settings,
     StatsSettings,
     TargetSpec,
+    TlsSettings,
     Upstream,
 )
 
@@ -25,11 +27,13 @@ __all__ = [
     "HeartbeatSettings",
     "PassiveHealth",
     "ProxySettings",
+    "ResolverSettings",
     "Route",
     "Settings",
     "SettingsError",
     "StatsSettings",
     "TargetSpec",
+    "TlsSettings",
     "Upstream",
     "load_settings",
 ]

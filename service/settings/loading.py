@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +30,8 @@ SECTIONS: dict[str, type] = {
     "admin": model.AdminSettings,
     "cluster": model.ClusterSettings,
     "frontdoor": model.FrontDoorSettings,
+    "resolver": model.ResolverSettings,
+    "tls": model.TlsSettings,
     "admission": model.AdmissionSettings,
 }
 # The model part every VARIABLES section names: the scalar sections, and each upstream's.
@@ -63,8 +65,13 @@ EXPECTED = {
     "redis_url": "a redis://, rediss:// or unix:// URL with a host (or a socket path)",
     "cluster_name": "1 to 64 letters, digits, '.', '_' or '-'",
     "publish_interval": "a number of seconds greater than 0 and at most 0.25",
+    "resolvers": "a comma-separated list of DNS server addresses ip[:port] ([v6]:port)",
+    "resolver_valid": "a number of seconds of at least 1",
     "statuses": "a comma-separated list of HTTP statuses from 500 to 599, such as 502,503,504",
     "percent": "a whole number from 0 to 100",
+    "file": "a file path, without control characters",
+    "optional_port": "a port number from 1 to 65535, or 0 for none",
+    "stall_timeout": "a number of seconds of at least 2 (workers stamp every second)",
     "rate_limit": "N/s or N/min, then optionally burst=N and dry_run=true: 50/s burst=100",
     "limit_keys": "a whole number from 64 to 4194304",
 }
@@ -171,12 +178,63 @@ def _publish_interval(raw: Any, text: str) -> float:
     return value
 
 
+def _resolvers(raw: Any, text: str) -> tuple[str, ...]:
+    """``ip[:port]`` items (a TOML list or a comma-separated string); IPv6 with a port is
+    bracketed, ``[::1]:5353``. Kept as text: the resolver parses them again when built."""
+    items = raw if isinstance(raw, list) else text.split(",")
+    servers = []
+    for item in (str(i).strip() for i in items):
+        if item:
+            resolver_address(item)
+            servers.append(item)
+    return tuple(servers)
+
+
+def resolver_address(item: str) -> tuple[str, int]:
+    """``"10.0.0.10"``, ``"10.0.0.10:53"``, ``"::1"``, ``"[::1]:5353"`` -> (ip, port);
+    ValueError for anything else (a host name is not accepted: it would need a resolver)."""
+    host, port = item, 53
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(item)
+            port = int(rest[1:])
+    elif item.count(":") == 1:
+        host, _, digits = item.partition(":")
+        port = int(digits)
+    if not 1 <= port <= 65535:
+        raise ValueError(item)
+    return str(ip_address(host)), port
+
+
+def _resolver_valid(raw: Any, text: str) -> float:
+    value = _seconds(allow_zero=False)(raw, text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def _stall_timeout(raw: Any, text: str) -> float:
+    value = _seconds(allow_zero=False)(raw, text)
+    if value < 2:
+        raise ValueError
+    return value
+
+
 def _statuses(raw: Any, text: str) -> frozenset[int]:
     """Server-error statuses (a TOML list or a comma-separated string); empty: none. Only
     5xx: a 4xx is about the request, never a sign that the instance is sick."""
     items = raw if isinstance(raw, list) else text.split(",")
     status = _whole(500, 599)
     return frozenset(status(item, str(item).strip()) for item in items if str(item).strip())
+
+
+def _file(raw: Any, text: str) -> str:
+    """A path (empty: unset); whether it can be read is checked where it is used."""
+    if any(ord(c) < 32 for c in text):
+        raise ValueError
+    return text
 
 
 _PARSERS = {
@@ -194,8 +252,13 @@ _PARSERS = {
     "redis_url": _redis_url,
     "cluster_name": _cluster_name,
     "publish_interval": _publish_interval,
+    "resolvers": _resolvers,
+    "resolver_valid": _resolver_valid,
     "statuses": _statuses,
     "percent": _whole(0, 100),
+    "file": _file,
+    "optional_port": _whole(0, 65535),
+    "stall_timeout": _stall_timeout,
     "rate_limit": lambda raw, text: parse_shorthand(text),
     "limit_keys": _whole(64, 4 * 1024 * 1024),
 }
@@ -229,20 +292,39 @@ def _normalise_prefix(raw: str) -> str:
 
 
 def parse_targets(name: str, raw: str) -> tuple[model.TargetSpec, ...]:
-    """``url[;weight=N][, url[;weight=N] ...]`` -> targets, validated."""
+    """``url[;weight=N][;resolve][, url[;weight=N][;resolve] ...]`` -> targets, validated.
+
+    ``resolve`` makes the entry stand for every address of its host name (DNS discovery):
+    so the host must be a name, not an address."""
     targets = []
     for item in (part.strip() for part in str(raw).split(",")):
         if not item:
             raise SettingsError(f"{name}={raw!r} is not valid: an empty target in the list")
         url, *options = (piece.strip() for piece in item.split(";"))
-        weight = 1
+        weight, resolve = 1, False
         for option in options:
             key, _, value = option.partition("=")
-            if key.strip() != "weight":
+            if key.strip() == "resolve" and not value:
+                resolve = True
+            elif key.strip() == "weight":
+                weight = _parse("positive_int", f"{name} weight", value)
+            else:
                 raise SettingsError(f"{name}={raw!r} is not valid: unknown option {option!r}")
-            weight = _parse("positive_int", f"{name} weight", value)
-        targets.append(model.TargetSpec(url=parse_upstream_url(name, url), weight=weight))
+        spec = model.TargetSpec(url=parse_upstream_url(name, url), weight=weight, resolve=resolve)
+        if resolve and _is_address(spec.host):
+            raise SettingsError(
+                f"{name}={raw!r} is not valid: resolve needs a host name, not an address"
+            )
+        targets.append(spec)
     return tuple(targets)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _env_prefix(url_env: str) -> str:

@@ -13,14 +13,25 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, kw_only=True)
 class TargetSpec:
-    """One instance of an upstream: ``scheme://host[:port]`` and its relative weight."""
+    """One instance of an upstream: ``scheme://host[:port]`` and its relative weight.
+
+    ``resolve``: the entry stands for every address its host name resolves to (DNS
+    discovery, ``service.discovery``), each one a target with this weight and port.
+    """
 
     url: str
     weight: int = 1
+    resolve: bool = False
+
+    @property
+    def host(self) -> str:
+        """The host name of ``url`` (what a ``resolve`` entry looks up)."""
+        return urlsplit(self.url).hostname or ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +82,16 @@ class Upstream:
     def url(self) -> str:
         """The first target's URL (the only one, for a single-target upstream)."""
         return self.targets[0].url
+
+    @property
+    def static_targets(self) -> tuple[TargetSpec, ...]:
+        """The targets named as they are (not ``resolve`` entries): the pool's start."""
+        return tuple(t for t in self.targets if not t.resolve)
+
+    @property
+    def resolved_entries(self) -> tuple[TargetSpec, ...]:
+        """The ``resolve`` entries, whose targets come from DNS while serving."""
+        return tuple(t for t in self.targets if t.resolve)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,11 +174,43 @@ class ClusterSettings:
 @dataclass(frozen=True, kw_only=True)
 class FrontDoorSettings:
     """The client side: how long a request head may take, how many connections a worker
-    holds, and how long a graceful shutdown keeps serving while readiness says 503."""
+    holds, and how long a graceful shutdown keeps serving while readiness says 503; and how
+    long a worker's event loop may stall before it is replaced."""
 
     header_timeout: float = 30.0
     max_client_connections: int = 4096
     drain_delay: float = 0.0
+    worker_stall_timeout: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolverSettings:
+    """DNS discovery for ``;resolve`` targets (nginx's ``resolver``/``valid=``, Envoy's
+    ``STRICT_DNS`` clusters). ``servers`` empty: the ``nameserver`` lines of
+    /etc/resolv.conf (and its ``search``/``ndots``, as the system resolver would)."""
+
+    servers: tuple[str, ...] = ()  # "ip" or "ip:port" / "[v6]:port"
+    valid: float = 5.0
+    timeout: float = 2.0
+    max_targets: int = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS at the front door (a PEM certificate chain and its key, watched for rotation; an
+    optional plain listener that redirects to https) and to ``https://`` upstreams (the CA
+    bundle they are verified against, or an explicit opt-out). Empty paths: off / system CAs.
+    The files themselves are checked by ``service.tls.check`` at start-up."""
+
+    cert: str = ""
+    key: str = ""
+    http_redirect_port: int = 0  # 0: no plain listener
+    upstream_ca: str = ""
+    upstream_verify: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert or self.key)
 
 
 LIMIT_KEYS = ("client", "header", "all")  # what a rate limit counts per ("header:<Name>")
@@ -225,6 +278,8 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
+    resolver: ResolverSettings = field(default_factory=ResolverSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     limits: tuple[LimitSpec, ...] = ()  # the [[limits]] tables of the TOML file
 
@@ -279,6 +334,16 @@ VARIABLES = (
     Variable("LB_HEADER_TIMEOUT", "frontdoor", "header_timeout", "seconds", "seconds a client may take to send a whole request head (then 408 and close)"),
     Variable("LB_MAX_CLIENT_CONNECTIONS", "frontdoor", "max_client_connections", "positive_int", "client connections per worker (above it: 503 and close)"),
     Variable("LB_DRAIN_DELAY", "frontdoor", "drain_delay", "size_seconds", "seconds a graceful shutdown keeps accepting (readiness 503) before it stops listening"),
+    Variable("LB_RESOLVER", "resolver", "servers", "resolvers", "DNS servers for ;resolve targets, comma-separated ip[:port]; unset: the nameserver lines of /etc/resolv.conf"),
+    Variable("LB_RESOLVER_VALID", "resolver", "valid", "resolver_valid", "longest time in seconds a DNS answer is used before it is asked again (a lower record TTL wins; never below 1)"),
+    Variable("LB_RESOLVER_TIMEOUT", "resolver", "timeout", "seconds", "seconds for one DNS lookup"),
+    Variable("LB_RESOLVER_MAX_TARGETS", "resolver", "max_targets", "positive_int", "addresses kept per ;resolve entry (sizes the shared block; more are cut, sorted)"),
+    Variable("LB_TLS_CERT", "tls", "cert", "file", "PEM certificate chain (leaf first) to serve HTTPS with; with LB_TLS_KEY, turns TLS on; rotated when the file changes"),
+    Variable("LB_TLS_KEY", "tls", "key", "file", "PEM private key of LB_TLS_CERT"),
+    Variable("LB_HTTP_REDIRECT_PORT", "tls", "http_redirect_port", "optional_port", "plain HTTP port answering 308 to https (and /lb-health); 0: none; needs TLS"),
+    Variable("LB_UPSTREAM_CA", "tls", "upstream_ca", "file", "PEM CA bundle https upstreams are verified against instead of the system CAs"),
+    Variable("LB_UPSTREAM_TLS_VERIFY", "tls", "upstream_verify", "bool", "verify https upstreams' certificates and host names (false: an explicit, logged opt-out)"),
+    Variable("LB_WORKER_STALL_TIMEOUT", "frontdoor", "worker_stall_timeout", "stall_timeout", "seconds a worker's event loop may give no sign of life (it stamps every second) before the main process kills and replaces it"),
     Variable("LB_TRUSTED_PROXIES", "admission", "trusted_proxies", "networks", "proxies (CIDR list) whose X-Forwarded-For names the client: the rightmost address not in it; empty: the TCP peer is the client"),
     Variable("LB_RATE_LIMIT", "admission", "rate_limit", "rate_limit", "one per-client rate limit on every proxied route and /stats, e.g. '50/s burst=100' (more: [[limits]] in the TOML)"),
     Variable("LB_RATE_LIMIT_HEADERS", "admission", "rate_limit_headers", "bool", "send the RateLimit-Policy and RateLimit fields on responses a limit covers"),

@@ -28,6 +28,7 @@ class Report:
     draining: bool = False  # a graceful shutdown has begun: the process still serves
     pools_without_live_target: int = 0  # pools none of whose targets is in rotation and answering
     cluster: Entry | None = None  # replicas and their status, when a cluster is configured
+    tls: Entry | None = None  # the served certificate, when LB_TLS_CERT is set
     limits: Entry | None = None  # admission control: rate limits, caps (service.admission)
 
     def load_balancer_entry(self) -> Entry:
@@ -63,6 +64,8 @@ class Report:
         }
         if self.cluster is not None:
             entry["cluster"] = self.cluster
+        if self.tls is not None:
+            entry["tls"] = self.tls
         if self.limits is not None:
             entry["limits"] = self.limits
         return entry
@@ -92,9 +95,19 @@ async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
             lb.aggregator.collect(), lb.cluster.read(lb.metrics, history=history)
         )
     pools = {name: pool.describe() for name, pool in lb.pools.items()}
+    for name, entry in pools.items():  # what targets that left had counted stays counted
+        retired = lb.slots.retired(name)
+        entry["retired"] = {
+            "targets": retired.targets, "requests": retired.requests,
+            "failures": retired.failures,
+        }  # fmt: skip
+    if lb.discovery is not None:
+        for name, entries in lb.discovery.describe(lb.pools).items():
+            pools[name]["discovery"] = entries
     dead = sum(not pool.has_live_target() for pool in lb.pools.values())
+    tls = lb.tls.describe() if lb.tls is not None else None
     limits = lb.admission.entry()
-    return Report(snapshot, pools, services, lb.draining, dead, cluster, limits)
+    return Report(snapshot, pools, services, lb.draining, dead, cluster, tls=tls, limits=limits)
 
 
 def _mean_ms(total_s: float, count: int) -> float:

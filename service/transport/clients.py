@@ -9,11 +9,13 @@ another one, for the benchmarks.
 
 from __future__ import annotations
 
+import ssl
 from http.cookiejar import Cookie, CookieJar
 from typing import Any
 
 import httpx
 from service.settings import ProxySettings, Settings, Upstream
+from service.tls.contexts import upstream_context
 from service.transport.h1 import H1Transport
 
 
@@ -115,11 +117,13 @@ def build_client(
     proxy: ProxySettings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
-    """The proxy's client for ``upstream``; ``transport`` replaces the default (benchmarks)."""
+    """The proxy's client for ``upstream``; ``transport`` replaces the default (benchmarks);
+    ``ssl_context`` is how its ``https://`` targets are verified (``service.tls.contexts``)."""
     return _ProxyClient(
         base_url=upstream.url,
-        transport=transport or H1Transport(limits=limits_of(proxy)),
+        transport=transport or H1Transport(limits=limits_of(proxy), ssl_context=ssl_context),
         timeout=httpx.Timeout(**proxy.timeouts),
         follow_redirects=False,
         trust_env=False,
@@ -130,10 +134,25 @@ class UpstreamClients:
     """Name -> client for every configured upstream."""
 
     def __init__(self, settings: Settings) -> None:
-        self._clients = {u.name: build_client(u, settings.proxy) for u in settings.upstreams}
+        # One TLS context for every https target of this worker (made only if there is one:
+        # loading the system CAs costs a few ms), shared with the WebSocket tunnel.
+        https = any(t.url.startswith("https:") for u in settings.upstreams for t in u.targets)
+        self.ssl_context = upstream_context(settings.tls) if https else None
+        self._clients = {
+            u.name: build_client(u, settings.proxy, ssl_context=self.ssl_context)
+            for u in settings.upstreams
+        }
 
     def __getitem__(self, name: str) -> httpx.AsyncClient:
         return self._clients[name]
+
+    def forget(self, name: str, urls: list[str]) -> None:
+        """Targets ``urls`` left pool ``name``: close their idle pooled connections (the
+        busy ones close as their exchanges end; see ``H1Transport.retire``)."""
+        transport = getattr(self._clients[name], "_upstream_transport", None)
+        if isinstance(transport, H1Transport):
+            for url in urls:
+                transport.retire(url)
 
     async def aclose(self) -> None:
         for client in self._clients.values():
