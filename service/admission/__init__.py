@@ -6,7 +6,9 @@
 - ``policy``: the limits compiled once (``[[limits]]``, ``LB_RATE_LIMIT``), per route;
 - ``gate``: the one check on a request's path (GCRA rate limits, ``LB_MAX_CLIENT_REQUESTS``,
   pools' ``max_requests``), exact across the host's workers: the state lives in the shared
-  block (``layout``, ``table``) and is changed under one host lock (``lock``);
+  block (``layout``, ``table``) and is changed under one host lock (``lock``); ``endpoints``
+  puts it in front of ``/stats``; ``episodes`` writes the lines when a key starts and stops
+  being limited;
 - ``housekeeping``: one worker per host ends limited episodes and, with
   ``LB_CLUSTER_REDIS_URL``, shares admissions with the other replicas (``sync``,
   ``sync_store``: the only modules that touch Redis, imported only then);
@@ -27,7 +29,8 @@ import multiprocessing
 from sanic import Sanic
 
 from service.admission.client import ClientAddresses, client_address
-from service.admission.gate import Admission, Gate, admitted
+from service.admission.endpoints import admitted
+from service.admission.gate import Admission, Gate
 from service.admission.housekeeping import SWEEP_EVERY_S, Housekeeping
 from service.admission.layout import IN_FLIGHT, PER_POOL, AdmissionLayout
 from service.admission.lock import HostLock

@@ -1,5 +1,6 @@
 """The one admission check on a request's path: :meth:`Gate.admit`, called by the proxy once
-the route is known and before any upstream is chosen, and by ``/stats`` (:func:`admitted`).
+the route is known and before any upstream is chosen (and in front of ``/stats``, by
+``endpoints.admitted``).
 
 One decision takes the host lock once and, inside it, reads and writes nothing but the
 shared tables: every limit that covers the request is asked first (GCRA: the key's
@@ -13,15 +14,12 @@ is given back.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from functools import wraps
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sanic import Request
-from sanic.response import HTTPResponse
 
 from service.admission.client import ClientAddresses
 from service.admission.layout import (
@@ -39,15 +37,12 @@ from service.admission.layout import (
     TAT,
     AdmissionLayout,
 )
+from service.admission.episodes import log_start
 from service.admission.lock import HostLock
 from service.admission.policy import HASH_CACHE, CLIENT_LIMIT, Limit, RoutePlan, key_hash
 from service.admission.table import ClientTable, RateTable
-from service.errors import LoadBalancerError, Overloaded, RateLimited, error_response
-from service.settings.model import STATS_ROUTE
+from service.errors import Overloaded, RateLimited
 
-log = logging.getLogger("service.admission")
-
-Handler = Callable[..., Awaitable[HTTPResponse]]
 _EPSILON = 1e-9  # float slack: a request exactly at the budget's edge fits
 ANSWERS = 4096  # shared fields-only admissions kept per limit
 
@@ -213,7 +208,7 @@ class Gate:
         if untracked:
             mem[self.misc_at] += untracked
         for limit, label in labels:
-            _log_start(limit, label)
+            log_start(limit, label)
         if refusal is not None or overloaded or dry:
             self._count_refused(now, asks, dry, refusal, overloaded, plan)
             if refusal is not None:
@@ -351,7 +346,7 @@ class Gate:
     ) -> None:
         """The rare path of :meth:`_admit_one`: count, log, and raise unless a dry run."""
         if started:
-            _log_start(limit, self.table.label(limit.fixed_label, at))
+            log_start(limit, self.table.label(limit.fixed_label, at))
         if limit.dry_run:
             self._count_refused(now, [(limit, key, fp)], [(limit, at)], None, False, _NO_PLAN)
             return
@@ -414,25 +409,6 @@ class Gate:
             mem[bucket + H_OVERLOADED] += 1
 
 
-def describe_key(limit: Limit, label: str) -> str:
-    if limit.per_all or label.startswith("untracked") or label.startswith("client "):
-        return label
-    return f"{limit.spec.per.partition(':')[2] or 'client'} {label}"
-
-
-def _log_start(limit: Limit, label: str) -> None:
-    if limit.dry_run:
-        log.warning(
-            "limit %s (dry run): %s would be limited from now (over %s, burst %d); served "
-            "anyway", limit.name, describe_key(limit, label), limit.spec.rate_text, limit.burst,
-        )  # fmt: skip
-    else:
-        log.warning(
-            "limit %s: %s is being limited (over %s, burst %d): 429 until it slows down",
-            limit.name, describe_key(limit, label), limit.spec.rate_text, limit.burst,
-        )  # fmt: skip
-
-
 _NO_PLAN = RoutePlan((), -1, 0, False, None)
 
 
@@ -443,27 +419,3 @@ class _ClientPseudo:
 
 
 _CLIENT_PSEUDO: Any = _ClientPseudo()
-
-
-def admitted(handler: Handler) -> Handler:
-    """A local endpoint's handler behind the gate (``/stats``: its route is ``stats``)."""
-
-    @wraps(handler)
-    async def guarded(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
-        gate: Gate | None = request.app.ctx.lb.gate
-        if gate is None:
-            return await handler(request, *args, **kwargs)
-        try:
-            admission = gate.admit(request, STATS_ROUTE)
-        except LoadBalancerError as error:
-            return error_response(error)
-        if admission is None:
-            return await handler(request, *args, **kwargs)
-        try:
-            response = await handler(request, *args, **kwargs)
-        finally:
-            admission.release()
-        response.headers.update(admission.fields)
-        return response
-
-    return guarded

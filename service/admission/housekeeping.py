@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from service.admission.gate import describe_key
+from service.admission.episodes import describe_key
 from service.admission.lock import HostLock
 from service.admission.policy import Limit
 from service.admission.table import RateTable
