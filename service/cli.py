@@ -48,7 +48,7 @@ def default_of(section: str, key: str) -> Any:
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if value == "":
+    if value in ("", ()):
         return "unset"
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value) or "(empty)"
@@ -59,7 +59,11 @@ def help_text() -> str:
     """Every setting, from the model; then the upstreams of the default TOML file."""
     rows = [(CONFIG_ENV, "config/defaults.toml", "TOML file of upstreams, routes and defaults")]
     per_upstream = [
-        ("<PREFIX>_URL", "see below", "one target, or a list url[;weight=N], url[;weight=N]")
+        (
+            "<PREFIX>_URL",
+            "see below",
+            "one target, or a list url[;weight=N][;resolve], url[;weight=N][;resolve]",
+        )
     ]
     for variable in model.VARIABLES:
         row = (

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
-from service.pools import Pool, PoolLayout, PoolState, RetryBudget
+from service.pools import Pool, PoolLayout, PoolState, RetryBudget, SlotTable, TargetSync
 from service.proxying.routing import Router
 from service.settings import Settings
 from service.sharedmem import Plan, WorkerRow
@@ -40,6 +40,10 @@ class WorkerContext:
     clients: UpstreamClients = field(init=False)
     pool_state: PoolState = field(init=False)
     pools: dict[str, Pool] = field(init=False)
+    # the shared table of target slots, and this worker's pools kept in step with it
+    slots: SlotTable = field(init=False)
+    target_sync: TargetSync = field(init=False)
+    target_sync_task: asyncio.Task[None] | None = None
     retry_budget: RetryBudget = field(init=False)
     aggregator: StatsAggregator = field(init=False)
     health_task: asyncio.Task[None] | None = None

@@ -8,6 +8,8 @@
     │   │   └── BadPath     400  a path that cannot be routed safely
     │   ├── Forbidden       403  an operator's page asked from outside LB_ADMIN_ALLOW
     │   └── BodyTooLarge    413  a body over LB_MAX_BODY_SIZE ("payload too large")
+    ├── NoTargets           503  the route's pool has no target at all ("no_targets": its
+    │                            names resolve to nothing); Retry-After: 1, answered at once
     └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
         ├── UpstreamRefused        no connection could be made ("refused", or "dns" when
         │                          the target's host name does not resolve)
@@ -53,6 +55,10 @@ class LoadBalancerError(Exception):
     def body(self) -> dict[str, str]:
         return {"error": self.error, "detail": self.detail}
 
+    def headers(self) -> dict[str, str] | None:
+        """Headers of the answer beyond the JSON body's (none for most errors)."""
+        return None
+
 
 class ClientError(LoadBalancerError):
     status = 400
@@ -77,6 +83,25 @@ class BodyTooLarge(ClientError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body over {limit} bytes")
+
+
+class NoTargets(LoadBalancerError):
+    """A pool with no target to send to: every ``resolve`` entry of it found no address
+    (NXDOMAIN or no record: a headless Service with no ready pod). Answered at once, not
+    after a connect timeout, and not a proxy 502: nothing was tried."""
+
+    status = 503
+    error = "no_targets"
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(f"upstream {upstream!r} has no target: its names resolve to no address")
+        self.upstream = upstream
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "upstream": self.upstream, "detail": self.detail}
+
+    def headers(self) -> dict[str, str] | None:
+        return {"retry-after": "1"}
 
 
 class UpstreamError(LoadBalancerError):
@@ -167,7 +192,7 @@ def sanic_error_body(status: int, message: str) -> dict[str, Any]:
 
 def error_response(error: LoadBalancerError) -> HTTPResponse:
     """The load balancer's own answer for ``error``: its status and its JSON body."""
-    return json(error.body(), status=error.status)
+    return json(error.body(), status=error.status, headers=error.headers())
 
 
 def startup(app: Sanic) -> None:

@@ -47,7 +47,7 @@ def test_help_lists_every_setting_with_its_default_and_meaning() -> None:
         else:
             shown = "unset" if default == "" else str(default)
             if isinstance(default, tuple):  # a list setting: its items, comma-separated
-                shown = ",".join(str(item) for item in default)
+                shown = ",".join(str(item) for item in default) or "unset"
         assert line.split()[1] == shown, line
         assert variable.meaning in line
     assert any(l.split()[:1] == ["LB_CONFIG"] for l in lines)

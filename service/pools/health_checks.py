@@ -67,6 +67,8 @@ class HealthChecker:
         self._record(pool, target, active, healthy)
 
     def _record(self, pool: Pool, target: Target, active: ActiveHealth, healthy: bool) -> None:
+        if target not in pool.targets:
+            return  # it left the pool while being checked: its slot may be another's soon
         state, index = self._state, target.index
         state.set(index, CHECKED_AT, state.clock())
         target.contacted(healthy)

@@ -14,14 +14,14 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, TypeVar
 
 import httpx
 
-from service.errors import UpstreamError
+from service.errors import NoTargets, UpstreamError
 from service.metrics.bins import coarse_quantile_ms
 from service.pools.balancing import LeastRequest, RoundRobin
 from service.pools.retries import RetryBudget, RetryRule
@@ -35,6 +35,7 @@ from service.pools.state import (
     OK_STREAK,
     PoolState,
 )
+from service.pools.slots import Member
 from service.settings import Upstream
 
 log = logging.getLogger("service.pool")
@@ -55,6 +56,7 @@ class Target:
     authority: bytes = field(init=False)  # host[:port], for a Host header of our own
     outstanding: int = 0
     recent_failures: deque[float] = field(default_factory=deque)
+    origin: str = ""  # the host name a resolved target came from; "" for a configured one
 
     def __post_init__(self) -> None:
         self.base_url = httpx.URL(self.url)
@@ -90,6 +92,7 @@ class Target:
         count = figures.window_count
         return {
             "url": self.url,
+            "name": self.origin or None,
             "weight": self.weight,
             "state": status,
             "reachable": self.reachable(),
@@ -131,7 +134,7 @@ class Pool:
         self.name = upstream.name
         self.targets = tuple(
             Target(first_index + i, i, spec.url, spec.weight, state)
-            for i, spec in enumerate(upstream.targets)
+            for i, spec in enumerate(upstream.static_targets)
         )
         self._picker: LeastRequest | RoundRobin = (
             LeastRequest(rng) if upstream.balance == "least_request" else RoundRobin()
@@ -140,10 +143,35 @@ class Pool:
         self._single = len(self.targets) == 1
         self._fail_statuses = upstream.passive.fail_statuses
 
+    def replace_targets(self, members: Sequence[Member]) -> list[Target]:
+        """Make ``members`` (slots of the shared table, in order) this pool's targets; the
+        targets that left, whose in-flight requests finish on the objects they hold.
+
+        A target whose slot stays keeps its object, and with it this worker's outstanding
+        count and recent failures (its shared state is the slot's anyway). Positions are
+        renumbered: a retry that straddles the change may so try the same target again.
+        """
+        kept = {t.index: t for t in self.targets}
+        targets, gone = [], []
+        for position, member in enumerate(members):
+            target = kept.pop(member.index, None)
+            if target is not None and target.url != member.url:  # the slot changed hands
+                gone.append(target)
+                target = None
+            if target is None:
+                target = Target(member.index, position, member.url, member.weight, self._state)
+            target.position, target.weight, target.origin = position, member.weight, member.origin
+            targets.append(target)
+        self.targets = tuple(targets)
+        self._single = len(self.targets) == 1
+        if isinstance(self._picker, RoundRobin):
+            self._picker = RoundRobin()  # its per-target credit is keyed by object
+        return gone + list(kept.values())
+
     def describe(self) -> dict[str, object]:
         return {
             "balance": self.upstream.balance,
-            "panic": not any(t.available() for t in self.targets),
+            "panic": bool(self.targets) and not any(t.available() for t in self.targets),
             "targets": [t.describe(self.upstream.active is not None) for t in self.targets],
         }
 
@@ -158,14 +186,19 @@ class Pool:
                 target.contacted(ok)
 
     def choose(self, tried: frozenset[int] = frozenset()) -> Target:
-        """The target for the next attempt; ``tried`` holds positions already attempted."""
+        """The target for the next attempt; ``tried`` holds positions already attempted.
+        Raises :class:`NoTargets` when the pool has none (a name that resolves to nothing)."""
         if self._single:  # the common case: no choice to make, panic or not
             return self.targets[0]
+        if not self.targets:
+            raise NoTargets(self.name)
         return self._picker.pick(self.targets, tried)
 
     def peek(self) -> Target:
         """A target for a read that is not traffic (``/stats``): the first available one,
         else the first. The picker is not consulted, so balancing is not disturbed."""
+        if not self.targets:
+            raise NoTargets(self.name)
         return next((t for t in self.targets if t.available()), self.targets[0])
 
     async def attempt(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.metrics.bins import COARSE_BINS, coarse_bin
+from service.pools.slots import SPARE_POOLS, SlotLayout
 from service.sharedmem import Plan, TimeRing, WorkerRow
 from service.sharedmem.lease import LEASE_WIDTH, Lease
 
@@ -45,13 +46,15 @@ class TargetFigures:
 
 
 class PoolLayout:
-    """The pools' regions of the block, reserved on ``plan`` for ``targets`` targets."""
+    """The pools' regions of the block, reserved on ``plan`` for ``targets`` targets (target
+    slots: ``service.pools.slots``, whose table is reserved here too, for ``pools`` pools)."""
 
-    def __init__(self, plan: Plan, targets: int) -> None:
+    def __init__(self, plan: Plan, targets: int, *, pools: int = 1) -> None:
         self.targets = targets
         self.lease = plan.shared(LEASE_WIDTH)
         self.shared = plan.shared(targets * _SHARED_WIDTH)
         self.per_worker = plan.per_worker(targets * _ROW_WIDTH)
+        self.slots = SlotLayout(plan, slots=targets, pools=pools + SPARE_POOLS)
 
 
 class PoolState:
@@ -66,7 +69,9 @@ class PoolState:
         self._row = row.at
         self.clock = clock
         for target in range(layout.targets):  # a dead predecessor's requests died with it
-            self._mem[self._row_at(target, row.at) + OUTSTANDING] = 0
+            at = self._row_at(target, row.at) + OUTSTANDING
+            if self._mem[at]:  # written only if needed: unused slots' pages stay untouched
+                self._mem[at] = 0
 
     def _shared_at(self, target: int) -> int:
         return self._layout.shared.at + target * _SHARED_WIDTH
@@ -102,6 +107,28 @@ class PoolState:
         self._mem[bucket] += 1
         self._mem[bucket + 1] += duration_s
         self._mem[bucket + _HIST + coarse_bin(duration_s)] += 1
+
+    # -- a target slot that is freed (service.pools.slots) --------------------------------
+
+    def lifetime(self, target: int) -> tuple[int, int]:
+        """(requests, failures) of ``target`` over every row: what a freed slot leaves to
+        its pool's totals."""
+        figures = self.figures(target)
+        return figures.requests, figures.failures
+
+    def outstanding_in(self, target: int, rows: list[int]) -> int:
+        """Requests in flight to ``target`` in the rows at ``rows`` (live workers')."""
+        return int(sum(self._mem[self._row_at(target, at) + OUTSTANDING] for at in rows))
+
+    def clear(self, target: int) -> None:
+        """Zero ``target``'s shared fields and its fields in every row, for its next owner.
+        Only for a slot nobody writes any more (see ``SlotTable.reclaim``)."""
+        at = self._shared_at(target)
+        self._mem[at : at + _SHARED_WIDTH] = memoryview(bytes(8 * _SHARED_WIDTH)).cast("d")
+        zeros = memoryview(bytes(8 * _ROW_WIDTH)).cast("d")
+        for row_at in self._block.claimed_rows():  # a row never claimed is zeros already
+            start = self._row_at(target, row_at)
+            self._mem[start : start + _ROW_WIDTH] = zeros
 
     # -- reading every row ----------------------------------------------------------------
 

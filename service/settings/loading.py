@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ SECTIONS: dict[str, type] = {
     "admin": model.AdminSettings,
     "cluster": model.ClusterSettings,
     "frontdoor": model.FrontDoorSettings,
+    "resolver": model.ResolverSettings,
 }
 # The model part every VARIABLES section names: the scalar sections, and each upstream's.
 MODELS: dict[str, type] = {
@@ -63,6 +64,8 @@ EXPECTED = {
     "publish_interval": "a number of seconds greater than 0 and at most 0.25",
     "statuses": "a comma-separated list of HTTP statuses from 500 to 599, such as 502,503,504",
     "percent": "a whole number from 0 to 100",
+    "resolvers": "a comma-separated list of DNS server addresses ip[:port] ([v6]:port)",
+    "resolver_valid": "a number of seconds of at least 1",
 }
 
 
@@ -175,6 +178,43 @@ def _statuses(raw: Any, text: str) -> frozenset[int]:
     return frozenset(status(item, str(item).strip()) for item in items if str(item).strip())
 
 
+def _resolvers(raw: Any, text: str) -> tuple[str, ...]:
+    """``ip[:port]`` items (a TOML list or a comma-separated string); IPv6 with a port is
+    bracketed, ``[::1]:5353``. Kept as text: the resolver parses them again when built."""
+    items = raw if isinstance(raw, list) else text.split(",")
+    servers = []
+    for item in (str(i).strip() for i in items):
+        if item:
+            resolver_address(item)
+            servers.append(item)
+    return tuple(servers)
+
+
+def resolver_address(item: str) -> tuple[str, int]:
+    """``"10.0.0.10"``, ``"10.0.0.10:53"``, ``"::1"``, ``"[::1]:5353"`` -> (ip, port);
+    ValueError for anything else (a host name is not accepted: it would need a resolver)."""
+    host, port = item, 53
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(item)
+            port = int(rest[1:])
+    elif item.count(":") == 1:
+        host, _, digits = item.partition(":")
+        port = int(digits)
+    if not 1 <= port <= 65535:
+        raise ValueError(item)
+    return str(ip_address(host)), port
+
+
+def _resolver_valid(raw: Any, text: str) -> float:
+    value = _seconds(allow_zero=False)(raw, text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -192,6 +232,8 @@ _PARSERS = {
     "publish_interval": _publish_interval,
     "statuses": _statuses,
     "percent": _whole(0, 100),
+    "resolvers": _resolvers,
+    "resolver_valid": _resolver_valid,
 }
 
 
@@ -223,20 +265,39 @@ def _normalise_prefix(raw: str) -> str:
 
 
 def parse_targets(name: str, raw: str) -> tuple[model.TargetSpec, ...]:
-    """``url[;weight=N][, url[;weight=N] ...]`` -> targets, validated."""
+    """``url[;weight=N][;resolve][, url[;weight=N][;resolve] ...]`` -> targets, validated.
+
+    ``resolve`` makes the entry stand for every address of its host name (DNS discovery):
+    so the host must be a name, not an address."""
     targets = []
     for item in (part.strip() for part in str(raw).split(",")):
         if not item:
             raise SettingsError(f"{name}={raw!r} is not valid: an empty target in the list")
         url, *options = (piece.strip() for piece in item.split(";"))
-        weight = 1
+        weight, resolve = 1, False
         for option in options:
             key, _, value = option.partition("=")
-            if key.strip() != "weight":
+            if key.strip() == "resolve" and not value:
+                resolve = True
+            elif key.strip() == "weight":
+                weight = _parse("positive_int", f"{name} weight", value)
+            else:
                 raise SettingsError(f"{name}={raw!r} is not valid: unknown option {option!r}")
-            weight = _parse("positive_int", f"{name} weight", value)
-        targets.append(model.TargetSpec(url=parse_upstream_url(name, url), weight=weight))
+        spec = model.TargetSpec(url=parse_upstream_url(name, url), weight=weight, resolve=resolve)
+        if resolve and _is_address(spec.host):
+            raise SettingsError(
+                f"{name}={raw!r} is not valid: resolve needs a host name, not an address"
+            )
+        targets.append(spec)
     return tuple(targets)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _env_prefix(url_env: str) -> str:

@@ -13,14 +13,25 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, kw_only=True)
 class TargetSpec:
-    """One instance of an upstream: ``scheme://host[:port]`` and its relative weight."""
+    """One instance of an upstream: ``scheme://host[:port]`` and its relative weight.
+
+    ``resolve``: the entry stands for every address its host name resolves to (DNS
+    discovery, ``service.discovery``), each one a target with this weight and port.
+    """
 
     url: str
     weight: int = 1
+    resolve: bool = False
+
+    @property
+    def host(self) -> str:
+        """The host name of ``url`` (what a ``resolve`` entry looks up)."""
+        return urlsplit(self.url).hostname or ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +79,16 @@ class Upstream:
     def url(self) -> str:
         """The first target's URL (the only one, for a single-target upstream)."""
         return self.targets[0].url
+
+    @property
+    def static_targets(self) -> tuple[TargetSpec, ...]:
+        """The targets named as they are (not ``resolve`` entries): the pool's start."""
+        return tuple(t for t in self.targets if not t.resolve)
+
+    @property
+    def resolved_entries(self) -> tuple[TargetSpec, ...]:
+        """The ``resolve`` entries, whose targets come from DNS while serving."""
+        return tuple(t for t in self.targets if t.resolve)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +179,18 @@ class FrontDoorSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ResolverSettings:
+    """DNS discovery for ``;resolve`` targets (nginx's ``resolver``/``valid=``, Envoy's
+    ``STRICT_DNS`` clusters). ``servers`` empty: the ``nameserver`` lines of
+    /etc/resolv.conf (and its ``search``/``ndots``, as the system resolver would)."""
+
+    servers: tuple[str, ...] = ()  # "ip" or "ip:port" / "[v6]:port"
+    valid: float = 5.0
+    timeout: float = 2.0
+    max_targets: int = 32
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
 
@@ -174,6 +207,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
+    resolver: ResolverSettings = field(default_factory=ResolverSettings)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -226,6 +260,10 @@ VARIABLES = (
     Variable("LB_HEADER_TIMEOUT", "frontdoor", "header_timeout", "seconds", "seconds a client may take to send a whole request head (then 408 and close)"),
     Variable("LB_MAX_CLIENT_CONNECTIONS", "frontdoor", "max_client_connections", "positive_int", "client connections per worker (above it: 503 and close)"),
     Variable("LB_DRAIN_DELAY", "frontdoor", "drain_delay", "size_seconds", "seconds a graceful shutdown keeps accepting (readiness 503) before it stops listening"),
+    Variable("LB_RESOLVER", "resolver", "servers", "resolvers", "DNS servers for ;resolve targets, comma-separated ip[:port]; unset: the nameserver lines of /etc/resolv.conf"),
+    Variable("LB_RESOLVER_VALID", "resolver", "valid", "resolver_valid", "longest time in seconds a DNS answer is used before it is asked again (a lower record TTL wins; never below 1)"),
+    Variable("LB_RESOLVER_TIMEOUT", "resolver", "timeout", "seconds", "seconds for one DNS lookup"),
+    Variable("LB_RESOLVER_MAX_TARGETS", "resolver", "max_targets", "positive_int", "addresses kept per ;resolve entry (sizes the shared block; more are cut, sorted)"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),

@@ -135,6 +135,14 @@ class UpstreamClients:
     def __getitem__(self, name: str) -> httpx.AsyncClient:
         return self._clients[name]
 
+    def forget(self, name: str, urls: list[str]) -> None:
+        """Targets ``urls`` left pool ``name``: close their idle pooled connections (the
+        busy ones close as their exchanges end; see ``H1Transport.retire``)."""
+        transport = getattr(self._clients[name], "_upstream_transport", None)
+        if isinstance(transport, H1Transport):
+            for url in urls:
+                transport.retire(url)
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()

@@ -93,6 +93,15 @@ class H1Transport(httpx.AsyncBaseTransport):
             self._pool.close()
             self._pool = None
 
+    def retire(self, url: str) -> None:
+        """``url``'s origin left its pool: close its idle connections now, and each busy one
+        when its exchange ends, until a request to that origin comes again."""
+        if self._pool is not None:
+            parsed = httpx.URL(url)
+            self._pool.retire(
+                (parsed.scheme, parsed.host, parsed.port or _DEFAULT_PORTS[parsed.scheme])
+            )
+
 
 def _request_head(request: httpx.Request) -> tuple[bytes, bytes | None, int]:
     """The request line and headers, and how the body is framed (by its headers)."""
@@ -136,6 +145,7 @@ class _Pool:
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
+        self._retired: set[tuple[str, str, int]] = set()  # origins whose targets left
 
     async def acquire(
         self, key: tuple[str, str, int], timeouts: dict[str, Any], request: httpx.Request
@@ -143,6 +153,8 @@ class _Pool:
         """An idle connection to ``key`` (reused: True), else a new one once a slot is free."""
         pool_timeout = timeouts.get("pool")
         deadline = None if pool_timeout is None else self._loop.time() + pool_timeout
+        if self._retired:
+            self._retired.discard(key)  # asked for again: a target once more
         while True:
             conn = self._idle_connection(key)
             if conn is not None:
@@ -222,7 +234,7 @@ class _Pool:
     def release(self, conn: _Connection) -> None:
         """Back to the idle list if its last exchange left it clean, else closed."""
         conn.busy = False
-        if self._closed or not conn.reusable():
+        if self._closed or not conn.reusable() or conn.key in self._retired:
             self.discard(conn)
             return
         idle = self._idle.setdefault(conn.key, collections.deque())
@@ -237,6 +249,12 @@ class _Pool:
         conn.prepare_for_next()
         idle.append(conn)
         self._wake_one()
+
+    def retire(self, key: tuple[str, str, int]) -> None:
+        """Close the idle connections to ``key`` and keep none that comes back to idle."""
+        self._retired.add(key)
+        for conn in list(self._idle.get(key, ())):
+            self.discard(conn)
 
     def discard(self, conn: _Connection) -> None:
         """Close ``conn`` and give its slot back (idempotent)."""
