@@ -25,6 +25,7 @@ from service.transport import UpstreamClients
 if TYPE_CHECKING:  # only imported when a cluster is configured
     from service.cluster.publisher import Publisher
     from service.cluster.view import ClusterView
+    from service.reload import ConfigReload
 
 
 @dataclass(eq=False)
@@ -56,3 +57,6 @@ class WorkerContext:
     # this worker's X-Request-ID maker (a random prefix and a counter)
     request_ids: RequestIds = field(default_factory=RequestIds)
     access_log: AccessLog | None = None  # None when LB_ACCESS_LOG is off
+    # the configuration this worker runs and its reloading (service.reload); a reload
+    # replaces settings, router, clients, pools and aggregator above, whole, between requests
+    reload: ConfigReload | None = None

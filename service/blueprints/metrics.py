@@ -99,6 +99,32 @@ class ReportCollector:
             up.add_metric([upstream.name, upstream.stats_key], 1.0 if online else 0.0)
         yield up
         yield from self._targets()
+        yield from self._config()
+
+    def _config(self) -> Iterator[Metric]:
+        config = self._report.config
+        if config is None:
+            return
+        yield GaugeMetricFamily(
+            "lb_config_generation",
+            "Generation of the configuration this worker runs (1 at start, +1 per reload "
+            "that changed it).",
+            config["generation"],
+        )
+        reloads = CounterMetricFamily(
+            "lb_config_reloads",
+            "Reloads of the configuration file on this host, by result: applied, unchanged "
+            "(the file was already running), failed (nothing changed).",
+            labels=["result"],
+        )
+        for result, count in config["reloads"].items():
+            reloads.add_metric([result], count)
+        yield reloads
+        yield GaugeMetricFamily(
+            "lb_config_last_reload_successful",
+            "0 while the last reload failed (see /stats load-balancer.config.last_error).",
+            0.0 if config["last_error"] else 1.0,
+        )
 
     def _targets(self) -> Iterator[Metric]:
         labels = ["upstream", "target"]

@@ -28,6 +28,7 @@ class Report:
     draining: bool = False  # a graceful shutdown has begun: the process still serves
     pools_without_live_target: int = 0  # pools none of whose targets is in rotation and answering
     cluster: Entry | None = None  # replicas and their status, when a cluster is configured
+    config: Entry | None = None  # the configuration this worker runs (service.reload)
 
     def load_balancer_entry(self) -> Entry:
         """The ``load-balancer`` entry. The first seven keys are the contract's and do not
@@ -62,6 +63,8 @@ class Report:
         }
         if self.cluster is not None:
             entry["cluster"] = self.cluster
+        if self.config is not None:
+            entry["config"] = self.config
         return entry
 
     def document(self) -> Entry:
@@ -90,7 +93,8 @@ async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
         )
     pools = {name: pool.describe() for name, pool in lb.pools.items()}
     dead = sum(not pool.has_live_target() for pool in lb.pools.values())
-    return Report(snapshot, pools, services, lb.draining, dead, cluster)
+    config = lb.reload.describe() if lb.reload is not None else None
+    return Report(snapshot, pools, services, lb.draining, dead, cluster, config)
 
 
 def _mean_ms(total_s: float, count: int) -> float:

@@ -9,6 +9,7 @@ another one, for the benchmarks.
 
 from __future__ import annotations
 
+from collections.abc import ItemsView, Mapping
 from http.cookiejar import Cookie, CookieJar
 from typing import Any
 
@@ -102,6 +103,13 @@ class _ProxyClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
+def connections_in_use(client: httpx.AsyncClient) -> int:
+    """Connections of ``client`` busy with an exchange now (0 on another transport): a client
+    a reload replaced is closed once this is 0."""
+    transport = getattr(client, "_upstream_transport", None)
+    return transport.connections_in_use() if isinstance(transport, H1Transport) else 0
+
+
 def limits_of(proxy: ProxySettings) -> httpx.Limits:
     return httpx.Limits(
         max_connections=proxy.max_connections,
@@ -129,11 +137,24 @@ def build_client(
 class UpstreamClients:
     """Name -> client for every configured upstream."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._clients = {u.name: build_client(u, settings.proxy) for u in settings.upstreams}
+    def __init__(
+        self, settings: Settings, *, reuse: Mapping[str, httpx.AsyncClient] | None = None
+    ) -> None:
+        """``reuse``: clients (and their pooled connections) to keep for these upstreams
+        instead of new ones: a reload that did not change the connection limits."""
+        reuse = reuse or {}
+        self._clients = {
+            u.name: reuse.get(u.name) or build_client(u, settings.proxy) for u in settings.upstreams
+        }
 
     def __getitem__(self, name: str) -> httpx.AsyncClient:
         return self._clients[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._clients
+
+    def items(self) -> ItemsView[str, httpx.AsyncClient]:
+        return self._clients.items()
 
     def forget(self, name: str, urls: list[str]) -> None:
         """Targets ``urls`` left pool ``name``: close their idle pooled connections (the
