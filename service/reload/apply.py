@@ -50,6 +50,7 @@ def swap(app: Sanic, settings: Settings, retirements: Retirements, *, serving: b
     clients = UpstreamClients(settings, reuse=dict(old_clients.items()) if same_limits else None)
     pools = _pools(lb, settings, old_pools, clients)
 
+    lb.metrics.name_routes(lb.slots.pool_names())  # claimed by the leader: in the directory
     lb.settings, lb.router = settings, Router(settings.routes)
     lb.clients, lb.pools = clients, pools
     lb.aggregator = build_aggregator(settings, clients, pools)

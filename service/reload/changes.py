@@ -71,7 +71,7 @@ def summary(old: Settings, new: Settings) -> str:
             parts += [f"{field.name}.{key}" for key in _changed_keys(before, after)]
         else:
             parts.append(field.name)
-    return ", ".join(parts) or "no setting changed"
+    return ", ".join(parts) or "no live setting changed"
 
 
 def _changed_keys(before: Any, after: Any) -> list[str]:
