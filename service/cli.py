@@ -4,7 +4,8 @@
   settings model (``service.settings.model.VARIABLES`` and the dataclass defaults), so it
   cannot drift from what the loader reads;
 - ``--check`` (nginx's ``-t``) loads and validates the configuration, prints the effective
-  routes and pools and exits 0, or prints one line naming the bad setting and exits 2;
+  routes and pools (and what each ``;resolve`` name resolves to from here: a failed lookup
+  is a warning) and exits 0, or prints one line naming the bad setting and exits 2;
 - with no option it serves ``service.app`` on ``LB_HOST:LB_PORT`` with ``LB_WORKERS``
   workers. An ``LB_HOST`` that does not resolve, or a port that cannot be listened on, ends
   with one line naming the cause and exit status 2, like every other bad setting, instead
@@ -135,7 +136,10 @@ def describe(settings: model.Settings, source: str) -> str:
             f"in {passive.fail_timeout} s (failing statuses: {statuses}; at most "
             f"{passive.max_ejection_percent} % ejected), {checks}"
         )
-        lines += [f"    {t.url}  weight {t.weight}" for t in upstream.targets]
+        lines += [
+            f"    {t.url}  weight {t.weight}" + ("  (resolve)" if t.resolve else "")
+            for t in upstream.targets
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (socket.gaierror, UnicodeError) as exc:
             fail(f"LB_HOST={settings.host!r} does not resolve: {exc}")
         sys.stdout.write(describe(settings, os.environ.get(CONFIG_ENV) or str(DEFAULTS_FILE)))
+        from service.discovery.check import check_names  # dnspython only when asked
+
+        sys.stdout.write(check_names(settings))
         return
     check_listen(settings.host, settings.port)
     serve(settings)

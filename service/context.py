@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.discovery.state import DiscoveryLayout
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
 from service.pools import Pool, PoolLayout, PoolState, RetryBudget, SlotTable, TargetSync
@@ -25,6 +26,7 @@ from service.transport import UpstreamClients
 if TYPE_CHECKING:  # only imported when a cluster is configured
     from service.cluster.publisher import Publisher
     from service.cluster.view import ClusterView
+    from service.discovery import Discovery
     from service.reload import ConfigReload
 
 
@@ -35,6 +37,7 @@ class WorkerContext:
     plan: Plan
     metrics_layout: MetricsLayout
     pool_layout: PoolLayout
+    discovery_layout: DiscoveryLayout
     # filled in before the worker serves (see the module docstring)
     row: WorkerRow = field(init=False)
     metrics: MetricsStore = field(init=False)
@@ -52,6 +55,8 @@ class WorkerContext:
     cluster: ClusterView | None = None
     cluster_publisher: Publisher | None = None
     cluster_task: asyncio.Task[None] | None = None
+    # set only when a target entry has ;resolve (service.discovery): the names looked up
+    discovery: Discovery | None = None
     # True from the start of a graceful shutdown: readiness answers 503, /stats says so
     draining: bool = False
     # this worker's X-Request-ID maker (a random prefix and a counter)

@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from sanic import Sanic
 
-from service import (
-    cluster,
-    errors,
-    frontdoor,
-    logs,
-    metrics,
-    pools,
-    reload,
-    sharedmem,
-    stats,
-    transport,
-)
+from service import cluster, errors, frontdoor, logs, metrics, pools, sharedmem, stats, transport
+from service import discovery
+from service import reload
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
@@ -44,12 +35,14 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
         plan=plan,
         metrics_layout=metrics.reserve(plan, settings),
         pool_layout=pools.reserve(plan, settings),
+        discovery_layout=discovery.reserve(plan, settings),
     )
     # Each feature registers its own listeners; before_server_start runs them in this order.
     sharedmem.startup(app)  # the block, and this worker's row in it
     metrics.startup(app)  # the metrics store on that row
     transport.startup(app)  # one client per upstream
     pools.startup(app)  # pools over the row, and active health checks
+    discovery.startup(app)  # with ;resolve targets: names looked up while serving, not before
     stats.startup(app)  # the /stats fan-out over clients and pools
     cluster.startup(app)  # with LB_CLUSTER_REDIS_URL: figures shared with other replicas
     errors.startup(app)  # Sanic's own errors in the proxy's JSON shape

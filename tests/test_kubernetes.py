@@ -3,6 +3,7 @@ Kubernetes schemas (kubernetes-validate) and against what the service itself nee
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import yaml
 from sanic import Sanic
 
 from service.factory import create_app
-from service.settings import load_settings
+from service.settings import Settings, load_settings
 from tests.support import REPO
 
 DEPLOY = REPO / "deploy" / "kubernetes"
@@ -50,6 +51,11 @@ def test_every_file_of_the_kustomization_is_listed_and_valid() -> None:
         ("ConfigMap", "sanic-lb-config"),
         ("Deployment", "sanic-lb"),
         ("Deployment", "sanic-lb-redis"),
+        ("Service", "local-api-gateway-headless"),
+        ("Service", "local-auth-headless"),
+        ("Service", "local-blog-headless"),
+        ("Service", "local-dashboard-ui-headless"),
+        ("Service", "local-user-headless"),
         ("Service", "sanic-lb"),
         ("Service", "sanic-lb-redis"),
     ]
@@ -118,3 +124,39 @@ def test_the_configuration_and_the_redis_url_are_what_the_service_accepts(
     redis = _find("Deployment", "sanic-lb-redis")
     assert redis_service["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
     assert _container(redis)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _configured(tmp_path: Path, toml: str | None = None) -> Settings:
+    """The ConfigMap's TOML (or ``toml``) loaded as the Deployment's environment loads it."""
+    env = _env(_container(_find("Deployment", "sanic-lb")))
+    config = _find("ConfigMap", "sanic-lb-config")
+    (file_name,) = config["data"]
+    (tmp_path / file_name).write_text(toml if toml is not None else config["data"][file_name])
+    return load_settings(env={**env, "LB_CONFIG": str(tmp_path / file_name)})
+
+
+def test_every_upstream_resolves_the_pods_of_a_headless_service(tmp_path: Path) -> None:
+    settings = _configured(tmp_path)
+    for upstream in settings.upstreams:
+        (entry,) = upstream.targets
+        assert entry.resolve, upstream.name
+        service = _find("Service", entry.host)
+        assert service["spec"]["clusterIP"] == "None"  # DNS answers with every ready pod
+        assert not service["spec"].get("publishNotReadyAddresses", False)
+        (port,) = service["spec"]["ports"]
+        assert f":{port['port']}" in entry.url
+        assert service["spec"]["selector"]["app.kubernetes.io/name"] == upstream.name
+    assert settings.resolver.max_targets <= 32  # the shared block stays small
+
+
+def test_the_commented_clusterip_alternative_loads_too(tmp_path: Path) -> None:
+    toml = _find("ConfigMap", "sanic-lb-config")["data"]["lb.toml"]
+    swapped, count = re.subn(r'url = "[^"]+;resolve"\n(\s*)# (url = "[^"]+")', r"\2", toml)
+    assert count == 5
+    settings = _configured(tmp_path, swapped)
+    assert not any(t.resolve for u in settings.upstreams for t in u.targets)
+    assert {u.url for u in settings.upstreams} == {
+        "http://local-api-gateway-service:8000", "http://local-dashboard-ui-service:80",
+        "http://local-blog-service:8005", "http://local-auth-service:8002",
+        "http://local-user-service:8001",
+    }  # fmt: skip

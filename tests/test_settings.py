@@ -164,3 +164,49 @@ def test_python_m_service_exits_naming_the_variable() -> None:
     )
     assert result.returncode != 0
     assert "DASHBOARD_UI_URL" in result.stderr
+
+
+def test_resolve_entries_and_resolver_settings(tmp_path) -> None:
+    settings = load_settings(
+        env={
+            "BLOG_SERVICE_URL": "http://blog-headless:8005;resolve;weight=3, http://10.0.0.1:8005",
+            "LB_RESOLVER": "10.96.0.10, 127.0.0.1:5353, [::1]:53",
+            "LB_RESOLVER_VALID": "2",
+            "LB_RESOLVER_MAX_TARGETS": "8",
+        }
+    )
+    blog = settings.upstream("blog-service")
+    (entry,) = blog.resolved_entries
+    assert (entry.url, entry.weight, entry.host) == (
+        "http://blog-headless:8005",
+        3,
+        "blog-headless",
+    )
+    assert [t.url for t in blog.static_targets] == ["http://10.0.0.1:8005"]
+    assert settings.resolver.servers == ("10.96.0.10", "127.0.0.1:5353", "[::1]:53")
+    assert (settings.resolver.valid, settings.resolver.max_targets) == (2.0, 8)
+    toml = tmp_path / "lb.toml"
+    toml.write_text(
+        '[resolver]\nservers = ["127.0.0.1:53"]\n[[upstreams]]\nname = "a"\nurl_env = "A_URL"\n'
+        'url = "http://a-headless:80;resolve"\n[[routes]]\nprefix = "/"\nupstream = "a"\n'
+    )
+    from_file = load_settings(env={"LB_CONFIG": str(toml)})
+    assert from_file.upstreams[0].targets[0].resolve
+    assert from_file.resolver.servers == ("127.0.0.1:53",)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "says"),
+    [
+        ("LB_RESOLVER", "dns.google", "ip[:port]"),
+        ("LB_RESOLVER", "10.0.0.1:99999", "ip[:port]"),
+        ("LB_RESOLVER_VALID", "0.5", "at least 1"),
+        ("LB_RESOLVER_MAX_TARGETS", "0", "at least 1"),
+        ("API_GATEWAY_URL", "http://10.0.0.1:80;resolve", "needs a host name"),
+        ("API_GATEWAY_URL", "http://svc:80;resolve=yes", "unknown option"),
+    ],
+)
+def test_bad_resolver_settings_name_the_variable(var: str, value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(env={var: value})
+    assert var in str(error.value) and says in str(error.value)

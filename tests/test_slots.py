@@ -92,6 +92,7 @@ def test_a_target_added_reaches_every_worker_on_its_next_turn() -> None:
         assert (added.index, added.url, added.weight, added.origin) == (
             slot, "http://10.0.0.2:80", 3, "svc",
         )  # fmt: skip
+        assert added.authority == b"svc"  # a Host of the proxy's own names the service
     assert not host.syncs[0].apply()  # nothing new: nothing rebuilt
 
 

@@ -100,6 +100,7 @@ class ReportCollector:
         yield up
         yield from self._targets()
         yield from self._config()
+        yield from self._discovery()
 
     def _config(self) -> Iterator[Metric]:
         config = self._report.config
@@ -150,6 +151,32 @@ class ReportCollector:
                 requests.add_metric(key, target["requests"])
                 failures.add_metric(key, target["failures"])
         yield from (up, outstanding, requests, failures)
+
+    def _discovery(self) -> Iterator[Metric]:
+        """DNS discovery, per pool with ``;resolve`` entries (none without them)."""
+        lookups = CounterMetricFamily(
+            "lb_discovery_lookups",
+            "DNS lookups of the pool's resolve entries, by result (ok, nxdomain, nodata, "
+            "timeout, servfail, refused, no_servers, error).",
+            labels=["upstream", "result"],
+        )
+        targets = GaugeMetricFamily(
+            "lb_discovery_targets",
+            "Targets the pool has from its resolve entries now.",
+            labels=["upstream"],
+        )
+        for name, pool in self._pools.items():
+            entries = pool.get("discovery")
+            if not entries:
+                continue
+            totals: dict[str, int] = {}
+            for entry in entries:
+                for result, count in entry["lookups"].items():
+                    totals[result] = totals.get(result, 0) + count
+            for result, count in totals.items():
+                lookups.add_metric([name, result], count)
+            targets.add_metric([name], sum(len(entry["addresses"]) for entry in entries))
+        yield from (lookups, targets)
 
 
 def _bound(bound: float) -> str:

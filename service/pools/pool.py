@@ -161,6 +161,9 @@ class Pool:
             if target is None:
                 target = Target(member.index, position, member.url, member.weight, self._state)
             target.position, target.weight, target.origin = position, member.weight, member.origin
+            if member.origin:  # a Host of our own names the service, as nginx's $proxy_host
+                port = target.base_url.port
+                target.authority = (f"{member.origin}:{port}" if port else member.origin).encode()
             targets.append(target)
         self.targets = tuple(targets)
         self._single = len(self.targets) == 1

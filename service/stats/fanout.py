@@ -18,7 +18,13 @@ from typing import Any
 import httpx
 import orjson
 
-from service.errors import UpstreamBadPayload, UpstreamError, UpstreamTimeout, classify
+from service.errors import (
+    NoTargets,
+    UpstreamBadPayload,
+    UpstreamError,
+    UpstreamTimeout,
+    classify,
+)
 from service.settings import StatsSettings, Upstream
 
 Entry = dict[str, Any]
@@ -71,7 +77,10 @@ class StatsAggregator:
         return {u.stats_key: entry for u, entry in zip(self._upstreams, entries, strict=True)}  # type: ignore[misc]
 
     async def _entry(self, upstream: Upstream) -> Entry:
-        url = self._url_for(upstream.name)
+        try:
+            url = self._url_for(upstream.name)
+        except NoTargets:  # its names resolve to nothing: nobody to ask
+            return {"service_status": "offline", "error": "no_targets"}
         try:
             async with asyncio.timeout(self._settings.timeout):
                 payload = await self._fetch(upstream, url)

@@ -92,6 +92,15 @@ async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
             lb.aggregator.collect(), lb.cluster.read(lb.metrics, history=history)
         )
     pools = {name: pool.describe() for name, pool in lb.pools.items()}
+    for name, entry in pools.items():  # what targets that left had counted stays counted
+        retired = lb.slots.retired(name)
+        entry["retired"] = {
+            "targets": retired.targets, "requests": retired.requests,
+            "failures": retired.failures,
+        }  # fmt: skip
+    if lb.discovery is not None:
+        for name, entries in lb.discovery.describe(lb.pools).items():
+            pools[name]["discovery"] = entries
     dead = sum(not pool.has_live_target() for pool in lb.pools.values())
     config = lb.reload.describe() if lb.reload is not None else None
     return Report(snapshot, pools, services, lb.draining, dead, cluster, config)

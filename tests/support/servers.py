@@ -80,14 +80,18 @@ class UpstreamServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self.host = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
-    def start(self, port: int = 0) -> UpstreamServer:
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> UpstreamServer:
+        """``host``: another loopback address (127.0.0.2, ...) lets several servers share a
+        port, so that one DNS name can stand for all of them."""
         handler = type("Handler", (_Handler,), {"upstream": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.host = host
+        self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -328,9 +332,10 @@ class Knob(UpstreamServer):
         self.replying = threading.Lock()
         self.dead = False
 
-    def start(self, port: int = 0) -> Knob:
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> Knob:
         handler = type("Handler", (_KnobHandler,), {"upstream": self})
-        self._server = _QuietServer(("127.0.0.1", port), handler)
+        self.host = host
+        self._server = _QuietServer((host, port), handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True

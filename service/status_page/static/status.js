@@ -30,7 +30,7 @@ const FIGURES = [
 
 // Per target: [column title, key in /stats' target entry].
 const TARGET_COLUMNS = [
-  ["target", "url"], ["weight", "weight"], ["state", "state"], ["health check", "health_check"],
+  ["target", "url"], ["from name", "name"], ["weight", "weight"], ["state", "state"], ["health check", "health_check"],
   ["ejections", "ejections"], ["ejected for s", "ejected_for_s"],
   ["in flight", "outstanding"], ["requests", "requests"], ["failures", "failures"],
   ["window req", "window_requests"], ["avg ms", "window_avg_ms"],
@@ -81,6 +81,16 @@ function healthText(check) {
   return `${check.verdict} (${check.passes_in_row} ok / ${check.failures_in_row} failed in a row, ${age})`;
 }
 
+// One line per ;resolve entry of a pool: the name, what it resolves to now, and how fresh.
+function discoveryLine(entry) {
+  const age = entry.refreshed_s_ago == null ? "not answered yet" : `answered ${entry.refreshed_s_ago} s ago`;
+  const ttl = entry.ttl_s == null ? "" : `, ttl ${entry.ttl_s} s`;
+  const error = entry.error ? ` — last lookup: ${entry.error}` : "";
+  const addresses = entry.addresses.length ? entry.addresses.join(", ") : "no address";
+  return el("p", { class: "detail", "data-discovery": entry.name },
+    `DNS ${entry.name}: ${addresses} (${age}${ttl})${error}`);
+}
+
 function drawPools(upstreams, byRoute) {
   const root = document.getElementById("pools");
   const pools = Object.entries(upstreams || {});
@@ -95,6 +105,7 @@ function drawPools(upstreams, byRoute) {
     const counts = Object.entries(classes).map(([cls, n]) => `${cls} ${n}`).join(" · ");
     head.append(el("span", { class: "detail", "data-field": "responses" }, `responses: ${counts}`));
     box.append(head);
+    for (const entry of pool.discovery || []) box.append(discoveryLine(entry));
 
     const table = el("table");
     const header = el("tr");
