@@ -28,7 +28,7 @@ from service.logs import close_access_log, open_access_log
 from service.pools import Pool, TargetSync
 from service.pools.health_checks import HealthChecker
 from service.proxying.routing import Router
-from service.reload import targets
+from service.reload import resolved, targets
 from service.settings import Settings
 from service.sharedmem.block import process_alive
 from service.stats import build_aggregator
@@ -40,17 +40,22 @@ if TYPE_CHECKING:
 CLOSE_POLL_S = 0.5  # how often a retired client is asked whether its last exchange ended
 
 
-def swap(app: Sanic, settings: Settings, retirements: Retirements, *, serving: bool) -> None:
-    """Make ``settings`` this worker's configuration. ``serving``: the worker's tasks (slot
-    sync, health checks, access-log flusher) are running and are replaced too; before the
-    server starts, their own listeners start them on what this leaves in place."""
+def swap(
+    app: Sanic, settings: Settings, started: Settings, retirements: Retirements, *, serving: bool
+) -> None:
+    """Make ``settings`` this worker's configuration (``started``: the host's start-up
+    settings, which numbered its ``resolve`` entries). ``serving``: the worker's tasks (slot
+    sync, health checks, DNS lookups) are running and are replaced too; before the server
+    starts, their own listeners start them on what this leaves in place."""
     lb = app.ctx.lb
+    entries = resolved.entries_for(settings, started)  # the leader checked that it can
     old_settings, old_clients, old_pools = lb.settings, lb.clients, lb.pools
     same_limits = limits_of(old_settings.proxy) == limits_of(settings.proxy)
     clients = UpstreamClients(settings, reuse=dict(old_clients.items()) if same_limits else None)
     pools = _pools(lb, settings, old_pools, clients)
 
     lb.metrics.name_routes(lb.slots.pool_names())  # claimed by the leader: in the directory
+    lookups_replaced = resolved.rebuild(lb, settings, entries)  # reads lb.settings: first
     lb.settings, lb.router = settings, Router(settings.routes)
     lb.clients, lb.pools = clients, pools
     lb.aggregator = build_aggregator(settings, clients, pools)
@@ -73,6 +78,8 @@ def swap(app: Sanic, settings: Settings, retirements: Retirements, *, serving: b
         retirements.track(asyncio.create_task(close_access_log(app)))
     if serving:
         _restart_tasks(app, settings)
+        if lookups_replaced:
+            resolved.start(lb)
 
 
 def _pools(

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from service.pools import SlotTable
-from service.reload import changes, targets
+from service.reload import changes, resolved, targets
 from service.reload.region import ConfigRegion
 from service.reload.source import ContentWatch, read_file, text_of
 from service.settings import Settings, SettingsError, load_settings
@@ -76,6 +76,7 @@ class Leader:
                 log.info("configuration reload (%s): the file is unchanged", trigger)
                 return False
             settings, waiting = changes.running(new, self._started)
+            resolved.entries_for(settings, self._started)  # a new ;resolve entry: a restart
             targets.claim(self._table, settings)
         except (SettingsError, TimeoutError) as exc:
             self._region.fail(str(exc))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from service.discovery import Entry, entries_of
 from service.pools import Member, SlotsExhausted, SlotTable
 from service.pools.slots import ORDER_STEP
 from service.settings import Settings, SettingsError
@@ -28,13 +29,15 @@ RELEASE_AFTER_S = 5.0  # a worker that has not applied a generation by then is n
 
 def keep_for(settings: Settings) -> Callable[[str, Member], bool]:
     """Whether ``settings`` names a member of a pool: a configured target by its URL, a
-    resolved one by the host name of its ``resolve`` entry."""
+    resolved one by the ``resolve`` entry it came from (its name, scheme and port)."""
     named = {(u.name, t.url) for u in settings.upstreams for t in u.static_targets}
-    hosts = {(u.name, t.host) for u in settings.upstreams for t in u.resolved_entries}
+    entries: dict[str, list[Entry]] = {}
+    for entry in entries_of(settings):
+        entries.setdefault(entry.pool, []).append(entry)
 
     def keep(pool: str, member: Member) -> bool:
         if member.origin:
-            return (pool, member.origin) in hosts
+            return any(entry.owns(member) for entry in entries.get(pool, ()))
         return (pool, member.url) in named
 
     return keep

@@ -87,7 +87,7 @@ class ConfigReload:
                 log.error("configuration generation %d not applied: %s", published.generation, exc)
             else:
                 settings, _ = changes.running(new, self.started)
-                swap(self._app, settings, self.retirements, serving=serving)
+                swap(self._app, settings, self.started, self.retirements, serving=serving)
                 log.info(
                     "worker %d runs configuration generation %d (sha256 %s; applied in %.1f ms)",
                     self._pid, published.generation, published.sha256[:12],
