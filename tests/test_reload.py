@@ -258,6 +258,22 @@ def test_a_target_that_stays_keeps_its_ejection(
     assert live["requests"] >= 20  # its lifetime count went on
 
 
+def test_health_checks_follow_a_reload(reloading: Reloading, servers: dict[str, Any]) -> None:
+    api: UpstreamServer = servers["api"]
+    checks = "health = { path = '/health', interval = 0.2, timeout = 1.0 }"
+    reloading.sighup(config(servers, api_extra=checks))
+    wait_for(lambda: api.hits["/health"] >= 3, timeout=5)
+    target = _target(reloading.stats(), "api-gateway", api.url)
+    assert target["health_check"]["verdict"] == "up"
+
+    reloading.sighup(config(servers))
+    assert _target(reloading.stats(), "api-gateway", api.url)["health_check"] is None
+    time.sleep(0.3)  # a check already on its way may still land
+    seen = api.hits["/health"]
+    time.sleep(0.6)
+    assert api.hits["/health"] == seen  # the checks stopped with the path
+
+
 def test_a_replacement_worker_starts_on_the_published_configuration(
     reloading: Reloading, servers: dict[str, Any]
 ) -> None:

@@ -77,9 +77,14 @@ def swap(
     elif not settings.access_log and lb.access_log is not None:
         retirements.track(asyncio.create_task(close_access_log(app)))
     if serving:
-        _restart_tasks(app, settings)
+        _restart_tasks(app, settings, _checked(old_pools, old_clients) != _checked(pools, clients))
         if lookups_replaced:
             resolved.start(lb)
+
+
+def _checked(pools: dict[str, Pool], clients: UpstreamClients) -> list[tuple[Pool, object]]:
+    """What the health checks run on: the pools with a health path, and their clients."""
+    return [(p, clients[n]) for n, p in pools.items() if p.upstream.active and n in clients]
 
 
 def _pools(
@@ -104,11 +109,15 @@ def _pools(
     return pools
 
 
-def _restart_tasks(app: Sanic, settings: Settings) -> None:
+def _restart_tasks(app: Sanic, settings: Settings, checks_changed: bool) -> None:
+    """The slot sync on the new pools; the health checks too if what they check changed
+    (restarted for nothing, they would check at once, so at every reload)."""
     lb = app.ctx.lb
     if lb.target_sync_task is not None:
         lb.target_sync_task.cancel()
     lb.target_sync_task = asyncio.create_task(lb.target_sync.run())
+    if not checks_changed:
+        return
     if lb.health_task is not None:
         lb.health_task.cancel()
         lb.health_task = None

@@ -26,7 +26,13 @@ from service.pools import SlotTable
 from service.reload import changes
 from service.reload.apply import Retirements, swap
 from service.reload.leader import Leader
-from service.reload.region import ConfigRegion, Outcomes, Published, RegionBusy
+from service.reload.region import (
+    MAX_TEXT_BYTES,
+    ConfigRegion,
+    Outcomes,
+    Published,
+    RegionBusy,
+)
 from service.settings import Settings, SettingsError, load_settings
 from service.settings.model import ConfigSource
 from service.sharedmem import Lease
@@ -70,8 +76,10 @@ class ConfigReload:
 
     def start(self) -> None:
         """Before serving: the start-up text published if this worker is the host's first,
-        and whatever generation is published applied."""
-        self._region.start(self.runs.text, self.runs.sha256, self.runs.loaded_at)
+        and whatever generation is published applied. A start-up file over the region's
+        size is published by its SHA-256 alone (a reload refuses such a file anyway)."""
+        text = self.runs.text if len(self.runs.text.encode()) <= MAX_TEXT_BYTES else ""
+        self._region.start(text, self.runs.sha256, self.runs.loaded_at)
         self.follow(serving=False)
 
     def follow(self, *, serving: bool = True) -> bool:
