@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from service import tls
 from service.settings import SettingsError, load_settings
 from service.settings import model
 from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, MODELS
@@ -123,6 +124,13 @@ def describe(settings: model.Settings, source: str) -> str:
         f"{'on' if settings.access_log else 'off'}, {settings.log_format} logs",
         "routes (longest prefix first):",
     ]
+    if settings.tls.enabled:
+        redirect = settings.tls.http_redirect_port
+        lines.insert(
+            2,
+            f"tls: {settings.tls.cert} (key {settings.tls.key})"
+            + (f"; plain port {redirect} redirects to https" if redirect else ""),
+        )
     for route in settings.routes:
         extra = f"  ({route.prefix} alone: 308 to {route.prefix}/)" if route.redirect_bare else ""
         lines.append(f"  {route.prefix:<12} -> {route.upstream}{extra}")
@@ -146,7 +154,7 @@ def describe(settings: model.Settings, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_listen(host: str, port: int) -> None:
+def check_listen(host: str, port: int, port_variable: str = "LB_PORT") -> None:
     """Exit 2 with one line unless ``host`` resolves and ``host:port`` can be listened on."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -163,7 +171,7 @@ def check_listen(host: str, port: int) -> None:
             errno.EACCES: "permission denied",
             errno.EADDRNOTAVAIL: "the address is not one of this host's",
         }.get(exc.errno or 0, exc.strerror or str(exc))
-        fail(f"cannot listen on {host}:{port} (LB_HOST, LB_PORT): {reason}")
+        fail(f"cannot listen on {host}:{port} (LB_HOST, {port_variable}): {reason}")
     finally:
         probe.close()
 
@@ -180,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         settings = load_settings()
+        tls.check(settings)
     except SettingsError as exc:
         fail(f"configuration error: {exc}")
     if args.check:
@@ -193,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(check_names(settings))
         return
     check_listen(settings.host, settings.port)
+    if settings.tls.http_redirect_port:
+        check_listen(settings.host, settings.tls.http_redirect_port, "LB_HTTP_REDIRECT_PORT")
     serve(settings)
 
 

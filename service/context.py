@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # only imported when a cluster is configured
     from service.cluster.publisher import Publisher
     from service.cluster.view import ClusterView
     from service.discovery import Discovery
+    from service.tls.rotation import LiveCertificate
     from service.reload import ConfigReload
 
 
@@ -62,6 +63,8 @@ class WorkerContext:
     # this worker's X-Request-ID maker (a random prefix and a counter)
     request_ids: RequestIds = field(default_factory=RequestIds)
     access_log: AccessLog | None = None  # None when LB_ACCESS_LOG is off
+    # set only when LB_TLS_CERT is (service.tls): the certificate this worker serves
+    tls: LiveCertificate | None = None
     # the configuration this worker runs and its reloading (service.reload); a reload
     # replaces settings, router, clients, pools and aggregator above, whole, between requests
     reload: ConfigReload | None = None

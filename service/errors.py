@@ -12,7 +12,8 @@
     │                            names resolve to nothing); Retry-After: 1, answered at once
     └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
         ├── UpstreamRefused        no connection could be made ("refused", or "dns" when
-        │                          the target's host name does not resolve)
+        │                          the target's host name does not resolve, or "tls: ..."
+        │                          when its certificate is not trusted)
         ├── UpstreamTimeout   504  connect or read took longer than allowed ("timeout")
         │   └── UpstreamConnectTimeout  no connection at all: nothing was sent
         ├── UpstreamBroken         the connection broke after it was made ("broken")
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from http import HTTPStatus
 from typing import Any
 
@@ -160,6 +162,8 @@ def classify(upstream: str, exc: BaseException, *, connected: bool = True) -> Up
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return UpstreamTimeout(upstream, "timeout: no answer within the read timeout")
     if isinstance(exc, httpx.ConnectError) or (isinstance(exc, OSError) and not connected):
+        if (tls := _tls_failure(exc)) is not None:
+            return UpstreamRefused(upstream, tls)
         if _resolution_failed(exc):
             return UpstreamRefused(upstream, f"dns: {detail}")
         return UpstreamRefused(upstream, f"refused: {detail}")
@@ -179,6 +183,21 @@ def _resolution_failed(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The reason of a failed TLS handshake found in the chain of causes, else None: a
+    certificate the proxy does not trust is an operator's fix, not a network fault."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"tls: certificate verify failed: {seen.verify_message or seen.reason}"
+        if isinstance(seen, ssl.SSLError):
+            return f"tls: handshake failed: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def sanic_error_body(status: int, message: str) -> dict[str, Any]:

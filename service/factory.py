@@ -11,6 +11,7 @@ from sanic import Sanic
 
 from service import cluster, errors, frontdoor, logs, metrics, pools, sharedmem, stats, transport
 from service import discovery
+from service import tls
 from service import reload
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
@@ -45,6 +46,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     discovery.startup(app)  # with ;resolve targets: names looked up while serving, not before
     stats.startup(app)  # the /stats fan-out over clients and pools
     cluster.startup(app)  # with LB_CLUSTER_REDIS_URL: figures shared with other replicas
+    tls.startup(app)  # with LB_TLS_CERT: each worker's context, its rotation, the redirect port
     errors.startup(app)  # Sanic's own errors in the proxy's JSON shape
     frontdoor.startup(app)  # strict heads, client limits, worker supervision, the drain
     app.blueprint(health.bp)

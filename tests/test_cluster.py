@@ -275,32 +275,33 @@ def test_an_unreachable_redis_does_not_stop_start_up(
 def test_a_slow_redis_delays_neither_requests_nor_stats(
     pair: tuple[LoadBalancer, LoadBalancer], redis: RedisServer
 ) -> None:
+    """Redis asleep for 8 s: the requests and /stats are all answered while it still sleeps.
+
+    Had each request waited on Redis even for the cluster deadline (0.5 s), the thirty of them
+    would take 15 s, past the whole sleep; had /stats waited for Redis, it would end with it.
+    """
     a, b = pair
     wait_for(lambda: _replicas_ok(a) and _replicas_ok(b), timeout=10)
     before = _lb_stats(a)["total_requests"]
     sleeper = threading.Thread(
-        target=redis.command, args=("DEBUG", "SLEEP", "3"), kwargs={"timeout": 10}
+        target=redis.command, args=("DEBUG", "SLEEP", "8"), kwargs={"timeout": 15}
     )
     sleeper.start()
     try:
-        wait_for(lambda: redis.command("PING", timeout=0.2) == "", timeout=2)  # it is asleep
+        wait_for(lambda: redis.command("PING", timeout=1.0) == "", timeout=3)  # it is asleep
         with httpx.Client(base_url=b.url, trust_env=False, timeout=10) as client:
-            slowest = 0.0
-            for i in range(20):
+            for i in range(30):
                 response = client.get(f"/api/slow-redis/{i}")
                 assert response.status_code == 200
-                slowest = max(slowest, response.elapsed.total_seconds())
             stats = client.get("/stats")
+        assert sleeper.is_alive(), "the requests and /stats were answered only as Redis woke"
         entry = stats.json()["load-balancer"]
         assert entry["cluster"] == {
             **entry["cluster"],
             "status": "degraded",
             "reason": "redis: timeout",
         }
-        # the cluster deadline (0.5 s) plus slack for a loaded machine, far below the 3 s sleep
-        assert stats.elapsed.total_seconds() < 1.5
-        assert slowest < 0.5
     finally:
-        sleeper.join(15)
+        sleeper.join(20)
     wait_for(lambda: _replicas_ok(a) and _replicas_ok(b), timeout=10)
-    wait_for(lambda: _lb_stats(a)["total_requests"] == before + 20, timeout=5)
+    wait_for(lambda: _lb_stats(a)["total_requests"] == before + 30, timeout=5)

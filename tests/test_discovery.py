@@ -68,6 +68,7 @@ def lb(
         LB_RESOLVER_TIMEOUT="0.5",
         LB_STATS_CACHE_TTL="0",
         LB_ACCESS_LOG="false",
+        API_GATEWAY_FAIL_STATUSES="502",  # a 502 answer ejects (the ejection test's failure)
     )
     balancer = LoadBalancer(env, workers=2)
     yield balancer

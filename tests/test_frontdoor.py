@@ -1,7 +1,8 @@
 """The front door against real processes and raw sockets: slow clients cut off at the head
-deadline, the connection cap, WebSocket protocol errors, readiness while draining, and a
-worker killed with SIGKILL replaced. (Malformed heads: ``test_frontdoor_corpus.py``; SIGTERM
-during start-up: ``test_process.py``.)"""
+deadline, the connection cap, WebSocket protocol errors, readiness while draining, a worker
+killed with SIGKILL replaced, and one stopped with SIGSTOP. (Malformed heads:
+``test_frontdoor_corpus.py``; SIGTERM during start-up and to the process group:
+``test_process.py``.)"""
 
 from __future__ import annotations
 
@@ -22,12 +23,30 @@ from tests.support.shm import shm_semaphores
 SLOW_HEAD = b"GET /api/slow HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 200
 
 
+HEADER_TIMEOUT = 4.0
+
+
 def test_slowloris_connections_are_closed_at_the_header_deadline(
     upstreams: dict[str, UpstreamServer],
 ) -> None:
-    balancer = LoadBalancer(env_for(upstreams, LB_HEADER_TIMEOUT="2"), workers=2)
+    env = env_for(upstreams, LB_HEADER_TIMEOUT=str(HEADER_TIMEOUT))
+    balancer = LoadBalancer(env, workers=2)
     sockets: list[socket.socket] = []
     silent: list[socket.socket] = []
+    normal: list[tuple[float, int | str]] = []  # (answered, seconds after opened_at; status)
+    done = threading.Event()
+
+    def meanwhile() -> None:  # normal requests, each on a new connection, from another thread
+        while not done.wait(0.2):
+            try:
+                status: int | str = httpx.get(
+                    f"{balancer.url}/lb-health", trust_env=False, timeout=10
+                ).status_code
+            except httpx.HTTPError as error:
+                status = repr(error)
+            normal.append((time.monotonic() - opened_at, status))
+
+    normal_requests = threading.Thread(target=meanwhile)
     try:
         selector = selectors.DefaultSelector()
         opened_at = time.monotonic()
@@ -41,12 +60,12 @@ def test_slowloris_connections_are_closed_at_the_header_deadline(
             sock.setblocking(False)
             silent.append(sock)
             selector.register(sock, selectors.EVENT_READ)
+        normal_requests.start()
         closed_after: dict[socket.socket, float] = {}
         answers: dict[socket.socket, bytes] = {}
-        normal_latencies: list[float] = []
         sent = 0
         next_byte = time.monotonic()
-        while len(closed_after) < len(sockets) + len(silent) and time.monotonic() - opened_at < 15:
+        while len(closed_after) < len(sockets) + len(silent) and time.monotonic() - opened_at < 20:
             now = time.monotonic()
             if now >= next_byte and sent < len(SLOW_HEAD):  # one byte a second, on each
                 for sock in sockets:
@@ -55,10 +74,6 @@ def test_slowloris_connections_are_closed_at_the_header_deadline(
                             sock.send(SLOW_HEAD[sent : sent + 1])
                 sent += 1
                 next_byte = now + 1.0
-                started = time.monotonic()  # meanwhile, a normal request
-                response = httpx.get(f"{balancer.url}/lb-health", trust_env=False, timeout=5)
-                assert response.status_code == 200
-                normal_latencies.append(time.monotonic() - started)
             for key, _ in selector.select(timeout=0.1):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -70,13 +85,23 @@ def test_slowloris_connections_are_closed_at_the_header_deadline(
                 if not data:
                     closed_after[sock] = time.monotonic() - opened_at
                     selector.unregister(sock)
+        done.set()
+        normal_requests.join()
         assert len(closed_after) == 110, f"{len(closed_after)} of 100 + 10 closed"
-        assert min(closed_after.values()) >= 1.5  # not before the deadline...
-        assert max(closed_after.values()) < 2 + 6  # ...and all soon after it (a loaded machine)
+        first_closed = min(closed_after.values())
+        assert first_closed >= HEADER_TIMEOUT - 0.5  # not before the deadline...
+        # ...and all soon after it: a busy machine's margin, far below Sanic's own 60-s timeout
+        assert max(closed_after.values()) < HEADER_TIMEOUT + 8
         assert all(answers[sock].startswith(b"HTTP/1.1 408 ") for sock in sockets)
         assert all(answers[sock] == b"" for sock in silent)  # nothing to answer: just closed
-        assert max(normal_latencies) < 1.0, normal_latencies
+        # the 110 held connections starve no one: normal requests were answered meanwhile
+        assert {status for _, status in normal} == {200}, normal
+        served_while_held = [answered for answered, _ in normal if answered < first_closed]
+        assert len(served_while_held) >= 3, normal
     finally:
+        done.set()
+        if normal_requests.is_alive():
+            normal_requests.join()
         for sock in sockets + silent:
             sock.close()
         balancer.stop()
@@ -239,3 +264,63 @@ def test_a_killed_worker_is_replaced_and_totals_are_kept(
     died = [line for line in balancer.output if "died" in line and str(victim) in line]
     assert len(died) == 1, died  # logged once
     assert outcomes["failed"] <= 3, outcomes  # at most what the victim held in flight
+
+
+STALL_TIMEOUT_S = 3  # LB_WORKER_STALL_TIMEOUT for the test; the default is 10 s
+
+
+def test_a_stalled_worker_is_killed_and_replaced_and_totals_are_kept(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    """A worker whose event loop stops (SIGSTOP: alive to the operating system, silent to
+    everyone) is killed and replaced while the other worker keeps answering."""
+    env = env_for(upstreams, LB_STATS_CACHE_TTL="0", LB_WORKER_STALL_TIMEOUT=str(STALL_TIMEOUT_S))
+    balancer = LoadBalancer(env, workers=2)
+    stop = threading.Event()
+    stopped = threading.Event()
+    outcomes = {"ok": 0, "failed": 0, "ok_after_stop": 0}
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.Client(base_url=balancer.url, trust_env=False, timeout=20) as client:
+                    ok = client.get("/api/load").status_code == 200
+            except httpx.TransportError:
+                ok = False
+            outcomes["ok" if ok else "failed"] += 1
+            if ok and stopped.is_set():
+                outcomes["ok_after_stop"] += 1
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(_stats(balancer)["requests_by_worker"]) == 2, timeout=15)
+        before = _stats(balancer)
+        victim, other = (int(pid) for pid in before["requests_by_worker"])
+        victims_requests = before["requests_by_worker"][str(victim)]
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        stopped.set()
+        assert wait_for(lambda: outcomes["ok_after_stop"] >= 20, timeout=10)  # the other serves
+
+        def replaced() -> set[int]:
+            figures = _stats(balancer)
+            pids = {int(pid) for pid in figures["requests_by_worker"]}
+            return pids - {other} if figures["workers"] == 2 and victim not in pids else set()
+
+        new_pid = wait_for(replaced, timeout=30, step=0.1).value.pop()
+        replaced_after = time.monotonic() - stopped_at
+        assert STALL_TIMEOUT_S <= replaced_after < 30, replaced_after
+        assert new_pid in children(balancer.process.pid)
+        assert victim not in children(balancer.process.pid)  # killed, not left stopped
+        after = _stats(balancer)
+        assert after["total_requests"] >= before["total_requests"]
+        assert after["requests_by_worker"][str(new_pid)] >= victims_requests  # its row, kept
+    finally:
+        stop.set()
+        thread.join(20)
+        balancer.stop()
+    about_victim = [line for line in balancer.output if f"[{victim}]" in line]
+    told = [line for line in about_victim if "stalled" in line or "died" in line]
+    assert len(told) == 1 and "stalled" in told[0], told  # logged once
+    assert outcomes["failed"] <= 3, outcomes  # at most what the victim held when it stopped

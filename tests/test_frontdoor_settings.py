@@ -12,6 +12,7 @@ def test_defaults() -> None:
     assert frontdoor.header_timeout == 30.0  # at most nginx's client_header_timeout (60 s)
     assert frontdoor.max_client_connections == 4096
     assert frontdoor.drain_delay == 0.0
+    assert frontdoor.worker_stall_timeout == 10.0
 
 
 def test_environment_overrides() -> None:
@@ -19,6 +20,7 @@ def test_environment_overrides() -> None:
     frontdoor = load_settings(env=env).frontdoor
     assert (frontdoor.header_timeout, frontdoor.max_client_connections) == (2.5, 10)
     assert frontdoor.drain_delay == 5.0
+    assert load_settings(env={"LB_WORKER_STALL_TIMEOUT": "2"}).frontdoor.worker_stall_timeout == 2
 
 
 @pytest.mark.parametrize(
@@ -29,6 +31,8 @@ def test_environment_overrides() -> None:
         ("LB_MAX_CLIENT_CONNECTIONS", "0"),
         ("LB_MAX_CLIENT_CONNECTIONS", "1.5"),
         ("LB_DRAIN_DELAY", "-1"),
+        ("LB_WORKER_STALL_TIMEOUT", "1.5"),  # workers stamp every second
+        ("LB_WORKER_STALL_TIMEOUT", "0"),
     ],
 )
 def test_bad_value_names_the_variable(var: str, value: str) -> None:

@@ -162,6 +162,39 @@ def test_the_commented_clusterip_alternative_loads_too(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
+def test_the_tls_lines_uncommented_make_a_valid_deployment_the_service_accepts() -> None:
+    """The optional HTTPS of load-balancer.yaml (lines marked ``#TLS``), uncommented as its
+    header says, and the cert-manager Certificate of that header."""
+    text = (DEPLOY / "load-balancer.yaml").read_text()
+    uncommented = re.sub(r"^(\s*)#TLS ", r"\1", text, flags=re.MULTILINE)
+    assert not re.search(r"^\s*#TLS", uncommented, flags=re.MULTILINE)
+    (deployment,) = [d for d in yaml.safe_load_all(uncommented) if d]
+    kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert mount["readOnly"] is True and "subPath" not in mount  # subPath mounts never update
+    env = _env(container)
+    assert env["LB_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+    assert env["LB_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    settings = load_settings(env={k: v for k, v in env.items() if k != "LB_CONFIG"})
+    assert settings.tls.enabled and settings.tls.http_redirect_port == ports["http-redirect"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    lines = text.splitlines()
+    start = lines.index("#   apiVersion: cert-manager.io/v1")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line.removeprefix("#   "))
+    certificate = yaml.safe_load("\n".join(block))
+    assert certificate["kind"] == "Certificate"
+    assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
+
+
 def test_an_edit_of_the_configmap_is_reloaded_without_a_restart(tmp_path: Path) -> None:
     """LB_CONFIG_WATCH on, and the ConfigMap mounted as a directory: a ``subPath`` mount
     would never see an update (the kubelet swaps the directory's ``..data`` link)."""

@@ -99,7 +99,7 @@ def test_ws_connections_gauge(metrics_lb: LoadBalancer) -> None:
     with connect(url, ping_interval=None) as first, connect(url, ping_interval=None):
         first.send("hb")
         assert value(scrape(metrics_lb), "lb_ws_connections") == 2
-    wait_for(lambda: value(scrape(metrics_lb), "lb_ws_connections") == 0, timeout=2)
+    wait_for(lambda: value(scrape(metrics_lb), "lb_ws_connections") == 0, timeout=5)
     assert value(scrape(metrics_lb), "lb_ws_connections") == 0
 
 

@@ -233,7 +233,7 @@ def test_killing_a_target_mid_load_costs_no_request(upstreams, knobs) -> None:
             wait_for(lambda: load.count(200) >= 150 and victim.total() >= 20, timeout=10)
             assert victim.total() > 0  # it was in rotation
             victim.stop()
-            wait_for(lambda: entry(pool_stats(lb), victim)["state"] == "ejected", timeout=2)
+            wait_for(lambda: entry(pool_stats(lb), victim)["state"] == "ejected", timeout=5)
             at_ejection = entry(pool_stats(lb), victim)
             survivors_then = [s.total() for s in survivors]
             # traffic after the ejection, on both survivors (it was a fixed sleep to 2 s after
@@ -289,7 +289,8 @@ def test_restarted_target_comes_back_after_the_cool_down(upstreams, knobs) -> No
     with balancer(upstreams, [s.url for s in servers], **env) as lb:
         _kill_and_eject(lb, victim, "/api/cool")
         revived = knobs("c0-again", port=victim.port)
-        assert _seconds_until_traffic(lb, revived, "/api/cool", timeout=2.5) <= 1.5
+        # the 1-s cool-down and a busy machine's margin, far short of the 10-s default
+        assert _seconds_until_traffic(lb, revived, "/api/cool", timeout=8) <= 4
         back = entry(pool_stats(lb), revived)
         assert back["state"] == "up" and back["ejections"] == 0  # a success reset the streak
 
@@ -310,7 +311,7 @@ def test_restarted_target_comes_back_through_active_health_checks(upstreams, kno
         wait_for(lambda: logged(lb, f"target {victim.url} is down (health check)"), timeout=3)
         revived = knobs("h0-again", port=victim.port)
         # one good check (interval 0.5 s, threshold 1) should be enough, long before 30 s
-        assert _seconds_until_traffic(lb, revived, "/api/back", timeout=2.5) <= 1.5
+        assert _seconds_until_traffic(lb, revived, "/api/back", timeout=15) <= 8
         assert revived.hits["/health"] >= 1
         assert entry(pool_stats(lb), revived)["state"] == "up"
 
@@ -327,7 +328,8 @@ def test_all_targets_down_is_a_fast_502_and_panic_then_recovery(upstreams, knobs
         for _ in range(6):
             started = time.monotonic()
             response = lb.client.get("/api/down")
-            assert time.monotonic() - started < 1.5  # about the connect timeout at most
+            # refused at once; at most about one connect timeout, not one per target (3 s)
+            assert time.monotonic() - started < 2.5
             assert response.status_code == 502
             assert response.headers["content-type"].startswith("application/json")
             body = response.json()
@@ -437,11 +439,13 @@ def test_fail_statuses_opt_in_and_the_ejection_cap_holds(upstreams, knobs) -> No
 def test_a_refused_connection_is_retried_and_ejects(upstreams, knobs) -> None:
     good = knobs("good")
     dead = closed_port_url()
-    with balancer(upstreams, [dead, good.url]) as lb:
+    # round robin: the dead target is certain to be drawn first within two requests
+    with balancer(upstreams, [dead, good.url], API_GATEWAY_BALANCE="round_robin") as lb:
         for i in range(6):
             assert lb.client.get(f"/api/refused/{i}").status_code == 200
         (stats,) = [t for t in pool_stats(lb)["targets"] if t["url"] == dead]
-        assert stats["state"] == "ejected" and stats["failures"] >= 1
+        assert stats["failures"] >= 1
+        assert stats["state"] == "ejected"
         assert good.total() == 6
 
 
@@ -459,20 +463,21 @@ def test_failing_health_check_takes_a_target_out_and_back(upstreams, knobs) -> N
         "API_GATEWAY_HEALTH_HEALTHY_THRESHOLD": "2",
     }
     with balancer(upstreams, [s.url for s in servers], **env) as lb:
-        wait_for(lambda: sick.hits["/health"] >= 1, timeout=2)
+        wait_for(lambda: sick.hits["/health"] >= 1, timeout=5)
         assert entry(pool_stats(lb), sick)["state"] == "up"
 
         sick.health_status = 500
-        took = wait_for(lambda: entry(pool_stats(lb), sick)["state"] == "down", timeout=3).elapsed
-        assert took <= 0.5 * 2 + 0.5 + 0.5  # interval x threshold, one interval of phase, slack
+        took = wait_for(lambda: entry(pool_stats(lb), sick)["state"] == "down", timeout=8).elapsed
+        # interval x threshold, one interval of phase, and a busy machine's margin
+        assert took <= 0.5 * 2 + 0.5 + 2.0
         before = sick.total()
         assert blast(lb, "/api/sick", 150, clients=3) == {200: 150}
         assert sick.total() == before  # no traffic while down
         assert pool_stats(lb)["panic"] is False
 
         sick.health_status = 200
-        took = wait_for(lambda: entry(pool_stats(lb), sick)["state"] == "up", timeout=3).elapsed
-        assert took <= 0.5 * 2 + 0.5 + 0.5
+        took = wait_for(lambda: entry(pool_stats(lb), sick)["state"] == "up", timeout=8).elapsed
+        assert took <= 0.5 * 2 + 0.5 + 2.0
         assert blast(lb, "/api/sick", 150, clients=3) == {200: 150}
         assert sick.total() > before
 

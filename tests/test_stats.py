@@ -163,14 +163,15 @@ def test_idle_after_ten_seconds_then_heartbeat_message(
             assert busy["has_real_traffic"] is True
             assert busy["requests_per_second"] == 0.2
             lifetime = busy["avg_response_time_ms_lifetime"]
-            assert 100.0 <= lifetime <= 160.0
+            assert 100.0 <= lifetime < 200.0  # the upstream's 100 ms each, not their sum
 
-            time.sleep(max(0.0, last + 9.0 - time.monotonic()))
+            # 2 s short of the window's end: a busy machine may delay this call by a second
+            time.sleep(max(0.0, last + 8.0 - time.monotonic()))
             still = own(balancer)
             assert still["has_real_traffic"] is True, "the window is 10 s, not shorter"
             assert still["requests_per_second"] == 0.2
 
-            deadline = last + 11.5
+            deadline = last + 13.5  # gone soon after 10 s (a 15-s window would still hold it)
             while (idle := own(balancer))["has_real_traffic"] and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert idle["has_real_traffic"] is False
@@ -182,7 +183,7 @@ def test_idle_after_ten_seconds_then_heartbeat_message(
             assert idle["success_rate"] == 100.0
 
             ws.send("hb")
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + 5.0
             while not (woken := own(balancer))["has_real_traffic"] and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert woken["has_real_traffic"] is True
@@ -264,13 +265,16 @@ def test_degraded_upstreams_are_offline_with_a_reason() -> None:
             AUTH_SERVICE_URL=closed_port_url(),
             USER_SERVICE_URL=silent.url,
             LB_STATS_CACHE_TTL="0",
+            LB_STATS_TIMEOUT="2",
         )
     )
     try:
         started = time.monotonic()
         document = stats(balancer)
         elapsed = time.monotonic() - started
-        assert elapsed < 2.5
+        # one 2-s deadline for the whole fan-out, not the hung service's silence (the client
+        # would give up at 30 s) nor a deadline per upstream in turn
+        assert elapsed < 4.0
         assert_offline(document["auth"], "refused")
         assert_offline(document["user_service"], "timeout")
         assert_offline(document["blog_service"], "invalid JSON")
@@ -373,8 +377,10 @@ def test_too_large_without_content_length(upstreams: dict[str, UpstreamServer]) 
 def test_fifty_concurrent_stats_calls_ask_each_upstream_a_handful_of_times(
     upstreams: dict[str, UpstreamServer],
 ) -> None:
-    # reuse for 1 s, an option (the default is 0: fresh on every call)
-    balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="1"))
+    # reuse for 5 s, an option (the default is 0: fresh on every call); long enough that a
+    # busy machine still makes all these calls within one or two lifetimes of an answer
+    ttl = 5.0
+    balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL=str(ttl)))
     aggregated = [s for name, s in upstreams.items() if name != "dashboard-ui"]
     try:
         before = {s.name: s.hits["/stats"] for s in aggregated}
@@ -397,7 +403,7 @@ def test_fifty_concurrent_stats_calls_ask_each_upstream_a_handful_of_times(
             assert 1 <= grown <= 3, (server.name, grown)
         assert upstreams["dashboard-ui"].hits["/stats"] == 0
 
-        # One after another within the cache's second: the cached answer, at most one refresh.
+        # One after another within the cache's lifetime: the cached answer, at most one refresh.
         before = {s.name: s.hits["/stats"] for s in aggregated}
         started = time.monotonic()
         for _ in range(10):
@@ -405,7 +411,7 @@ def test_fifty_concurrent_stats_calls_ask_each_upstream_a_handful_of_times(
                 "service_status": "online",
                 "active_session_count": 0,
             }
-        assert time.monotonic() - started < 0.9
+        assert time.monotonic() - started < ttl  # what the next assertion presumes
         for server in aggregated:
             assert server.hits["/stats"] - before[server.name] <= 1, server.name
     finally:

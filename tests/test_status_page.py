@@ -16,8 +16,8 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from service.demo.upstreams import dashboard_ui
-from tests.support.tools import require
 from tests.support import Knob, LoadBalancer, UpstreamServer, env_for, wait_for
+from tests.support.tools import require
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

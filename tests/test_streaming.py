@@ -97,7 +97,7 @@ def test_download_256_mib_streams(warm_lb: LoadBalancer) -> None:
 def test_sse_arrives_event_by_event(lb: LoadBalancer) -> None:
     started = time.monotonic()
     arrivals: list[tuple[float, str]] = []
-    with lb.client.stream("GET", "/api/events?sse=5&interval=0.2") as response:
+    with lb.client.stream("GET", "/api/events?sse=5&interval=0.5") as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream"
         for line in response.iter_lines():
@@ -105,8 +105,8 @@ def test_sse_arrives_event_by_event(lb: LoadBalancer) -> None:
                 arrivals.append((time.monotonic() - started, line))
     assert [line.split()[1:3] for _, line in arrivals] == [["event", str(i)] for i in range(5)]
     times = [t for t, _ in arrivals]
-    # Sent 0.2 s apart: the first must arrive long before the last was even produced.
-    assert times[-1] - times[0] >= 0.6, times
-    assert times[0] < times[-1] - 0.6
+    # Sent 0.5 s apart: the first must arrive long before the last was even produced (2 s
+    # later), and most arrive apart (a stall of the busy machine may bunch two of them).
+    assert times[-1] - times[0] >= 1.0, times
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert sum(gap > 0.1 for gap in gaps) >= 3, gaps
+    assert sum(gap > 0.25 for gap in gaps) >= 3, gaps

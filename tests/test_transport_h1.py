@@ -26,6 +26,7 @@ import uvloop
 from service.settings import ProxySettings
 from service.transport.h1 import HIGH_WATER, H1Transport
 from service.transport import build_client
+from tests.support.tools import require
 import contextlib
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -66,7 +67,7 @@ class Server:
 async def read_request(reader: asyncio.StreamReader, server: Server) -> h11.Request | None:
     """One request, parsed by h11, its body read whole; None at the end of the connection."""
     conn = h11.Connection(h11.SERVER)
-    request, body = None, b""
+    request, body = None, bytearray()  # not bytes +=, quadratic for an 8 MiB body
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
@@ -80,7 +81,7 @@ async def read_request(reader: asyncio.StreamReader, server: Server) -> h11.Requ
             body += event.data
         elif isinstance(event, h11.EndOfMessage):
             assert request is not None
-            server.requests.append((request, body))
+            server.requests.append((request, bytes(body)))
             return request
         else:
             raise AssertionError(event)
@@ -718,7 +719,7 @@ def test_https(tmp_path: object) -> None:
 
     cert, key = Path(str(tmp_path)) / "cert.pem", Path(str(tmp_path)) / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        [require("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
          "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key),
          "-out", str(cert)],
         check=True, capture_output=True,

@@ -109,8 +109,8 @@ def test_a_silent_tunnel_is_closed_after_the_idle_timeout(ws_lb: LoadBalancer) -
     with connect(ws_url(ws_lb, "/api/idle"), ping_interval=None) as ws:
         started = time.monotonic()
         with pytest.raises(ConnectionClosed):
-            ws.recv(timeout=10)
-        assert 1.5 < time.monotonic() - started < 5
+            ws.recv(timeout=15)  # nothing else would close it this soon (the default is 300 s)
+        assert 1.5 < time.monotonic() - started < 10  # the 2-s idle timeout, and a margin
 
 
 def test_the_heartbeat_socket_is_still_answered_locally(
@@ -120,7 +120,7 @@ def test_the_heartbeat_socket_is_still_answered_locally(
     with connect(ws_url(ws_lb, "/api/ws-heartbeat")) as ws:
         ws.send("hb")
         # the socket is open and counted here (this was a fixed 0.2-s sleep)
-        wait_for(lambda: stats(ws_lb)["ws_connections"] == 1, timeout=2)
+        wait_for(lambda: stats(ws_lb)["ws_connections"] == 1, timeout=5)
     assert len(echo.paths) == before
     assert stats(ws_lb)["has_real_traffic"] is True
 

@@ -98,6 +98,14 @@ class ReportCollector:
             online = entry.get("service_status") == "online" or entry.get("status") == "healthy"
             up.add_metric([upstream.name, upstream.stats_key], 1.0 if online else 0.0)
         yield up
+        if self._report.tls is not None:
+            expiry = GaugeMetricFamily(
+                "lb_tls_certificate_expiry_seconds",
+                "Seconds until the served TLS certificate expires (negative: expired).",
+                labels=["subject"],
+            )
+            expiry.add_metric([self._report.tls["subject"]], self._report.tls["expires_in_s"])
+            yield expiry
         yield from self._targets()
         yield from self._config()
         yield from self._discovery()

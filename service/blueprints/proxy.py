@@ -9,6 +9,7 @@ to the client. Every answer the load balancer makes itself is a ``LoadBalancerEr
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     pool: Pool = pools[decision.route.upstream]
     if websocket_tunnel.is_upgrade(request):
         outcome.tunnel = True
-        return await _tunnel(request, pool, outcome, proxy)
+        return await _tunnel(request, pool, outcome, proxy, clients.ssl_context)
     body = exchange.body_of(request)
     client = clients[pool.name]
 
@@ -143,7 +144,11 @@ async def _discard(response: httpx.Response) -> None:
 
 
 async def _tunnel(
-    request: Request, pool: Pool, outcome: Outcome, proxy: ProxySettings
+    request: Request,
+    pool: Pool,
+    outcome: Outcome,
+    proxy: ProxySettings,
+    ssl_context: ssl.SSLContext | None,
 ) -> HTTPResponse | None:
     """Hand a WebSocket upgrade to a target and relay bytes until either side closes."""
     lb = request.app.ctx.lb
@@ -152,6 +157,7 @@ async def _tunnel(
         return websocket_tunnel.open_tunnel(
             request, upstream=pool.name, target_url=target.url,
             connect_timeout=proxy.connect_timeout, read_timeout=proxy.read_timeout,
+            ssl_context=ssl_context, server_hostname=target.origin or None,
         )  # fmt: skip
 
     attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, lb.retry_budget)

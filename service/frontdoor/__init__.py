@@ -4,12 +4,15 @@
 - ``strict_http``: Sanic's ``Http`` with that check run first and a deadline on the head.
 - ``protocol``: the server protocol using it, with a per-worker connection cap, and
   ``FrontDoorApp``, the ``Sanic`` class whose servers all use that protocol.
-- ``supervision``: dead workers replaced; SIGTERM honoured during start-up.
+- ``liveness``: each worker's stamp in the shared block, and the watch for stalled ones.
+- ``supervision``: dead and stalled workers replaced; one graceful stop on SIGTERM or
+  SIGINT, to the main process or to the whole process group, during start-up too.
 
-``startup(app)`` registers the listeners: supervision in the main process, and in every
-worker the drain (``draining`` set at the start of a graceful shutdown, so the readiness
-probe ``/lb-health?ready=1`` answers 503, then ``LB_DRAIN_DELAY`` seconds of serving
-before the listening socket closes and in-flight requests finish).
+``startup(app)`` reserves the stamp in every worker row and registers the listeners:
+supervision in the main process, and in every worker the stamps, the stop on the first
+signal, and the drain (``draining`` set at the start of a graceful shutdown, so the
+readiness probe ``/lb-health?ready=1`` answers 503, then ``LB_DRAIN_DELAY`` seconds of
+serving before the listening socket closes and in-flight requests finish).
 """
 
 from __future__ import annotations
@@ -18,16 +21,32 @@ import asyncio
 
 from sanic import Sanic
 
+from service.frontdoor import liveness
 from service.frontdoor.protocol import FrontDoorApp, FrontDoorProtocol
-from service.frontdoor.supervision import supervise
+from service.frontdoor.supervision import stop_once_on_signal, supervise
+from service.sharedmem import SharedBlock
 
 __all__ = ["FrontDoorApp", "FrontDoorProtocol", "startup"]
 
 
 def startup(app: Sanic) -> None:
+    stamp_region = liveness.reserve(app.ctx.lb.plan)
+
     @app.main_process_ready
     async def supervise_workers(app: Sanic) -> None:
-        supervise(app.manager, app.config.GRACEFUL_SHUTDOWN_TIMEOUT)
+        lb = app.ctx.lb
+        stamps = liveness.Liveness(SharedBlock(app.shared_ctx.block, lb.plan), stamp_region)
+        stalls = liveness.StallWatch(stamps, lb.settings.frontdoor.worker_stall_timeout)
+        supervise(app.manager, app.config.GRACEFUL_SHUTDOWN_TIMEOUT, stalls)
+
+    @app.before_server_start
+    async def stamp_liveness(app: Sanic) -> None:
+        row = app.ctx.lb.row
+        liveness.Liveness(row.block, stamp_region).start_stamping(row)
+
+    @app.after_server_start
+    async def stop_once(app: Sanic) -> None:
+        stop_once_on_signal(app)
 
     # before_server_stop listeners run in reverse order: registered last, this runs first
     @app.before_server_stop

@@ -9,7 +9,8 @@ likes. WebSocket connections are ``StrictWebsocket`` (invalid UTF-8 closes with 
 ``FrontDoorApp`` is ``Sanic`` with that protocol as the default of ``prepare``,
 which every way of serving calls (``sanic service.app``, ``app.run``, ``--single-process``)
 in the main process; from there, a SIGTERM before Sanic installs its own handler is a
-normal exit (status 0) rather than death by signal.
+normal exit (status 0) rather than death by signal, and Sanic's sync manager will outlive a
+SIGTERM to the whole process group (``supervision.prepare_main_process``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
 from service.errors import sanic_error_body
 from service.frontdoor.strict_http import StrictHttp
-from service.frontdoor.supervision import exit_on_sigterm
+from service.frontdoor.supervision import prepare_main_process
 from service.frontdoor.websocket import StrictWebsocket
 
 
@@ -66,5 +67,5 @@ class FrontDoorProtocol(WebSocketProtocol):
 
 class FrontDoorApp(Sanic):
     def prepare(self, *args: Any, protocol: Any = None, **kwargs: Any) -> None:
-        exit_on_sigterm()  # from here until Sanic's worker manager takes SIGTERM over
+        prepare_main_process()  # see supervision: SIGTERM before Sanic handles it, the sync manager
         super().prepare(*args, protocol=protocol or FrontDoorProtocol, **kwargs)

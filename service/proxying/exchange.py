@@ -72,8 +72,16 @@ def outgoing(
         seam.url_for(target.base_url, request.path, request.query_string),
         seam.headers_of(fields),
         body,
-        {"timeout": proxy.timeouts},
+        _extensions(target, proxy),
     )
+
+
+def _extensions(target: Target, proxy: ProxySettings) -> dict[str, object]:
+    """httpx's request extensions: the timeouts, and for an https target resolved from a
+    name (``;resolve``) that name as SNI and the one verified: the URL holds the address."""
+    if target.origin and target.base_url.scheme == "https":
+        return {"timeout": proxy.timeouts, "sni_hostname": target.origin}
+    return {"timeout": proxy.timeouts}
 
 
 async def send(

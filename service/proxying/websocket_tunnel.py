@@ -56,16 +56,29 @@ Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, Handshake]
 
 
 async def open_tunnel(
-    request: Request, *, upstream: str, target_url: str, connect_timeout: float, read_timeout: float
+    request: Request,
+    *,
+    upstream: str,
+    target_url: str,
+    connect_timeout: float,
+    read_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> Opened:
-    """Connect to the target and exchange the handshake; raise UpstreamError on failure."""
+    """Connect to the target and exchange the handshake; raise UpstreamError on failure.
+    ``ssl_context``: how an https target is verified (the upstream clients' context);
+    ``server_hostname``: the name verified and sent as SNI when it is not the URL's host (a
+    resolved target: connect to the address, verify the name)."""
     parts = urlsplit(target_url)
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
-                parts.hostname, port, ssl=ssl.create_default_context() if secure else None
+                parts.hostname,
+                port,
+                ssl=(ssl_context or ssl.create_default_context()) if secure else None,
+                server_hostname=server_hostname if secure else None,
             ),
             connect_timeout,
         )

@@ -32,7 +32,7 @@ from service.reload import resolved, targets
 from service.settings import Settings
 from service.sharedmem.block import process_alive
 from service.stats import build_aggregator
-from service.transport import UpstreamClients, connections_in_use, limits_of
+from service.transport import UpstreamClients, connections_in_use
 
 if TYPE_CHECKING:
     from service.context import WorkerContext
@@ -49,9 +49,8 @@ def swap(
     starts, their own listeners start them on what this leaves in place."""
     lb = app.ctx.lb
     entries = resolved.entries_for(settings, started)  # the leader checked that it can
-    old_settings, old_clients, old_pools = lb.settings, lb.clients, lb.pools
-    same_limits = limits_of(old_settings.proxy) == limits_of(settings.proxy)
-    clients = UpstreamClients(settings, reuse=dict(old_clients.items()) if same_limits else None)
+    old_clients, old_pools = lb.clients, lb.pools
+    clients = UpstreamClients(settings, previous=old_clients)
     pools = _pools(lb, settings, old_pools, clients)
 
     lb.metrics.name_routes(lb.slots.pool_names())  # claimed by the leader: in the directory

@@ -4,8 +4,10 @@ Settings that the running host cannot take while serving are kept as the host st
 them and named in the log line ("needs a restart"): the listening address and port and the
 worker count (Sanic has bound the socket and started the processes), the log format (every
 logger was configured at start), the cluster (its Redis connection and its lease in the
-shared block) and the sizes of the shared block (``LB_RESOLVER_MAX_TARGETS``). Everything
-else is taken as the file (and the environment) now say.
+shared block), TLS (the listening socket's context), the main process's stall watch
+(``LB_WORKER_STALL_TIMEOUT``) and the sizes of the shared block
+(``LB_RESOLVER_MAX_TARGETS``). Everything else is taken as the file (and the environment)
+now say.
 """
 
 from __future__ import annotations
@@ -17,22 +19,29 @@ from service.settings import Settings
 from service.settings.model import VARIABLES
 
 SERVER_RESTART_ONLY = ("port", "workers", "host", "log_format")
+# whole sections: the cluster (its Redis connection, its lease in the block) and TLS (the
+# listening socket's context, its rotation and redirect listener, the upstreams' CA)
+SECTIONS_RESTART_ONLY = ("cluster", "tls")
+# single fields: a size of the shared block; the main process's watch over the workers
+FIELDS_RESTART_ONLY = (("resolver", "max_targets"), ("frontdoor", "worker_stall_timeout"))
 
 
 def running(new: Settings, started: Settings) -> tuple[Settings, tuple[str, ...]]:
     """``new`` with every restart-only setting as ``started`` has it, and the variables of
     those whose value ``new`` would change (in the order of ``--help``)."""
     waiting = [_variable("server", k) for k in SERVER_RESTART_ONLY if _differs(new, started, k)]
-    waiting += [_variable("cluster", key) for key in _changed_keys(started.cluster, new.cluster)]
-    if new.resolver.max_targets != started.resolver.max_targets:
-        waiting.append(_variable("resolver", "max_targets"))
-    kept = dataclasses.replace(
-        new,
-        **{key: getattr(started, key) for key in SERVER_RESTART_ONLY},
-        cluster=started.cluster,
-        resolver=dataclasses.replace(new.resolver, max_targets=started.resolver.max_targets),
-    )
-    return kept, tuple(waiting)
+    for section in SECTIONS_RESTART_ONLY:
+        before, after = getattr(started, section), getattr(new, section)
+        waiting += [_variable(section, key) for key in _changed_keys(before, after)]
+    for section, key in FIELDS_RESTART_ONLY:
+        if getattr(getattr(new, section), key) != getattr(getattr(started, section), key):
+            waiting.append(_variable(section, key))
+    kept: dict[str, Any] = {key: getattr(started, key) for key in SERVER_RESTART_ONLY}
+    kept.update({section: getattr(started, section) for section in SECTIONS_RESTART_ONLY})
+    for section, key in FIELDS_RESTART_ONLY:
+        part = kept.get(section, getattr(new, section))
+        kept[section] = dataclasses.replace(part, **{key: getattr(getattr(started, section), key)})
+    return dataclasses.replace(new, **kept), tuple(waiting)
 
 
 def _differs(new: Settings, started: Settings, key: str) -> bool:

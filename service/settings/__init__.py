@@ -15,6 +15,7 @@ from service.settings.model import (
     Settings,
     StatsSettings,
     TargetSpec,
+    TlsSettings,
     Upstream,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "SettingsError",
     "StatsSettings",
     "TargetSpec",
+    "TlsSettings",
     "Upstream",
     "load_settings",
 ]

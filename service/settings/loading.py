@@ -32,6 +32,7 @@ SECTIONS: dict[str, type] = {
     "cluster": model.ClusterSettings,
     "frontdoor": model.FrontDoorSettings,
     "resolver": model.ResolverSettings,
+    "tls": model.TlsSettings,
 }
 # The model part every VARIABLES section names: the scalar sections, and each upstream's.
 MODELS: dict[str, type] = {
@@ -64,10 +65,13 @@ EXPECTED = {
     "redis_url": "a redis://, rediss:// or unix:// URL with a host (or a socket path)",
     "cluster_name": "1 to 64 letters, digits, '.', '_' or '-'",
     "publish_interval": "a number of seconds greater than 0 and at most 0.25",
-    "statuses": "a comma-separated list of HTTP statuses from 500 to 599, such as 502,503,504",
-    "percent": "a whole number from 0 to 100",
     "resolvers": "a comma-separated list of DNS server addresses ip[:port] ([v6]:port)",
     "resolver_valid": "a number of seconds of at least 1",
+    "statuses": "a comma-separated list of HTTP statuses from 500 to 599, such as 502,503,504",
+    "percent": "a whole number from 0 to 100",
+    "file": "a file path, without control characters",
+    "optional_port": "a port number from 1 to 65535, or 0 for none",
+    "stall_timeout": "a number of seconds of at least 2 (workers stamp every second)",
 }
 
 
@@ -172,14 +176,6 @@ def _publish_interval(raw: Any, text: str) -> float:
     return value
 
 
-def _statuses(raw: Any, text: str) -> frozenset[int]:
-    """Server-error statuses (a TOML list or a comma-separated string); empty: none. Only
-    5xx: a 4xx is about the request, never a sign that the instance is sick."""
-    items = raw if isinstance(raw, list) else text.split(",")
-    status = _whole(500, 599)
-    return frozenset(status(item, str(item).strip()) for item in items if str(item).strip())
-
-
 def _resolvers(raw: Any, text: str) -> tuple[str, ...]:
     """``ip[:port]`` items (a TOML list or a comma-separated string); IPv6 with a port is
     bracketed, ``[::1]:5353``. Kept as text: the resolver parses them again when built."""
@@ -217,6 +213,28 @@ def _resolver_valid(raw: Any, text: str) -> float:
     return value
 
 
+def _stall_timeout(raw: Any, text: str) -> float:
+    value = _seconds(allow_zero=False)(raw, text)
+    if value < 2:
+        raise ValueError
+    return value
+
+
+def _statuses(raw: Any, text: str) -> frozenset[int]:
+    """Server-error statuses (a TOML list or a comma-separated string); empty: none. Only
+    5xx: a 4xx is about the request, never a sign that the instance is sick."""
+    items = raw if isinstance(raw, list) else text.split(",")
+    status = _whole(500, 599)
+    return frozenset(status(item, str(item).strip()) for item in items if str(item).strip())
+
+
+def _file(raw: Any, text: str) -> str:
+    """A path (empty: unset); whether it can be read is checked where it is used."""
+    if any(ord(c) < 32 for c in text):
+        raise ValueError
+    return text
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -232,10 +250,13 @@ _PARSERS = {
     "redis_url": _redis_url,
     "cluster_name": _cluster_name,
     "publish_interval": _publish_interval,
-    "statuses": _statuses,
-    "percent": _whole(0, 100),
     "resolvers": _resolvers,
     "resolver_valid": _resolver_valid,
+    "statuses": _statuses,
+    "percent": _whole(0, 100),
+    "file": _file,
+    "optional_port": _whole(0, 65535),
+    "stall_timeout": _stall_timeout,
 }
 
 

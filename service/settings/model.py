@@ -172,11 +172,13 @@ class ClusterSettings:
 @dataclass(frozen=True, kw_only=True)
 class FrontDoorSettings:
     """The client side: how long a request head may take, how many connections a worker
-    holds, and how long a graceful shutdown keeps serving while readiness says 503."""
+    holds, and how long a graceful shutdown keeps serving while readiness says 503; and how
+    long a worker's event loop may stall before it is replaced."""
 
     header_timeout: float = 30.0
     max_client_connections: int = 4096
     drain_delay: float = 0.0
+    worker_stall_timeout: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +207,24 @@ class ConfigSource:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS at the front door (a PEM certificate chain and its key, watched for rotation; an
+    optional plain listener that redirects to https) and to ``https://`` upstreams (the CA
+    bundle they are verified against, or an explicit opt-out). Empty paths: off / system CAs.
+    The files themselves are checked by ``service.tls.check`` at start-up."""
+
+    cert: str = ""
+    key: str = ""
+    http_redirect_port: int = 0  # 0: no plain listener
+    upstream_ca: str = ""
+    upstream_verify: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert or self.key)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything, loaded once at start-up: the server, its sections, upstreams, routes.
     A reload (``service.reload``) loads a new one the same way and swaps it in whole."""
@@ -223,6 +243,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
     resolver: ResolverSettings = field(default_factory=ResolverSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     config_watch: bool = False  # reload when the LB_CONFIG file's content changes
     source: ConfigSource | None = field(default=None, compare=False, repr=False)
 
@@ -282,6 +303,12 @@ VARIABLES = (
     Variable("LB_RESOLVER_VALID", "resolver", "valid", "resolver_valid", "longest time in seconds a DNS answer is used before it is asked again (a lower record TTL wins; never below 1)"),
     Variable("LB_RESOLVER_TIMEOUT", "resolver", "timeout", "seconds", "seconds for one DNS lookup"),
     Variable("LB_RESOLVER_MAX_TARGETS", "resolver", "max_targets", "positive_int", "addresses kept per ;resolve entry (sizes the shared block; more are cut, sorted)"),
+    Variable("LB_TLS_CERT", "tls", "cert", "file", "PEM certificate chain (leaf first) to serve HTTPS with; with LB_TLS_KEY, turns TLS on; rotated when the file changes"),
+    Variable("LB_TLS_KEY", "tls", "key", "file", "PEM private key of LB_TLS_CERT"),
+    Variable("LB_HTTP_REDIRECT_PORT", "tls", "http_redirect_port", "optional_port", "plain HTTP port answering 308 to https (and /lb-health); 0: none; needs TLS"),
+    Variable("LB_UPSTREAM_CA", "tls", "upstream_ca", "file", "PEM CA bundle https upstreams are verified against instead of the system CAs"),
+    Variable("LB_UPSTREAM_TLS_VERIFY", "tls", "upstream_verify", "bool", "verify https upstreams' certificates and host names (false: an explicit, logged opt-out)"),
+    Variable("LB_WORKER_STALL_TIMEOUT", "frontdoor", "worker_stall_timeout", "stall_timeout", "seconds a worker's event loop may give no sign of life (it stamps every second) before the main process kills and replaces it"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),

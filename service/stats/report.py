@@ -28,6 +28,7 @@ class Report:
     draining: bool = False  # a graceful shutdown has begun: the process still serves
     pools_without_live_target: int = 0  # pools none of whose targets is in rotation and answering
     cluster: Entry | None = None  # replicas and their status, when a cluster is configured
+    tls: Entry | None = None  # the served certificate, when LB_TLS_CERT is set
     config: Entry | None = None  # the configuration this worker runs (service.reload)
 
     def load_balancer_entry(self) -> Entry:
@@ -63,6 +64,8 @@ class Report:
         }
         if self.cluster is not None:
             entry["cluster"] = self.cluster
+        if self.tls is not None:
+            entry["tls"] = self.tls
         if self.config is not None:
             entry["config"] = self.config
         return entry
@@ -102,8 +105,9 @@ async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
         for name, entries in lb.discovery.describe(lb.pools).items():
             pools[name]["discovery"] = entries
     dead = sum(not pool.has_live_target() for pool in lb.pools.values())
+    tls = lb.tls.describe() if lb.tls is not None else None
     config = lb.reload.describe() if lb.reload is not None else None
-    return Report(snapshot, pools, services, lb.draining, dead, cluster, config)
+    return Report(snapshot, pools, services, lb.draining, dead, cluster, tls=tls, config=config)
 
 
 def _mean_ms(total_s: float, count: int) -> float:

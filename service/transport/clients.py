@@ -9,12 +9,14 @@ another one, for the benchmarks.
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Mapping
+import ssl
+from collections.abc import ItemsView
 from http.cookiejar import Cookie, CookieJar
 from typing import Any
 
 import httpx
 from service.settings import ProxySettings, Settings, Upstream
+from service.tls.contexts import upstream_context
 from service.transport.h1 import H1Transport
 
 
@@ -123,11 +125,13 @@ def build_client(
     proxy: ProxySettings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
-    """The proxy's client for ``upstream``; ``transport`` replaces the default (benchmarks)."""
+    """The proxy's client for ``upstream``; ``transport`` replaces the default (benchmarks);
+    ``ssl_context`` is how its ``https://`` targets are verified (``service.tls.contexts``)."""
     return _ProxyClient(
         base_url=upstream.url,
-        transport=transport or H1Transport(limits=limits_of(proxy)),
+        transport=transport or H1Transport(limits=limits_of(proxy), ssl_context=ssl_context),
         timeout=httpx.Timeout(**proxy.timeouts),
         follow_redirects=False,
         trust_env=False,
@@ -137,14 +141,25 @@ def build_client(
 class UpstreamClients:
     """Name -> client for every configured upstream."""
 
-    def __init__(
-        self, settings: Settings, *, reuse: Mapping[str, httpx.AsyncClient] | None = None
-    ) -> None:
-        """``reuse``: clients (and their pooled connections) to keep for these upstreams
-        instead of new ones: a reload that did not change the connection limits."""
-        reuse = reuse or {}
+    def __init__(self, settings: Settings, *, previous: UpstreamClients | None = None) -> None:
+        """``previous``: the clients before a reload; each is kept, with its pooled
+        connections, while the connection limits and the TLS context it was made with hold."""
+        # One TLS context for every https target of this worker (made only if there is one:
+        # loading the system CAs costs a few ms), shared with the WebSocket tunnel.
+        https = any(t.url.startswith("https:") for u in settings.upstreams for t in u.targets)
+        self.limits = limits_of(settings.proxy)
+        kept = previous
+        if kept is None or kept.limits != self.limits or (https and kept.ssl_context is None):
+            kept = None
+        if kept is not None and kept.ssl_context is not None:
+            self.ssl_context: ssl.SSLContext | None = kept.ssl_context
+        else:
+            self.ssl_context = upstream_context(settings.tls) if https else None
+        reuse = kept._clients if kept is not None else {}
         self._clients = {
-            u.name: reuse.get(u.name) or build_client(u, settings.proxy) for u in settings.upstreams
+            u.name: reuse.get(u.name)
+            or build_client(u, settings.proxy, ssl_context=self.ssl_context)
+            for u in settings.upstreams
         }
 
     def __getitem__(self, name: str) -> httpx.AsyncClient:

@@ -62,7 +62,15 @@ class H1Transport(httpx.AsyncBaseTransport):
         scheme = url.scheme
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
-        key = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        # "sni_hostname" (httpx's extension, as httpcore reads it): connect to the URL's host
+        # (an address) but verify and send SNI for this name; part of the pool key, so a
+        # connection made for one name is never reused for another.
+        key = (
+            scheme,
+            url.host,
+            url.port or _DEFAULT_PORTS[scheme],
+            request.extensions.get("sni_hostname"),
+        )
         timeouts = request.extensions.get("timeout", {})
         head, framing, declared = _request_head(request)
         replayable = framing is None or isinstance(request.stream, httpx.ByteStream)
@@ -135,8 +143,12 @@ class _StaleConnection(Exception):
     """A reused connection closed before any byte of the response arrived."""
 
 
+_Key = tuple[str, str, int, str | None]  # scheme, host, port, name to verify (None: host)
+
+
 class _Pool:
-    """Connections per (scheme, host, port); ``_open`` counts connecting, busy and idle ones."""
+    """Connections per (scheme, host, port, TLS name); ``_open`` counts connecting, busy and
+    idle ones."""
 
     def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -144,7 +156,7 @@ class _Pool:
         self._max_idle = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
         self._ssl_context = ssl_context
-        self._idle: dict[tuple[str, str, int], collections.deque[_Connection]] = {}
+        self._idle: dict[_Key, collections.deque[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -152,7 +164,7 @@ class _Pool:
         self._retired: set[tuple[str, str, int]] = set()  # origins whose targets left
 
     async def acquire(
-        self, key: tuple[str, str, int], timeouts: dict[str, Any], request: httpx.Request
+        self, key: _Key, timeouts: dict[str, Any], request: httpx.Request
     ) -> tuple[_Connection, bool]:
         """An idle connection to ``key`` (reused: True), else a new one once a slot is free."""
         pool_timeout = timeouts.get("pool")
@@ -190,7 +202,7 @@ class _Pool:
         self._all.add(conn)
         return conn, False
 
-    def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
+    def _idle_connection(self, key: _Key) -> _Connection | None:
         idle = self._idle.get(key)
         now = self._loop.time()
         while idle:
@@ -211,9 +223,9 @@ class _Pool:
         return False
 
     async def _connect(
-        self, key: tuple[str, str, int], timeout: float | None, request: httpx.Request
+        self, key: _Key, timeout: float | None, request: httpx.Request
     ) -> _Connection:
-        scheme, host, port = key
+        scheme, host, port, server_hostname = key
         context = None
         if scheme == "https":
             context = self._ssl_context or httpx.create_ssl_context(trust_env=False)
@@ -225,7 +237,7 @@ class _Pool:
                     host,
                     port,
                     ssl=context,
-                    server_hostname=host if context else None,
+                    server_hostname=(server_hostname or host) if context else None,
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(
@@ -290,7 +302,7 @@ class _Pool:
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: one exchange at a time, its response parsed as it arrives."""
 
-    def __init__(self, pool: _Pool, key: tuple[str, str, int]) -> None:
+    def __init__(self, pool: _Pool, key: _Key) -> None:
         self.pool = pool
         self.key = key
         self.busy = True

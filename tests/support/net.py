@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterable
 
 
 def free_port() -> int:
@@ -35,3 +37,32 @@ def raw_request(
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(lines[0].split()[1]), headers, rest
+
+
+def socket_owner(server_port: int, client_port: int, pids: Iterable[int]) -> int | None:
+    """Which of ``pids`` holds the server side of the 127.0.0.1 connection from
+    ``client_port`` to ``server_port`` (/proc/net/tcp for its inode, then each process's
+    file descriptors): with several workers, which one accepted it."""
+    local = f"0100007F:{server_port:04X}"
+    remote = f"0100007F:{client_port:04X}"
+    inode = None
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                inode = fields[9]
+    if inode is None:
+        return None
+    wanted = f"socket:[{inode}]"
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == wanted:
+                    return pid
+            except OSError:
+                continue
+    return None

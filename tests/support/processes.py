@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -60,11 +61,13 @@ class LoadBalancer:
         log: Path | None = None,
         timeout: float = 20.0,
         repo: Path = REPO,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``repo``: the checkout whose ``service`` runs (benchmarks compare two)."""
+        """``repo``: the checkout whose ``service`` runs (benchmarks compare two); ``tls``: the
+        process serves HTTPS (``LB_TLS_*`` in ``env``), ``client`` trusts it with this context."""
         self.name = name
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.workers = workers
         mode = ["--single-process"] if workers is None else ["--workers", str(workers)]
         argv = [SANIC, app, "--host", "127.0.0.1", "--port", str(self.port), *mode, *args]
@@ -84,7 +87,9 @@ class LoadBalancer:
         )
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
-        self.client = httpx.Client(base_url=self.url, timeout=30.0, trust_env=False)
+        self.client = httpx.Client(
+            base_url=self.url, timeout=30.0, trust_env=False, verify=tls or True
+        )
         try:
             self._wait_ready(ready, timeout)
         except BaseException:
@@ -159,7 +164,7 @@ class LoadBalancer:
 
 @contextlib.contextmanager
 def python_m_service(
-    env: Mapping[str, str], *, output: int = subprocess.DEVNULL
+    env: Mapping[str, str], *, output: int | IO[bytes] = subprocess.DEVNULL
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m service`` (the container's command) on 127.0.0.1 and a free port, in its
     own session; yields the process and its URL once ``/lb-health`` answers (or the process

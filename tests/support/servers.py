@@ -32,6 +32,7 @@ import gzip
 import hashlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -81,17 +82,28 @@ class UpstreamServer:
         self._thread: threading.Thread | None = None
         self.port = 0
         self.host = "127.0.0.1"
+        self.tls: ssl.SSLContext | None = None  # set by start(tls=...)
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"https://localhost:{self.port}"  # a name, so that it is the one verified
         return f"http://{self.host}:{self.port}"
 
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> UpstreamServer:
+    def start(
+        self, port: int = 0, host: str = "127.0.0.1", *, tls: ssl.SSLContext | None = None
+    ) -> UpstreamServer:
         """``host``: another loopback address (127.0.0.2, ...) lets several servers share a
-        port, so that one DNS name can stand for all of them."""
+        port, so that one DNS name can stand for all of them. ``tls``: serve HTTPS with this
+        server context (``url`` names ``localhost``)."""
         handler = type("Handler", (_Handler,), {"upstream": self})
-        self.host = host
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self.host, self.tls = host, tls
+        self._server = (_TlsServer if tls else ThreadingHTTPServer)((host, port), handler)
+        if tls:
+            # handshakes in the handler threads, so one failing does not stall accepting
+            self._server.socket = tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -107,6 +119,11 @@ class UpstreamServer:
     def count(self, path: str) -> None:
         with self._lock:
             self.hits[path] += 1
+
+
+class _TlsServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client refusing our certificate is what some tests are about
 
 
 class _Handler(BaseHTTPRequestHandler):

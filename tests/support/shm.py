@@ -1,15 +1,52 @@
-"""What a process holds in /dev/shm, read from its memory map."""
+"""What a process holds in /dev/shm, read from its memory map, and what is left of a
+process group."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+import os
 from pathlib import Path
 
 
 def shm_semaphores(pid: int) -> set[str]:
-    """The named semaphores (``/dev/shm/sem.*``) a process has open, from its memory map:
-    other engineers' processes use /dev/shm at the same time, so only these are ours."""
-    try:
-        maps = Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return set()
-    return {line.split()[-1] for line in maps.splitlines() if "/dev/shm/sem." in line}
+    """The named semaphores (``/dev/shm/sem.*``) a process has open: other engineers'
+    processes use /dev/shm at the same time, so only these are ours."""
+    return {path for path in shm_names([pid]) if path.startswith("/dev/shm/sem.")}
+
+
+def shm_names(pids: Iterable[int]) -> set[str]:
+    """The names in /dev/shm of what these processes map from it.
+
+    A memory map shows the name a file had when it was mapped: glibc creates a named
+    semaphore under a temporary name and links it to its real one, so the map says
+    ``sem.XXXXXX (deleted)``. The inode is the same, so the names are found by inode.
+    """
+    inodes: set[int] = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split()
+            if len(fields) >= 6 and fields[5].startswith("/dev/shm/"):
+                inodes.add(int(fields[4]))
+    with os.scandir("/dev/shm") as entries:
+        return {entry.path for entry in entries if entry.inode() in inodes}
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` that still run (zombies not counted: whoever
+    reaps orphans here may not be quick)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members

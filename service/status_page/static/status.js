@@ -217,6 +217,17 @@ function drawHistory(history, now) {
     [count("error_rate"), count("real_failure_rate")], start, end, points);
 }
 
+// The served TLS certificate (/stats' load-balancer.tls), when there is one.
+function drawTls(tls) {
+  const line = document.getElementById("tls");
+  line.hidden = !tls;
+  if (!tls) return;
+  const days = (tls.expires_in_s / 86400).toFixed(1);
+  let text = `TLS certificate: ${tls.subject}, expires ${tls.not_after} (in ${days} days)`;
+  if (tls.refused) text += `; new files refused: ${tls.refused}`;
+  line.textContent = text;
+}
+
 // ---------------------------------------------------------------- polling
 
 function setFreshness(live, text) {
@@ -248,6 +259,7 @@ async function poll() {
     const data = await response.json();
     const lb = data["load-balancer"];
     drawFigures(lb);
+    drawTls(lb.tls);
     drawConfig(lb.config);
     drawPools(lb.upstreams, data.responses_by_route || {});
     drawServices(data.services);
