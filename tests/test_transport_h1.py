@@ -292,6 +292,38 @@ def test_head_has_no_body_whatever_its_length_and_reuses() -> None:
     run(main())
 
 
+def test_retire_closes_idle_connections_to_an_origin_whatever_name_they_verify() -> None:
+    """A target that left its pool (DNS, reload): its idle connections close at once, those
+    made for another server name (``sni_hostname``) too; asked for again, it is a target."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        while await read_request(reader, server) is not None:
+            writer.write(answer(b"ok"))
+            await writer.drain()
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            t = transport()
+            await fetch(t, server.url)
+            named = httpx.Request(
+                "GET", server.url, extensions={"timeout": TIMEOUTS, "sni_hostname": "svc.test"}
+            )
+            response = await t.handle_async_request(named)
+            await response.aread()
+            await response.aclose()
+            assert server.connections == 2
+            assert t._pool is not None and t._pool._open == 2
+            t.retire(server.url)
+            assert t._pool._open == 0  # both closed, not left idle
+            assert (await fetch(t, server.url))[1] == b"ok"
+            assert server.connections == 3 and t._pool._open == 1  # kept again
+            await t.aclose()
+
+    run(main())
+
+
 def test_interim_100_is_skipped() -> None:
     async def handler(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server

@@ -161,7 +161,8 @@ class _Pool:
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
-        self._retired: set[tuple[str, str, int]] = set()  # origins whose targets left
+        # origins (scheme, host, port: a key without its server name) whose targets left
+        self._retired: set[tuple[str, str, int]] = set()
 
     async def acquire(
         self, key: _Key, timeouts: dict[str, Any], request: httpx.Request
@@ -170,7 +171,7 @@ class _Pool:
         pool_timeout = timeouts.get("pool")
         deadline = None if pool_timeout is None else self._loop.time() + pool_timeout
         if self._retired:
-            self._retired.discard(key)  # asked for again: a target once more
+            self._retired.discard(key[:3])  # asked for again: a target once more
         while True:
             conn = self._idle_connection(key)
             if conn is not None:
@@ -250,7 +251,7 @@ class _Pool:
     def release(self, conn: _Connection) -> None:
         """Back to the idle list if its last exchange left it clean, else closed."""
         conn.busy = False
-        if self._closed or not conn.reusable() or conn.key in self._retired:
+        if self._closed or not conn.reusable() or conn.key[:3] in self._retired:
             self.discard(conn)
             return
         idle = self._idle.setdefault(conn.key, collections.deque())
@@ -269,11 +270,13 @@ class _Pool:
     def in_use(self) -> int:
         return self._open - sum(len(idle) for idle in self._idle.values())
 
-    def retire(self, key: tuple[str, str, int]) -> None:
-        """Close the idle connections to ``key`` and keep none that comes back to idle."""
-        self._retired.add(key)
-        for conn in list(self._idle.get(key, ())):
-            self.discard(conn)
+    def retire(self, origin: tuple[str, str, int]) -> None:
+        """Close the idle connections to ``origin`` (whatever server name they verified) and
+        keep none that comes back to idle."""
+        self._retired.add(origin)
+        for key in [k for k in self._idle if k[:3] == origin]:
+            for conn in list(self._idle.get(key, ())):
+                self.discard(conn)
 
     def discard(self, conn: _Connection) -> None:
         """Close ``conn`` and give its slot back (idempotent)."""
