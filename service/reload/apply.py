@@ -100,6 +100,8 @@ def _pools(
             pools[upstream.name] = previous
             continue
         pool = Pool(upstream, 0, lb.pool_state)
+        # The targets the constructor made (numbered from 0) are placeholders: the previous
+        # pool's objects are what replace_targets keeps, by slot, for the members that stay.
         pool.targets = previous.targets if previous is not None else ()
         gone = pool.replace_targets(members[upstream.name])
         if gone:
