@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # only imported when a cluster is configured
     from service.cluster.view import ClusterView
     from service.discovery import Discovery
     from service.tls.rotation import LiveCertificate
+    from service.reload import ConfigReload
 
 
 @dataclass(eq=False)
@@ -73,3 +74,6 @@ class WorkerContext:
     admission_task: asyncio.Task[None] | None = None
     # set only when LB_TLS_CERT is (service.tls): the certificate this worker serves
     tls: LiveCertificate | None = None
+    # the configuration this worker runs and its reloading (service.reload); a reload
+    # replaces settings, router, clients, pools and aggregator above, whole, between requests
+    reload: ConfigReload | None = None

@@ -13,6 +13,7 @@ from service import admission
 from service import cluster, errors, frontdoor, logs, metrics, pools, sharedmem, stats, transport
 from service import discovery
 from service import tls
+from service import reload
 from service.blueprints import health, heartbeat, proxy
 from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
@@ -57,6 +58,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.blueprint(status_page.bp)
     app.blueprint(proxy.bp)  # last: its catch-all route must not shadow the local endpoints
     logs.startup(app)  # the access log; request ids on the local routes (the proxy's own)
+    reload.startup(app)  # last: SIGHUP and LB_CONFIG_WATCH swap what the features above built
     return app
 
 

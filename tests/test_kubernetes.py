@@ -193,3 +193,18 @@ def test_the_tls_lines_uncommented_make_a_valid_deployment_the_service_accepts()
     certificate = yaml.safe_load("\n".join(block))
     assert certificate["kind"] == "Certificate"
     assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
+
+
+def test_an_edit_of_the_configmap_is_reloaded_without_a_restart(tmp_path: Path) -> None:
+    """LB_CONFIG_WATCH on, and the ConfigMap mounted as a directory: a ``subPath`` mount
+    would never see an update (the kubelet swaps the directory's ``..data`` link)."""
+    deployment = _find("Deployment", "sanic-lb")
+    container = _container(deployment)
+    env = _env(container)
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert "subPath" not in mount
+    config = _find("ConfigMap", "sanic-lb-config")
+    (file_name,) = config["data"]
+    (tmp_path / file_name).write_text(config["data"][file_name])
+    settings = load_settings(env={**env, "LB_CONFIG": str(tmp_path / file_name)})
+    assert settings.config_watch is True

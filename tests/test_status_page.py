@@ -211,3 +211,12 @@ def test_the_demo_dashboard_links_to_the_status_page(lb: LoadBalancer) -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
     slash = lb.client.get("/lb-status/")
     assert slash.status_code == 308 and slash.headers["location"] == "/lb-status"
+
+
+def test_the_page_shows_the_configuration_generation(lb: LoadBalancer, browsed: Browsed) -> None:
+    browsed.next_poll()
+    config = lb.client.get("/lb-status/data").json()["load-balancer"]["config"]
+    shown = browsed.page.inner_text('#config [data-config="summary"]')
+    assert f"generation {config['generation']}," in shown
+    assert config["sha256"][:12] in shown
+    assert browsed.page.is_hidden('#config [data-config="error"]')  # no failed reload

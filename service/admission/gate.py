@@ -39,9 +39,17 @@ from service.admission.layout import (
 )
 from service.admission.episodes import log_start
 from service.admission.lock import HostLock
-from service.admission.policy import HASH_CACHE, CLIENT_LIMIT, Limit, RoutePlan, key_hash
+from service.admission.policy import (
+    CLIENT_LIMIT,
+    HASH_CACHE,
+    Limit,
+    RoutePlan,
+    key_hash,
+    route_plans,
+)
 from service.admission.table import ClientTable, RateTable
 from service.errors import Overloaded, RateLimited
+from service.settings import Settings
 
 _EPSILON = 1e-9  # float slack: a request exactly at the budget's edge fits
 ANSWERS = 4096  # shared fields-only admissions kept per limit
@@ -120,6 +128,11 @@ class Gate:
         self._raw_lock, self._holder_at, self._pid = lock.raw, layout.lock_holder.at, lock.pid
         self._epoch = -1
         self._bucket = 0
+
+    def replan(self, settings: Settings) -> None:
+        """A reload's routes (``service.reload``): the limits the host started with, over the
+        upstreams ``settings`` has now; pool counters stay those laid out at start-up."""
+        self.plans = route_plans(settings, self.limits, self.pool_names)
 
     # ---- the decision ----------------------------------------------------------------------
 

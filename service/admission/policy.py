@@ -162,17 +162,21 @@ def compile_limits(settings: Settings) -> tuple[Limit, ...]:
     return tuple(limits)
 
 
-def route_plans(settings: Settings, limits: Sequence[Limit]) -> dict[str, RoutePlan]:
+def route_plans(
+    settings: Settings, limits: Sequence[Limit], pool_order: Sequence[str] | None = None
+) -> dict[str, RoutePlan]:
     """One plan per route name (every upstream, and ``stats``), only for routes something
-    applies to."""
+    applies to. ``pool_order``: the upstreams the block's pool counters were laid out for
+    (the start-up settings' order; default: ``settings``' own)."""
     plans: dict[str, RoutePlan] = {}
     clients = settings.admission.max_client_requests > 0
-    pools = [u.name for u in settings.upstreams]
-    for route in (*pools, STATS_ROUTE):
+    pools = list(pool_order) if pool_order is not None else [u.name for u in settings.upstreams]
+    for route in (*[u.name for u in settings.upstreams], STATS_ROUTE):
         mine = tuple(
             limit
             for limit in limits
-            if (route in limit.spec.routes if limit.spec.routes else route != STATS_ROUTE)
+            if limit.spec.every_route
+            or (route in limit.spec.routes if limit.spec.routes else route != STATS_ROUTE)
         )
         pool = pools.index(route) if route in pools else -1
         pool_max = settings.upstream(route).max_requests if pool >= 0 else 0

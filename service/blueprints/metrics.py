@@ -115,6 +115,7 @@ class ReportCollector:
             expiry.add_metric([self._report.tls["subject"]], self._report.tls["expires_in_s"])
             yield expiry
         yield from self._targets()
+        yield from self._config()
         yield from self._discovery()
         yield from self._admitted()
 
@@ -136,6 +137,31 @@ class ReportCollector:
         for name, count in overloaded_by.items():
             overloaded.add_metric([name], count)
         yield from (limited, overloaded)
+
+    def _config(self) -> Iterator[Metric]:
+        config = self._report.config
+        if config is None:
+            return
+        yield GaugeMetricFamily(
+            "lb_config_generation",
+            "Generation of the configuration this worker runs (1 at start, +1 per reload "
+            "that changed it).",
+            config["generation"],
+        )
+        reloads = CounterMetricFamily(
+            "lb_config_reloads",
+            "Reloads of the configuration file on this host, by result: applied, unchanged "
+            "(the file was already running), failed (nothing changed).",
+            labels=["result"],
+        )
+        for result, count in config["reloads"].items():
+            reloads.add_metric([result], count)
+        yield reloads
+        yield GaugeMetricFamily(
+            "lb_config_last_reload_successful",
+            "0 while the last reload failed (see /stats load-balancer.config.last_error).",
+            0.0 if config["last_error"] else 1.0,
+        )
 
     def _targets(self) -> Iterator[Metric]:
         labels = ["upstream", "target"]

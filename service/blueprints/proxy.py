@@ -9,6 +9,7 @@ to the client. Every answer the load balancer makes itself is a ``LoadBalancerEr
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from service.pools import Pool, RetryRule, Target
 from service.proxying import exchange, websocket_tunnel
 from service.proxying.relay import ProxiedResponse, relay
 from service.proxying.routing import Redirect
+from service.settings import ProxySettings
 
 bp = Blueprint("proxy")
 
@@ -91,27 +93,30 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     LoadBalancerError for every answer the proxy makes itself.
     """
     lb = request.app.ctx.lb
-    decision = lb.router.resolve(request.path, request.query_string)
+    # The configuration this request runs on, taken once before the first await: a reload
+    # (service.reload) swaps these objects whole, and the request finishes on the ones it has.
+    router, pools, clients, proxy = lb.router, lb.pools, lb.clients, lb.settings.proxy
+    decision = router.resolve(request.path, request.query_string)
     if isinstance(decision, Redirect):
         return _local(outcome, redirect(decision.location, status=308))
     outcome.route = decision.route.upstream
     if lb.gate is not None:  # admission control: raises 429/503 before any upstream is chosen
         outcome.admission = lb.gate.admit(request, outcome.route)
-    limit = lb.settings.proxy.max_body_size
+    limit = proxy.max_body_size
     if limit and _declared_length(request) > limit:
         raise BodyTooLarge(limit)
     if limit and request.stream is not None:
         request.stream.request_max_size = limit
-    pool: Pool = lb.pools[decision.route.upstream]
+    pool: Pool = pools[decision.route.upstream]
     if websocket_tunnel.is_upgrade(request):
         outcome.tunnel = True
-        return await _tunnel(request, pool, outcome)
+        return await _tunnel(request, pool, outcome, proxy, clients.ssl_context)
     body = exchange.body_of(request)
+    client = clients[pool.name]
 
     def send(target: Target) -> Awaitable[httpx.Response]:
         return exchange.send(
-            request, upstream=pool.name, target=target,
-            client=lb.clients[pool.name], proxy=lb.settings.proxy, body=body,
+            request, upstream=pool.name, target=target, client=client, proxy=proxy, body=body,
         )  # fmt: skip
 
     attempt = await pool.attempt(
@@ -145,16 +150,21 @@ async def _discard(response: httpx.Response) -> None:
     await response.aclose()
 
 
-async def _tunnel(request: Request, pool: Pool, outcome: Outcome) -> HTTPResponse | None:
+async def _tunnel(
+    request: Request,
+    pool: Pool,
+    outcome: Outcome,
+    proxy: ProxySettings,
+    ssl_context: ssl.SSLContext | None,
+) -> HTTPResponse | None:
     """Hand a WebSocket upgrade to a target and relay bytes until either side closes."""
     lb = request.app.ctx.lb
-    proxy = lb.settings.proxy
 
     def open_tunnel(target: Target) -> Awaitable[websocket_tunnel.Opened]:
         return websocket_tunnel.open_tunnel(
             request, upstream=pool.name, target_url=target.url,
             connect_timeout=proxy.connect_timeout, read_timeout=proxy.read_timeout,
-            ssl_context=lb.clients.ssl_context, server_hostname=target.origin or None,
+            ssl_context=ssl_context, server_hostname=target.origin or None,
         )  # fmt: skip
 
     attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, lb.retry_budget)

@@ -34,9 +34,11 @@ __all__ = [
     "RequestIds",
     "answered_here",
     "begin_request",
+    "close_access_log",
     "is_sane",
     "log_config",
     "log_request",
+    "open_access_log",
     "request_id_of",
     "startup",
 ]
@@ -65,19 +67,34 @@ def startup(app: Sanic) -> None:
     if lb.settings.access_log:
 
         @app.before_server_start
-        async def open_access_log(app: Sanic) -> None:
-            lb.access_log = AccessLog(lb.settings.log_format, client_address=lb.client_addresses.of)
-            app.ctx.access_flusher = asyncio.create_task(lb.access_log.flush_periodically())
+        async def open_access_log_at_start(app: Sanic) -> None:
+            open_access_log(app)
 
-        @app.after_server_stop
-        async def close_access_log(app: Sanic) -> None:
-            flusher = getattr(app.ctx, "access_flusher", None)
-            if flusher is not None:
-                flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
-            if lb.access_log is not None:
-                lb.access_log.flush()
+    @app.after_server_stop
+    async def close_access_log_at_stop(app: Sanic) -> None:
+        await close_access_log(app)
+
+
+def open_access_log(app: Sanic) -> None:
+    """Start writing access lines (at start-up, or when a reload turns the log on)."""
+    lb = app.ctx.lb
+    if lb.access_log is None:
+        lb.access_log = AccessLog(lb.settings.log_format, client_address=lb.client_addresses.of)
+        app.ctx.access_flusher = asyncio.create_task(lb.access_log.flush_periodically())
+
+
+async def close_access_log(app: Sanic) -> None:
+    """Stop writing access lines, the last ones flushed (at stop, or turned off by a reload)."""
+    lb = app.ctx.lb
+    flusher = getattr(app.ctx, "access_flusher", None)
+    app.ctx.access_flusher = None
+    access_log, lb.access_log = lb.access_log, None
+    if flusher is not None:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+    if access_log is not None:
+        access_log.flush()
 
 
 def answered_here(handler: Handler) -> Handler:

@@ -35,9 +35,15 @@ __all__ = [
 ]
 
 
+# Routes a reload may add while serving (as many as the slot table has spare pools).
+SPARE_ROUTES = 8
+
+
 def reserve(plan: Plan, settings: Settings) -> MetricsLayout:
-    """The store's space in the shared block: counters for every route, and "local"."""
-    return MetricsLayout(plan, (*(u.name for u in settings.upstreams), LOCAL))
+    """The store's space in the shared block: counters for every route, "local", and
+    :data:`SPARE_ROUTES` more for upstreams a reload adds."""
+    routes = (*(u.name for u in settings.upstreams), LOCAL)
+    return MetricsLayout(plan, routes, spare=SPARE_ROUTES)
 
 
 def startup(app: Sanic) -> None:

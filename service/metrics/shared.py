@@ -56,12 +56,14 @@ _ROUTES_AT = _CLASSES_AT + _N_CLASSES
 
 
 class MetricsLayout:
-    """The store's per-worker region of the block, reserved on ``plan`` for ``routes``."""
+    """The store's per-worker region of the block, reserved on ``plan`` for ``routes`` and
+    ``spare`` more, named while serving (upstreams a reload adds: ``name_routes``)."""
 
-    def __init__(self, plan: Plan, routes: tuple[str, ...]) -> None:
+    def __init__(self, plan: Plan, routes: tuple[str, ...], spare: int = 0) -> None:
         self.routes = routes
-        self.durations_at = _ROUTES_AT + len(routes) * _N_CLASSES
-        self.fine_at = self.durations_at + len(routes) * _DURATION_WIDTH
+        self.capacity = len(routes) + spare
+        self.durations_at = _ROUTES_AT + self.capacity * _N_CLASSES
+        self.fine_at = self.durations_at + self.capacity * _DURATION_WIDTH
         self.coarse_at = self.fine_at + FINE.size
         self.history_at = self.coarse_at + COARSE.size
         self.region = plan.per_worker(self.history_at + HISTORY.size)
@@ -84,6 +86,7 @@ class SharedMemoryStore:
         self._clock = clock
         self._wall_clock = wall_clock
         self._mem = row.block.mem
+        self._routes = list(layout.routes)
         self._route_index = {name: i for i, name in enumerate(layout.routes)}
         self._row = row.at + layout.region.at
         self._fine_at = self._row + layout.fine_at
@@ -91,6 +94,16 @@ class SharedMemoryStore:
         self._coarse_at = self._row + layout.coarse_at
         self._history_at = self._row + layout.history_at
         self._mem[self._row + _WS_OPEN] = 0  # a dead predecessor's sockets died with it
+
+    def name_routes(self, names: Sequence[str]) -> None:
+        """Give spare route counters to the routes of ``names`` that have none, in order. Every
+        worker passes the same grow-only list (the slot table's pool directory), so they all
+        agree on which counters are whose; beyond the spares a route is counted only in the
+        totals."""
+        for name in names:
+            if name not in self._route_index and len(self._routes) < self._layout.capacity:
+                self._route_index[name] = len(self._routes)
+                self._routes.append(name)
 
     # -- writing (this worker's row only) -------------------------------------------------
 
@@ -175,7 +188,7 @@ class SharedMemoryStore:
         window_count, window_duration = self._window_totals(rows, now)
         classes = _column_sums(mem, rows, _CLASSES_AT, _N_CLASSES)
         by_route = {}
-        for i, name in enumerate(layout.routes):
+        for i, name in enumerate(self._routes):
             counts = _column_sums(mem, rows, _ROUTES_AT + i * _N_CLASSES, _N_CLASSES)
             by_route[name] = dict(zip(STATUS_CLASSES, map(int, counts), strict=True))
         last_heartbeat = max((mem[r + _LAST_HEARTBEAT] for r in rows), default=0.0)
@@ -215,7 +228,7 @@ class SharedMemoryStore:
         per_route = [
             (name, _column_sums(self._mem, rows, self._layout.durations_at + i * _DURATION_WIDTH,
                                 _DURATION_WIDTH))
-            for i, name in enumerate(self._layout.routes)
+            for i, name in enumerate(self._routes)
         ]  # fmt: skip
         every = [sum(column) for column in zip(*(d for _, d in per_route), strict=True)]
         return [("", every), *per_route] if per_route else []
@@ -234,7 +247,7 @@ class SharedMemoryStore:
                 counters[name] = sum(mem[r + F[name]] for r in rows)
         classes = _column_sums(mem, rows, _CLASSES_AT, _N_CLASSES)
         counters.update(zip((f"class:{s}" for s in STATUS_CLASSES), classes, strict=True))
-        for i, route in enumerate(layout.routes):
+        for i, route in enumerate(self._routes):
             counts = _column_sums(mem, rows, _ROUTES_AT + i * _N_CLASSES, _N_CLASSES)
             counters.update(
                 zip((f"route:{route}:{s}" for s in STATUS_CLASSES), counts, strict=True)

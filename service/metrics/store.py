@@ -10,6 +10,7 @@ caller.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -101,6 +102,10 @@ class MetricsStore(Protocol):
     def socket_closed(self) -> None: ...
 
     def snapshot(self, *, history: bool = False) -> Snapshot: ...
+
+    def name_routes(self, names: Sequence[str]) -> None:
+        """Routes a reload added (in an order every worker shares): counted from now on."""
+        ...
 
     def figures(self) -> HostFigures:
         """The additive raw figures the snapshot is computed from, for other hosts to merge

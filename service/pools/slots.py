@@ -159,6 +159,17 @@ class SlotTable:
             int(mem[at + _P_TARGETS]), int(mem[at + _P_REQUESTS]), int(mem[at + _P_FAILURES])
         )
 
+    def pool_names(self) -> list[str]:
+        """Every pool ever named on this host, in the directory's order (which only grows,
+        so every process lists them alike: ``service.reload`` keys per-pool figures on it)."""
+        names = []
+        for position in range(self.layout.pools):
+            name = self._pool_name(position)
+            if not name:
+                break
+            names.append(name)
+        return names
+
     def draining(self) -> int:
         """Released slots not yet freed (cheap: one read), so ``reclaim`` can be skipped."""
         return int(self._mem[self.layout.header.at + _DRAINING])

@@ -32,7 +32,12 @@ class TargetSync:
         state: PoolState,
         row: WorkerRow,
         on_removed: Callable[[str, list[Target]], None] = lambda pool, targets: None,
+        keep: Callable[[str, Member], bool] | None = None,
     ) -> None:
+        """``keep(pool, member)``: whether the configuration this worker runs names the
+        member (``service.reload``: a target a new file adds is in the table a moment before
+        every worker runs that file, and one it drops stays a moment after); None: all."""
+        self._keep = keep
         self._table = table
         self._pools = pools
         self._state = state
@@ -50,6 +55,8 @@ class TargetSync:
         generation, members = snapshot
         for name, pool in self._pools.items():
             wanted = members.get(name, ())
+            if self._keep is not None:
+                wanted = tuple(m for m in wanted if self._keep(name, m))
             if _same(pool.targets, wanted):
                 continue
             removed = pool.replace_targets(wanted)

@@ -113,7 +113,7 @@ def parse_shorthand(text: str) -> LimitSpec | None:
 def with_stats(spec: LimitSpec, upstreams: Sequence[str]) -> LimitSpec:
     """The shorthand's limit covering every proxied route *and* ``/stats``: a limit with
     ``routes`` names them all."""
-    return LimitSpec(**{**spec.__dict__, "routes": (*upstreams, STATS_ROUTE)})
+    return LimitSpec(**{**spec.__dict__, "routes": (*upstreams, STATS_ROUTE), "every_route": True})
 
 
 def parse_limits(

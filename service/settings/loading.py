@@ -23,6 +23,8 @@ from service.settings.limits import LimitError, parse_limits, parse_shorthand, w
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "defaults.toml"
 CONFIG_ENV = "LB_CONFIG"
+# Set by the main process for the worker processes it starts: the TOML text it loaded.
+STARTUP_TEXT_ENV = "LB_CONFIG_STARTUP_TEXT"
 SECTIONS: dict[str, type] = {
     "proxy": model.ProxySettings,
     "stats": model.StatsSettings,
@@ -393,15 +395,28 @@ def _routes(table: list[Mapping[str, Any]], names: set[str]) -> tuple[model.Rout
 
 
 def load_settings(
-    env: Mapping[str, str] | None = None, defaults_file: Path | None = None
+    env: Mapping[str, str] | None = None,
+    defaults_file: Path | None = None,
+    *,
+    text: str | None = None,
 ) -> model.Settings:
-    """Read the defaults file, apply the environment, validate everything once."""
+    """Read the defaults file, apply the environment, validate everything once.
+
+    ``text``: the file's content, already read (a reload validates exactly the bytes it
+    publishes). Without it, a worker process takes the text its main process started with
+    (:data:`STARTUP_TEXT_ENV`, set by ``service.reload``), so that every process of a host
+    lays out the shared block alike even when the file has changed since.
+    """
     env = os.environ if env is None else env
     path = Path(env.get(CONFIG_ENV, "") or defaults_file or DEFAULTS_FILE)
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        if text is None:
+            text = env.get(STARTUP_TEXT_ENV) or path.read_text(encoding="utf-8")
+        document = tomllib.loads(text)
     except OSError as exc:
         raise SettingsError(f"{CONFIG_ENV}: cannot read {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{CONFIG_ENV}: {str(path)!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{CONFIG_ENV}: {str(path)!r} is not valid TOML: {exc}") from None
 
@@ -426,6 +441,7 @@ def load_settings(
         upstreams=upstreams,
         routes=routes,
         limits=limits,
+        source=model.ConfigSource(path=str(path), text=text),
     )
 
 

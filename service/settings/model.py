@@ -9,6 +9,7 @@ messages and any generated help read one source.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -196,6 +197,19 @@ class ResolverSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConfigSource:
+    """The TOML text the settings were loaded from, and its path: what a reload compares a
+    file with (``service.reload``) and what a worker process starts from."""
+
+    path: str
+    text: str
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
 class TlsSettings:
     """TLS at the front door (a PEM certificate chain and its key, watched for rotation; an
     optional plain listener that redirects to https) and to ``https://`` upstreams (the CA
@@ -233,6 +247,8 @@ class LimitSpec:
     methods: tuple[str, ...] = ()
     path_prefix: str = ""
     dry_run: bool = False
+    # LB_RATE_LIMIT's: every proxied route and /stats, also routes a reload adds
+    every_route: bool = False
 
     @property
     def rate(self) -> float:
@@ -263,7 +279,8 @@ class AdmissionSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Everything, loaded once at start-up: the server, its sections, upstreams, routes."""
+    """Everything, loaded once at start-up: the server, its sections, upstreams, routes.
+    A reload (``service.reload``) loads a new one the same way and swaps it in whole."""
 
     upstreams: tuple[Upstream, ...] = ()
     routes: tuple[Route, ...] = ()
@@ -282,6 +299,8 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     limits: tuple[LimitSpec, ...] = ()  # the [[limits]] tables of the TOML file
+    config_watch: bool = False  # reload when the LB_CONFIG file's content changes
+    source: ConfigSource | None = field(default=None, compare=False, repr=False)
 
     def upstream(self, name: str) -> Upstream:
         for upstream in self.upstreams:
@@ -312,6 +331,7 @@ VARIABLES = (
     Variable("LB_HOST", "server", "host", "host", "listening address (python -m service); must resolve"),
     Variable("LB_ACCESS_LOG", "server", "access_log", "bool", "one log line per request (client, method, path, route, target, status, bytes, duration, request id)"),
     Variable("LB_LOG_FORMAT", "server", "log_format", "log_format", "text (one readable line) or json (one object per line, for log shippers)"),
+    Variable("LB_CONFIG_WATCH", "server", "config_watch", "bool", "reload when the content of the LB_CONFIG file changes (as SIGHUP does)"),
     Variable("LB_CONNECT_TIMEOUT", "proxy", "connect_timeout", "seconds", "seconds to connect to an upstream"),
     Variable("LB_READ_TIMEOUT", "proxy", "read_timeout", "seconds", "seconds between bytes from an upstream before a 504"),
     Variable("LB_KEEP_HOST", "proxy", "keep_host", "bool", "forward the client's Host header unchanged"),

@@ -30,6 +30,7 @@ class Report:
     cluster: Entry | None = None  # replicas and their status, when a cluster is configured
     tls: Entry | None = None  # the served certificate, when LB_TLS_CERT is set
     limits: Entry | None = None  # admission control: rate limits, caps (service.admission)
+    config: Entry | None = None  # the configuration this worker runs (service.reload)
 
     def load_balancer_entry(self) -> Entry:
         """The ``load-balancer`` entry. The first seven keys are the contract's and do not
@@ -68,6 +69,8 @@ class Report:
             entry["tls"] = self.tls
         if self.limits is not None:
             entry["limits"] = self.limits
+        if self.config is not None:
+            entry["config"] = self.config
         return entry
 
     def document(self) -> Entry:
@@ -107,7 +110,10 @@ async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
     dead = sum(not pool.has_live_target() for pool in lb.pools.values())
     tls = lb.tls.describe() if lb.tls is not None else None
     limits = lb.admission.entry()
-    return Report(snapshot, pools, services, lb.draining, dead, cluster, tls=tls, limits=limits)
+    config = lb.reload.describe() if lb.reload is not None else None
+    return Report(
+        snapshot, pools, services, lb.draining, dead, cluster, tls=tls, limits=limits, config=config
+    )
 
 
 def _mean_ms(total_s: float, count: int) -> float:

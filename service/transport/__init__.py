@@ -9,10 +9,22 @@ from __future__ import annotations
 
 from sanic import Sanic
 
-from service.transport.clients import UpstreamClients, build_client, limits_of
+from service.transport.clients import (
+    UpstreamClients,
+    build_client,
+    connections_in_use,
+    limits_of,
+)
 from service.transport.h1 import H1Transport
 
-__all__ = ["H1Transport", "UpstreamClients", "build_client", "limits_of", "startup"]
+__all__ = [
+    "H1Transport",
+    "UpstreamClients",
+    "build_client",
+    "connections_in_use",
+    "limits_of",
+    "startup",
+]
 
 
 def startup(app: Sanic) -> None:

@@ -10,6 +10,7 @@ another one, for the benchmarks.
 from __future__ import annotations
 
 import ssl
+from collections.abc import ItemsView
 from http.cookiejar import Cookie, CookieJar
 from typing import Any
 
@@ -104,6 +105,13 @@ class _ProxyClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
+def connections_in_use(client: httpx.AsyncClient) -> int:
+    """Connections of ``client`` busy with an exchange now (0 on another transport): a client
+    a reload replaced is closed once this is 0."""
+    transport = getattr(client, "_upstream_transport", None)
+    return transport.connections_in_use() if isinstance(transport, H1Transport) else 0
+
+
 def limits_of(proxy: ProxySettings) -> httpx.Limits:
     return httpx.Limits(
         max_connections=proxy.max_connections,
@@ -133,18 +141,35 @@ def build_client(
 class UpstreamClients:
     """Name -> client for every configured upstream."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, previous: UpstreamClients | None = None) -> None:
+        """``previous``: the clients before a reload; each is kept, with its pooled
+        connections, while the connection limits and the TLS context it was made with hold."""
         # One TLS context for every https target of this worker (made only if there is one:
         # loading the system CAs costs a few ms), shared with the WebSocket tunnel.
         https = any(t.url.startswith("https:") for u in settings.upstreams for t in u.targets)
-        self.ssl_context = upstream_context(settings.tls) if https else None
+        self.limits = limits_of(settings.proxy)
+        kept = previous
+        if kept is None or kept.limits != self.limits or (https and kept.ssl_context is None):
+            kept = None
+        if kept is not None and kept.ssl_context is not None:
+            self.ssl_context: ssl.SSLContext | None = kept.ssl_context
+        else:
+            self.ssl_context = upstream_context(settings.tls) if https else None
+        reuse = kept._clients if kept is not None else {}
         self._clients = {
-            u.name: build_client(u, settings.proxy, ssl_context=self.ssl_context)
+            u.name: reuse.get(u.name)
+            or build_client(u, settings.proxy, ssl_context=self.ssl_context)
             for u in settings.upstreams
         }
 
     def __getitem__(self, name: str) -> httpx.AsyncClient:
         return self._clients[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._clients
+
+    def items(self) -> ItemsView[str, httpx.AsyncClient]:
+        return self._clients.items()
 
     def forget(self, name: str, urls: list[str]) -> None:
         """Targets ``urls`` left pool ``name``: close their idle pooled connections (the

@@ -101,6 +101,10 @@ class H1Transport(httpx.AsyncBaseTransport):
             self._pool.close()
             self._pool = None
 
+    def connections_in_use(self) -> int:
+        """Connections busy with an exchange (connecting, sending or receiving) now."""
+        return self._pool.in_use() if self._pool is not None else 0
+
     def retire(self, url: str) -> None:
         """``url``'s origin left its pool: close its idle connections now, and each busy one
         when its exchange ends, until a request to that origin comes again."""
@@ -262,6 +266,9 @@ class _Pool:
         conn.prepare_for_next()
         idle.append(conn)
         self._wake_one()
+
+    def in_use(self) -> int:
+        return self._open - sum(len(idle) for idle in self._idle.values())
 
     def retire(self, origin: tuple[str, str, int]) -> None:
         """Close the idle connections to ``origin`` (whatever server name they verified) and

@@ -306,6 +306,22 @@ function setFreshness(live, text) {
   badge.textContent = text;
 }
 
+// load-balancer.config: the generation this worker runs, and why the last reload failed.
+function drawConfig(config) {
+  const summary = document.querySelector('[data-config="summary"]');
+  const error = document.querySelector('[data-config="error"]');
+  if (!config) {
+    summary.textContent = "–";
+    error.hidden = true;
+    return;
+  }
+  const pending = config.pending_restart.length ? `; needs a restart: ${config.pending_restart.join(", ")}` : "";
+  summary.textContent = `generation ${config.generation}, loaded ${config.loaded_at}, sha256 ${config.sha256.slice(0, 12)} ` +
+    `(${config.reloads.applied} reload(s) applied, ${config.reloads.failed} failed${config.watch ? ", watching the file" : ""})${pending}`;
+  error.hidden = !config.last_error;
+  error.textContent = config.last_error ? `last reload failed: ${config.last_error}` : "";
+}
+
 async function poll() {
   try {
     const response = await fetch("/lb-status/data", { cache: "no-store" });
@@ -314,6 +330,7 @@ async function poll() {
     const lb = data["load-balancer"];
     drawFigures(lb);
     drawTls(lb.tls);
+    drawConfig(lb.config);
     drawPools(lb.upstreams, data.responses_by_route || {});
     drawServices(data.services);
     drawHistory(data.history, data.generated_at);

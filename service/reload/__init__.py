@@ -1,0 +1,82 @@
+"""Configuration reload: a new ``LB_CONFIG`` file taken while serving, all or nothing.
+
+- ``region``: the text every worker runs, its generation and the outcomes of reloading, in
+  a bounded region of the shared block;
+- ``signals``: SIGHUP, in the main process or any worker, asks for a reload;
+- ``source``: reading the file, and watching its content (``LB_CONFIG_WATCH``);
+- ``leader``: the one worker (a lease) that validates a file with the start-up loader and
+  publishes it; ``changes``: what must wait for a restart; ``targets``: the file's targets in
+  the slot table (``service.pools.slots``), so a target that stays keeps its state;
+- ``worker``: each worker follows the published generation; ``apply``: swaps its objects.
+
+``startup(app)`` reserves the region and a lease on the block's plan when the app is built,
+pins the start-up text for the worker processes and takes SIGHUP in the main process, and in
+every worker applies the published generation before serving and follows it while serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from sanic import Sanic
+
+from service.reload import signals
+from service.reload.region import MAX_TEXT_BYTES, ConfigLayout, ConfigRegion
+from service.reload.worker import ConfigReload
+from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, STARTUP_TEXT_ENV
+from service.sharedmem import LEASE_WIDTH, Lease, SharedBlock
+
+__all__ = ["ConfigRegion", "ConfigReload", "startup"]
+
+
+def startup(app: Sanic) -> None:
+    lb = app.ctx.lb
+    layout = ConfigLayout(lb.plan)  # reserved at build time, like every feature's
+    lease_region = lb.plan.shared(LEASE_WIDTH)
+    remove_handler: list[Callable[[], None]] = []
+
+    @app.main_process_start
+    async def take_sighup(app: Sanic) -> None:
+        source = app.ctx.lb.settings.source
+        if source is not None and len(source.text.encode("utf-8")) <= MAX_TEXT_BYTES:
+            # Workers load their settings when they import the app. A replacement for a dead
+            # worker must lay out the shared block as this process did, whatever the file
+            # says by then: it starts from this text, then applies the published generation.
+            os.environ[STARTUP_TEXT_ENV] = source.text
+        block = SharedBlock(app.shared_ctx.block, app.ctx.lb.plan)
+        signals.in_main_process(ConfigRegion(block, layout))
+
+    @app.before_server_start
+    async def follow_the_published_configuration(app: Sanic) -> None:
+        lb = app.ctx.lb
+        block = lb.row.block
+        region = ConfigRegion(block, layout, getattr(app.shared_ctx, "block_lock", None))
+        source = lb.settings.source
+        path = Path(source.path if source else os.environ.get(CONFIG_ENV) or DEFAULTS_FILE)
+        lb.reload = ConfigReload(
+            app, region, Lease(block, lease_region), lb.slots, path, os.environ
+        )
+        lb.reload.start()
+        remove_handler.append(signals.in_worker(asyncio.get_running_loop(), region))
+
+    @app.after_server_start
+    async def start_following(app: Sanic) -> None:
+        app.ctx.lb.reload.task = asyncio.create_task(app.ctx.lb.reload.run())
+
+    @app.before_server_stop
+    async def stop_following(app: Sanic) -> None:
+        while remove_handler:
+            remove_handler.pop()()
+        task = app.ctx.lb.reload.task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @app.after_server_stop
+    async def close_retired_clients(app: Sanic) -> None:
+        await app.ctx.lb.reload.retirements.aclose()
