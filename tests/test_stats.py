@@ -124,7 +124,9 @@ def test_durations_of_a_slow_upstream(fresh_lb: LoadBalancer) -> None:
     assert entry["requests_per_second"] == 0.4
     avg = entry["avg_response_time_ms"]
     assert 200.0 <= avg <= 260.0
-    assert entry["p50_ms"] == pytest.approx(avg, rel=0.05)
+    # the histogram's median of four requests of 200 ms and a little more (on a busy machine
+    # they spread, so the median need not be the mean)
+    assert 190.0 <= entry["p50_ms"] <= 275.0
     assert entry["p50_ms"] <= entry["p95_ms"] <= entry["p99_ms"]
     # Only these four real requests so far: the lifetime mean is the window's mean.
     assert entry["avg_response_time_ms_lifetime"] == pytest.approx(avg, abs=0.01)
