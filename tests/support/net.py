@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Iterable
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (the kernel's choice of an ephemeral one)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Ports handed out to be bound later by another process (a load balancer, dnsmasq) come from
+# below the kernel's ephemeral range (32768-60999), so no socket bound to port 0 meanwhile
+# (an upstream server, an outgoing connection) can take one; and each pytest-xdist process
+# has a block of its own, so two test processes never pick the same port and find each
+# other's server answering.
+_FIRST, _BLOCK = 20000, 6000
+
+
+def _block() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = _FIRST + (int(worker) % 2 if worker.isdigit() else 0) * _BLOCK
+    return range(first, first + _BLOCK)
+
+
+def free_port(udp_too: bool = False) -> int:
+    """A port of this test process's block that nothing listens on right now (TCP, and
+    UDP too with ``udp_too``)."""
+    block = _block()
+    for _ in range(200):
+        port = random.choice(block)
+        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp_too else (socket.SOCK_STREAM,)
+        try:
+            for kind in kinds:
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port in {block}")
 
 
 def closed_port_url() -> str:
