@@ -216,34 +216,50 @@ def _stats(balancer: LoadBalancer) -> dict:
         return client.get("/stats").json()["load-balancer"]
 
 
+class Load:
+    """``GET /api/load`` on a new connection each time, from a thread, until ``stop()``:
+    how many were answered 200, failed, and answered 200 after ``mark()``."""
+
+    def __init__(self, balancer: LoadBalancer, timeout: float) -> None:
+        self.outcomes = {"ok": 0, "failed": 0, "ok_after_mark": 0}
+        self._balancer, self._timeout = balancer, timeout
+        self._stop, self._marked = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def mark(self) -> None:
+        self._marked.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self._timeout)
+
+    def _run(self) -> None:
+        url = self._balancer.url
+        while not self._stop.is_set():
+            try:
+                with httpx.Client(base_url=url, trust_env=False, timeout=self._timeout) as client:
+                    ok = client.get("/api/load").status_code == 200
+            except httpx.TransportError:
+                ok = False
+            self.outcomes["ok" if ok else "failed"] += 1
+            if ok and self._marked.is_set():
+                self.outcomes["ok_after_mark"] += 1
+
+
 def test_a_killed_worker_is_replaced_and_totals_are_kept(
     upstreams: dict[str, UpstreamServer],
 ) -> None:
     balancer = LoadBalancer(env_for(upstreams, LB_STATS_CACHE_TTL="0"), workers=2)
-    stop = threading.Event()
-    outcomes = {"ok": 0, "failed": 0, "ok_after_kill": 0}
-    killed = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                with httpx.Client(base_url=balancer.url, trust_env=False, timeout=5) as client:
-                    ok = client.get("/api/load").status_code == 200
-            except httpx.TransportError:
-                ok = False
-            outcomes["ok" if ok else "failed"] += 1
-            if ok and killed.is_set():
-                outcomes["ok_after_kill"] += 1
-
-    thread = threading.Thread(target=load)
-    thread.start()
+    load = Load(balancer, timeout=5)
+    outcomes = load.outcomes
     try:
         assert wait_for(lambda: len(_stats(balancer)["requests_by_worker"]) == 2, timeout=15)
         workers = [int(pid) for pid in _stats(balancer)["requests_by_worker"]]
         victim = workers[0]
         total_before = _stats(balancer)["total_requests"]
         os.kill(victim, signal.SIGKILL)
-        killed.set()
+        load.mark()
 
         def replaced() -> bool:
             figures = _stats(balancer)
@@ -255,11 +271,10 @@ def test_a_killed_worker_is_replaced_and_totals_are_kept(
             {int(pid) for pid in _stats(balancer)["requests_by_worker"]} - {workers[1]}
         ).pop()
         assert new_pid in children(balancer.process.pid)
-        assert wait_for(lambda: outcomes["ok_after_kill"] >= 20, timeout=10)
+        assert wait_for(lambda: outcomes["ok_after_mark"] >= 20, timeout=10)
         assert _stats(balancer)["total_requests"] >= total_before  # the dead row's totals kept
     finally:
-        stop.set()
-        thread.join(10)
+        load.stop()
         balancer.stop()
     died = [line for line in balancer.output if "died" in line and str(victim) in line]
     assert len(died) == 1, died  # logged once
@@ -276,23 +291,8 @@ def test_a_stalled_worker_is_killed_and_replaced_and_totals_are_kept(
     everyone) is killed and replaced while the other worker keeps answering."""
     env = env_for(upstreams, LB_STATS_CACHE_TTL="0", LB_WORKER_STALL_TIMEOUT=str(STALL_TIMEOUT_S))
     balancer = LoadBalancer(env, workers=2)
-    stop = threading.Event()
-    stopped = threading.Event()
-    outcomes = {"ok": 0, "failed": 0, "ok_after_stop": 0}
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                with httpx.Client(base_url=balancer.url, trust_env=False, timeout=20) as client:
-                    ok = client.get("/api/load").status_code == 200
-            except httpx.TransportError:
-                ok = False
-            outcomes["ok" if ok else "failed"] += 1
-            if ok and stopped.is_set():
-                outcomes["ok_after_stop"] += 1
-
-    thread = threading.Thread(target=load)
-    thread.start()
+    load = Load(balancer, timeout=20)
+    outcomes = load.outcomes
     try:
         assert wait_for(lambda: len(_stats(balancer)["requests_by_worker"]) == 2, timeout=15)
         before = _stats(balancer)
@@ -300,8 +300,8 @@ def test_a_stalled_worker_is_killed_and_replaced_and_totals_are_kept(
         victims_requests = before["requests_by_worker"][str(victim)]
         os.kill(victim, signal.SIGSTOP)
         stopped_at = time.monotonic()
-        stopped.set()
-        assert wait_for(lambda: outcomes["ok_after_stop"] >= 20, timeout=10)  # the other serves
+        load.mark()
+        assert wait_for(lambda: outcomes["ok_after_mark"] >= 20, timeout=10)  # the other serves
 
         def replaced() -> set[int]:
             figures = _stats(balancer)
@@ -317,8 +317,7 @@ def test_a_stalled_worker_is_killed_and_replaced_and_totals_are_kept(
         assert after["total_requests"] >= before["total_requests"]
         assert after["requests_by_worker"][str(new_pid)] >= victims_requests  # its row, kept
     finally:
-        stop.set()
-        thread.join(20)
+        load.stop()
         balancer.stop()
     about_victim = [line for line in balancer.output if f"[{victim}]" in line]
     told = [line for line in about_victim if "stalled" in line or "died" in line]
