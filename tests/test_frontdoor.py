@@ -360,10 +360,10 @@ def test_a_replacement_that_hangs_before_its_first_stamp_is_killed_and_replaced(
             gone = pids.isdisjoint({victim, hung})
             return pids - {other} if figures["workers"] == 2 and gone else set()
 
-        new_pid = wait_for(replaced, timeout=40, step=0.1).value.pop()
+        new_pid = wait_for(replaced, timeout=60, step=0.1).value.pop()
         replaced_after = time.monotonic() - stopped_at
         allowance = STARTUP_ALLOWANCE * STALL_TIMEOUT_S
-        assert allowance - 0.5 <= replaced_after < 40, replaced_after
+        assert allowance - 0.5 <= replaced_after < 60, replaced_after
         assert new_pid in children(main)
         assert hung not in children(main)  # killed, not left stopped
         served = outcomes["ok_after_mark"]

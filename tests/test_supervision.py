@@ -261,7 +261,7 @@ def test_a_worker_that_stamps_in_its_start_up_is_judged_by_its_stamps() -> None:
     clock = _Clock()
     stamps = liveness.Liveness(block, region, clock=clock)
     watch = liveness.StallWatch(stamps, timeout=10)
-    assert _monitor(watch, clock, 15.0) == {}  # neither has stamped: starting, 15 s < 20 s
+    assert _monitor(watch, clock, 25.0) == {}  # neither has stamped: starting, 25 s < 30 s
     stamps.stamp(block.claim(pid=ONE))
     stamps.stamp(block.claim(pid=TWO))
     assert _monitor(watch, clock, 9.9) == {}

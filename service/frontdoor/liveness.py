@@ -16,10 +16,11 @@ A worker that hangs before its first stamp (blocked in a start-up listener, in c
 row, stopped as soon as it was spawned) has no stamp to be old, so its silence is counted
 from when the main process first saw it running instead, with ``STARTUP_ALLOWANCE`` times
 the timeout: a start-up does more before its first stamp than a running loop does between
-two (it imports and builds the app in a fresh process, which takes seconds on a loaded
+two (it imports and builds the app in a fresh process: about a second, several on a loaded
 host), and a healthy worker killed for a slow start would be replaced by another slow start,
-over and over. Derived from the timeout, not fixed, so the one setting still says how long
-a silent worker may take everywhere. Initial workers are not judged this way: the main
+over and over. Three timeouts is, at the default 10 s, the 30 s Sanic itself gives a worker
+to start; derived from the timeout rather than fixed, so the one setting still says how
+long a silent worker may take everywhere. Initial workers are not judged this way: the main
 process waits for them to acknowledge their start (Sanic's 30 s, ``supervision``) before
 it watches stamps, and a worker stamps before it acknowledges.
 """
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from service.sharedmem import Plan, Region, SharedBlock, WorkerRow
 
 STAMP_INTERVAL = 1.0  # seconds between a worker's stamps
-STARTUP_ALLOWANCE = 2.0  # timeouts a worker may take from its start to its first stamp
+STARTUP_ALLOWANCE = 3.0  # timeouts a worker may take from its start to its first stamp
 STAMP_WIDTH = 2
 _PID, _AT = range(STAMP_WIDTH)
 
