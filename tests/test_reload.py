@@ -327,6 +327,38 @@ def test_many_reloads_under_load_lose_no_request_and_leak_nothing(
     assert rss_after - rss_before < 4096, (rss_before, rss_after)  # KiB, three processes
 
 
+def test_mistyped_files_are_refused_with_their_reason_and_reload_goes_on(
+    reloading: Reloading, servers: dict[str, Any]
+) -> None:
+    """A TOML value of the wrong type is a refused file like any other: its reason in
+    ``last_error``, and SIGHUP after SIGHUP the leader (whichever worker it is by then)
+    goes on, and every worker applies the next good file."""
+    reloading.sighup(config(servers))
+    generation = reloading.generation()
+    mistyped = {
+        "upstreams = 5\n": "[[upstreams]]",
+        "proxy = 5\n" + config(servers): "[proxy]",
+        "routes = [5]\n": "[[routes]] #1",
+        config(servers, api_extra="health = 5"): "'api-gateway' health",
+        'server = "port"\n' + config(servers): "[server]",
+    }
+    for text, names in mistyped.items():
+        failed = reloading.stats()["config"]["reloads"]["failed"]
+        reloading.write(text)
+        os.kill(reloading.lb.process.pid, signal.SIGHUP)
+        wait_for(lambda: reloading.stats()["config"]["reloads"]["failed"] == failed + 1, 5)  # noqa: B023
+        error = reloading.stats()["config"]["last_error"]
+        assert names in error and "must be" in error, error
+        assert reloading.stats()["config"]["generation"] == generation
+    assert not reloading.lines("Traceback")
+
+    reloading.sighup(config(servers, routes=(("/extra", "blog-service"),)))
+    assert reloading.generation() == generation + 1
+    for _ in range(6):
+        assert get(reloading.lb, "/extra/x").json()["upstream"] == "blog"
+    assert reloading.stats()["config"]["last_error"] is None
+
+
 def test_sighup_and_a_configmap_swap_with_a_single_process(
     servers: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -244,3 +244,35 @@ def test_admission_control_needs_a_restart_and_covers_a_reloaded_route() -> None
     replanned = route_plans(new, limit_set, [u.name for u in started.upstreams])
     assert set(replanned) == {"api", "ui", "extra", "stats"}  # the new route is limited too
     assert replanned["api"].pool == 0 and replanned["extra"].pool == -1
+
+
+def test_any_exception_while_loading_is_a_refused_file_and_the_leader_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a SettingsError: a surprise in the loader refuses the file, says why in
+    ``last_error``, and the next file is taken."""
+    from service.reload import leader as leading
+
+    start = settings()
+    table, _ = host(start)
+    region, _ = region_and_block()
+    path = tmp_path / "lb.toml"
+    path.write_text(BASE)
+    region.start(BASE, read_file(path).sha256, 0.0)
+    leader = leading.Leader(region, table, start, path, {})
+
+    def broken(**_: object) -> Settings:
+        raise RuntimeError("a surprise in the loader")
+
+    monkeypatch.setattr(leading, "load_settings", broken)
+    path.write_text(BASE + "# changed\n")
+    assert not leader.reload("SIGHUP", start)
+    outcomes = region.outcomes()
+    assert outcomes.failed == 1 and region.generation == 1
+    assert "RuntimeError" in (outcomes.last_error or "")
+    assert "a surprise in the loader" in (outcomes.last_error or "")
+
+    monkeypatch.undo()
+    path.write_text(BASE + "# changed again\n")
+    assert leader.reload("SIGHUP", start)
+    assert region.generation == 2 and region.outcomes().last_error is None

@@ -8,7 +8,9 @@ file's content (``source.ContentWatch``). A reload is all or nothing:
 - the file is read once, and that text is validated whole by the start-up loader, with the
   environment as the process got it (which still wins over the file);
 - anything wrong: nothing changes; one log line names the problem as start-up would, and the
-  region keeps it for ``/stats`` (``last_error``);
+  region keeps it for ``/stats`` (``last_error``). Any exception is such a problem, not only
+  a :class:`SettingsError`: a surprise in the loader must refuse the file, not end the
+  leader's loop with the file's SHA-256 already recorded (the watch would never look again);
 - valid: the settings that need a restart keep their running value (``changes.running``),
   the file's targets are claimed in the slot table (``targets.claim``: it may have no room,
   which is a problem like any other), then the text is published as a new generation, which
@@ -78,11 +80,13 @@ class Leader:
             settings, waiting = changes.running(new, self._started)
             resolved.entries_for(settings, self._started)  # a new ;resolve entry: a restart
             targets.claim(self._table, settings)
-        except (SettingsError, TimeoutError) as exc:
-            self._region.fail(str(exc))
+        except Exception as exc:  # whatever went wrong, the file is refused and reload goes on
+            expected = isinstance(exc, SettingsError | TimeoutError)
+            reason = str(exc) if expected else f"{type(exc).__name__} while loading it: {exc}"
+            self._region.fail(reason)
             log.error(
                 "configuration reload (%s) failed, nothing changed: configuration error: %s",
-                trigger, exc,
+                trigger, reason, exc_info=not expected,
             )  # fmt: skip
             return False
         generation = self._region.publish(text, read.sha256, waiting)
