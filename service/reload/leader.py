@@ -2,7 +2,8 @@
 
 One worker at a time holds the reload lease (``service.sharedmem.lease``); if it dies,
 another takes over within the lease's term. The leader answers the requests the signal
-handlers leave in the shared region (SIGHUP) and, with ``LB_CONFIG_WATCH``, looks at the
+handlers leave in the shared region (SIGHUP, once the file has settled: ``source.Settling``)
+and, with ``LB_CONFIG_WATCH``, looks at the
 file's content (``source.ContentWatch``). A reload is all or nothing:
 
 - the file is read once, and that text is validated whole by the start-up loader, with the
@@ -28,7 +29,7 @@ from pathlib import Path
 from service.pools import SlotTable
 from service.reload import changes, resolved, targets
 from service.reload.region import ConfigRegion
-from service.reload.source import ContentWatch, read_file, text_of
+from service.reload.source import ContentWatch, Read, Settling, read_file, text_of
 from service.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("service.reload")
@@ -55,20 +56,27 @@ class Leader:
         self._env = env
         self._watch = ContentWatch(path)
         self._next_look = 0.0
+        self._sighup: Settling | None = None  # a SIGHUP waiting for the file to settle
 
     def turn(self, running: Settings, runs_generation: int) -> None:
         """``running``: the settings this worker runs, as of generation ``runs_generation``."""
-        if self._region.take_request():
-            self.reload("SIGHUP", running)
+        if self._region.take_request() and self._sighup is None:
+            self._sighup = Settling(self._path, time.monotonic())
+        if self._sighup is not None:
+            settled = self._sighup.look(time.monotonic())
+            if settled is not None:
+                self._sighup = None
+                self.reload("SIGHUP", running, settled)
         elif running.config_watch and time.monotonic() >= self._next_look:
             self._next_look = time.monotonic() + WATCH_EVERY_S
             if self._watch.changed(self._region.attempted_sha256()):
                 self.reload("the file changed", running)
         self._release_dropped(running, runs_generation)
 
-    def reload(self, trigger: str, running: Settings) -> bool:
-        """Read, validate and publish the file; True if a new generation was published."""
-        read = read_file(self._path)
+    def reload(self, trigger: str, running: Settings, read: Read | None = None) -> bool:
+        """Read (unless ``read`` is what was read), validate and publish the file; True if
+        a new generation was published."""
+        read = read or read_file(self._path)
         self._region.attempt(read.sha256)
         try:
             text = text_of(read, self._path)
