@@ -23,8 +23,9 @@ from service.settings.limits import LimitError, parse_limits, parse_shorthand, w
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "defaults.toml"
 CONFIG_ENV = "LB_CONFIG"
-# Set by the main process for the worker processes it starts: the TOML text it loaded.
-STARTUP_TEXT_ENV = "LB_CONFIG_STARTUP_TEXT"
+# Set by the main process for the worker processes it starts: a file holding the TOML text
+# it loaded (``service.handover``).
+STARTUP_FILE_ENV = "LB_CONFIG_STARTUP_FILE"
 SECTIONS: dict[str, type] = {
     "proxy": model.ProxySettings,
     "stats": model.StatsSettings,
@@ -411,19 +412,22 @@ def load_settings(
 
     ``text``: the file's content, already read (a reload validates exactly the bytes it
     publishes). Without it, a worker process takes the text its main process started with
-    (:data:`STARTUP_TEXT_ENV`, set by ``service.reload``), so that every process of a host
-    lays out the shared block alike even when the file has changed since.
+    (the file :data:`STARTUP_FILE_ENV` names, set by ``service.reload``), so that every
+    process of a host lays out the shared block alike even when the file has changed since.
     """
     env = os.environ if env is None else env
     path = Path(env.get(CONFIG_ENV, "") or defaults_file or DEFAULTS_FILE)
+    read_from = Path(env.get(STARTUP_FILE_ENV, "") or path)
     try:
         if text is None:
-            text = env.get(STARTUP_TEXT_ENV) or path.read_text(encoding="utf-8")
+            text = read_from.read_text(encoding="utf-8")
         document = tomllib.loads(text)
     except OSError as exc:
-        raise SettingsError(f"{CONFIG_ENV}: cannot read {str(path)!r}: {exc.strerror}") from None
+        raise SettingsError(
+            f"{CONFIG_ENV}: cannot read {str(read_from)!r}: {exc.strerror}"
+        ) from None
     except UnicodeDecodeError:
-        raise SettingsError(f"{CONFIG_ENV}: {str(path)!r} is not UTF-8 text") from None
+        raise SettingsError(f"{CONFIG_ENV}: {str(read_from)!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{CONFIG_ENV}: {str(path)!r} is not valid TOML: {exc}") from None
 
