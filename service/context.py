@@ -17,7 +17,7 @@ from service.admission import AdmissionView, ClientAddresses, Gate
 from service.discovery.state import DiscoveryLayout
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
-from service.pools import Pool, PoolLayout, PoolState, RetryBudget, SlotTable, TargetSync
+from service.pools import PoolLayout, Pools, PoolState, RetryBudget, SlotTable
 from service.proxying.routing import Router
 from service.settings import Settings
 from service.sharedmem import Plan, WorkerRow
@@ -46,14 +46,11 @@ class WorkerContext:
     metrics: MetricsStore = field(init=False)
     clients: UpstreamClients = field(init=False)
     pool_state: PoolState = field(init=False)
-    pools: dict[str, Pool] = field(init=False)
     # the shared table of target slots, and this worker's pools kept in step with it
     slots: SlotTable = field(init=False)
-    target_sync: TargetSync = field(init=False)
-    target_sync_task: asyncio.Task[None] | None = None
+    pools: Pools = field(init=False)
     retry_budget: RetryBudget = field(init=False)
     aggregator: StatsAggregator = field(init=False)
-    health_task: asyncio.Task[None] | None = None
     # set only when LB_CLUSTER_REDIS_URL is (service.cluster): the replicas' shared figures
     cluster: ClusterView | None = None
     cluster_publisher: Publisher | None = None

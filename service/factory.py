@@ -19,7 +19,7 @@ from service.blueprints import metrics as metrics_endpoint
 from service.blueprints import stats as stats_endpoint
 from service.blueprints import status as status_page
 from service.context import WorkerContext
-from service.proxying.routing import Router
+from service.proxying import Router, response_timeout
 from service.settings import Settings
 
 
@@ -66,7 +66,7 @@ def _configure(app: Sanic, settings: Settings) -> None:
     """Sanic's own limits where they are ours to set; the proxy enforces the body size."""
     app.config.AUTO_EXTEND = False
     app.config.REQUEST_TIMEOUT = 60
-    app.config.RESPONSE_TIMEOUT = settings.proxy.read_timeout + 30
+    app.config.RESPONSE_TIMEOUT = response_timeout(settings.proxy)
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 15.0
     app.config.REQUEST_MAX_HEADER_SIZE = 16 * 1024

@@ -10,7 +10,6 @@ only reads its pool's ``targets`` tuple, replaced whole.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
@@ -71,14 +70,13 @@ class TargetSync:
         for pool, url in self._table.reclaim(state.lifetime, state.outstanding_in, state.clear):
             log.info("upstream %s target %s drained; its slot is free", pool, url)
 
-    async def run(self) -> None:
-        while True:
-            try:
-                self.apply()
-                self.reclaim()
-            except TimeoutError as exc:  # the table's lock: try again next turn
-                log.warning("target slots: %s", exc)
-            await asyncio.sleep(INTERVAL_S)
+    def turn(self) -> None:
+        """One look at the table (every :data:`INTERVAL_S`, ``service.pools.build``)."""
+        try:
+            self.apply()
+            self.reclaim()
+        except TimeoutError as exc:  # the table's lock: try again next turn
+            log.warning("target slots: %s", exc)
 
 
 def _same(targets: tuple[Target, ...], members: tuple[Member, ...]) -> bool:

@@ -17,7 +17,6 @@ every worker applies the published generation before serving and follows it whil
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from sanic import Sanic
 from service.reload import signals
 from service.reload.region import MAX_TEXT_BYTES, ConfigLayout, ConfigRegion
 from service.reload.worker import ConfigReload
-from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, STARTUP_TEXT_ENV
+from service.settings import CONFIG_ENV, DEFAULTS_FILE, STARTUP_TEXT_ENV
 from service.sharedmem import LEASE_WIDTH, Lease, SharedBlock
 
 __all__ = ["ConfigRegion", "ConfigReload", "startup"]
@@ -65,17 +64,13 @@ def startup(app: Sanic) -> None:
 
     @app.after_server_start
     async def start_following(app: Sanic) -> None:
-        app.ctx.lb.reload.task = asyncio.create_task(app.ctx.lb.reload.run())
+        app.ctx.lb.reload.following.start()
 
     @app.before_server_stop
     async def stop_following(app: Sanic) -> None:
         while remove_handler:
             remove_handler.pop()()
-        task = app.ctx.lb.reload.task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await app.ctx.lb.reload.following.stop()
 
     @app.after_server_stop
     async def close_retired_clients(app: Sanic) -> None:

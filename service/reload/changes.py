@@ -18,8 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from service.settings import Settings
-from service.settings.model import VARIABLES
+from service.settings import VARIABLES, Settings
 
 SERVER_RESTART_ONLY = ("port", "workers", "host", "log_format")
 # whole sections: the cluster (its Redis connection, its lease in the block) and TLS (the

@@ -11,7 +11,6 @@ published generation before it serves its first request.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -33,10 +32,9 @@ from service.reload.region import (
     Published,
     RegionBusy,
 )
-from service.settings import Settings, SettingsError, load_settings
-from service.settings.model import ConfigSource
-from service.sharedmem import Lease
-from service.sharedmem.block import process_alive
+from service.background import Background
+from service.settings import ConfigSource, Settings, SettingsError, load_settings
+from service.sharedmem import Lease, process_alive
 
 log = logging.getLogger("service.reload")
 
@@ -70,7 +68,7 @@ class ConfigReload:
         self.runs = Published(0, source.text, source.sha256, lb.row.block.started_wall, ())
         self._outcomes = Outcomes(0, 0, 0, None, None)
         self.retirements = Retirements()
-        self.task: asyncio.Task[None] | None = None  # run(), while the worker serves
+        self.following = Background.every(TICK_S, self.turn)  # while the worker serves
         self._pid = os.getpid()
         self._last_problem = ("", 0.0)
 
@@ -105,16 +103,14 @@ class ConfigReload:
         self._region.applied(self._row, published.generation)
         return True
 
-    async def run(self) -> None:
-        """Forever: lead if this worker holds the lease, then follow."""
-        while True:
-            try:
-                if self._lease.hold(self._pid, LEASE_TERM_S, process_alive):
-                    self._leader.turn(self._app.ctx.lb.settings, self.runs.generation)
-                self.follow()
-            except (RegionBusy, TimeoutError, OSError, ValueError) as exc:
-                self._quietly(exc)
-            await asyncio.sleep(TICK_S)
+    def turn(self) -> None:
+        """Every :data:`TICK_S`: lead if this worker holds the lease, then follow."""
+        try:
+            if self._lease.hold(self._pid, LEASE_TERM_S, process_alive):
+                self._leader.turn(self._app.ctx.lb.settings, self.runs.generation)
+            self.follow()
+        except (RegionBusy, TimeoutError, OSError, ValueError) as exc:
+            self._quietly(exc)
 
     def _quietly(self, exc: Exception) -> None:
         problem, at = self._last_problem
