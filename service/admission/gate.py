@@ -21,7 +21,7 @@ from typing import Any
 
 from sanic import Request
 
-from service.admission.client import ClientAddresses
+from service.frontdoor.client import ClientAddresses
 from service.admission.layout import (
     ADMITTED,
     FACTOR,

@@ -14,8 +14,11 @@ runs on a request's path.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sanic import Sanic
 
+from service.discovery import exposition
 from service.discovery.build import Discovery, build_discovery
 from service.discovery.entries import Entry, entries_of
 from service.discovery.resolver import RESULTS, Lookup, Resolver
@@ -43,6 +46,18 @@ def reserve(plan: Plan, settings: Settings) -> DiscoveryLayout:
 
 
 def startup(app: Sanic) -> None:
+    lb = app.ctx.lb
+    lb.discovery_layout = reserve(lb.plan, lb.settings)
+    lb.show.metric_families(exposition.families, order=exposition.ORDER)
+
+    def add_entries(pools: dict[str, dict[str, Any]]) -> None:
+        """Each pool's ``discovery``: its entries, and the addresses they brought."""
+        if lb.discovery is not None:
+            for name, entries in lb.discovery.describe(lb.pools).items():
+                pools[name]["discovery"] = entries
+
+    lb.show.pool_detail(add_entries)
+
     @app.before_server_start
     async def open_discovery(app: Sanic) -> None:
         lb = app.ctx.lb

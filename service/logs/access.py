@@ -64,7 +64,7 @@ class AccessLog:
         flush_interval: float = 0.25,
         client_address: Callable[[Request], str] | None = None,
     ) -> None:
-        """``client_address``: who the client is (``service.admission.client``: the peer,
+        """``client_address``: who the client is (``service.frontdoor.client``: the peer,
         or behind LB_TRUSTED_PROXIES the address they name); the TCP peer when None."""
         self._client = client_address
         self._json = log_format == "json"

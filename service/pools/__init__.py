@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sanic import Sanic
 
+from service.pools import exposition
 from service.pools.build import Pools, build_pools, settled
 from service.pools.pool import Attempt, Pool, Target
 from service.pools.retries import RetryBudget, RetryRule
@@ -49,6 +50,8 @@ def reserve(plan: Plan, settings: Settings) -> PoolLayout:
 
 
 def startup(app: Sanic) -> None:
+    app.ctx.lb.show.metric_families(exposition.families, order=exposition.ORDER)
+
     @app.before_server_start
     async def open_pools(app: Sanic) -> None:
         lb = app.ctx.lb

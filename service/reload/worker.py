@@ -44,7 +44,8 @@ QUIET_S = 60.0  # the same failure of the loop itself is logged at most this oft
 
 
 class ConfigReload:
-    """``app.ctx.lb.reload``."""
+    """This worker's reloading (``service.reload.startup`` holds it): it follows the
+    published generation, leads while it holds the lease, and describes what it runs."""
 
     def __init__(
         self,

@@ -16,7 +16,6 @@ worker starts the watch on the files and the redirect listener.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -25,10 +24,11 @@ from dataclasses import dataclass
 
 from sanic import Sanic
 
+from service.background import Background
 from service.settings import Settings, SettingsError
 from service.sharedmem import LEASE_WIDTH, Lease
 from service.sharedmem.block import process_alive
-from service.tls import redirect
+from service.tls import exposition, redirect
 from service.tls.contexts import upstream_context
 
 # The certificate side (pair, rotation, loader) imports cryptography (~40 ms in every process,
@@ -85,7 +85,7 @@ def check(settings: Settings) -> None:
 class _WorkerTls:
     """What one worker runs for TLS besides the listener: the watch, the redirect port."""
 
-    watch: asyncio.Task[None] | None = None
+    watch: Background | None = None
     redirect: asyncio.Server | None = None
 
 
@@ -95,6 +95,8 @@ def startup(app: Sanic) -> None:
     if not (tls.enabled or not tls.upstream_verify):
         return
     speaker_region = lb.plan.shared(LEASE_WIDTH)  # which worker logs for the host
+    lb.show.section("tls", lambda: lb.tls.describe() if lb.tls is not None else None)
+    lb.show.metric_families(exposition.families, order=exposition.ORDER)
     if tls.enabled:
         from service.tls.loader import SettingsCertLoader
 
@@ -123,7 +125,9 @@ def startup(app: Sanic) -> None:
                 "TLS on port %s: serving %s, expires %s",
                 port, pair.subject, pair.not_after.strftime("%Y-%m-%d %H:%M:%S UTC"),
             )  # fmt: skip
-        running.watch = asyncio.create_task(lb.tls.watch(speaker))
+        certificate = lb.tls
+        running.watch = Background(lambda: certificate.watch(speaker))
+        running.watch.start()
         if tls.http_redirect_port:
             running.redirect = await redirect.listen(
                 host, tls.http_redirect_port, port, lambda: lb.draining,
@@ -133,9 +137,7 @@ def startup(app: Sanic) -> None:
     @app.before_server_stop
     async def stop_tls(app: Sanic) -> None:
         if running.watch is not None:
-            running.watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.watch
+            await running.watch.stop()
         if running.redirect is not None:
             running.redirect.close()
 
