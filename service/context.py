@@ -38,27 +38,28 @@ class WorkerContext:
     client_addresses: ClientAddresses
     # what the features show in /stats, /metrics and on the status page
     show: Show = field(default_factory=Show)
-    # filled in before the worker serves (see the module docstring)
+    # this worker's X-Request-ID maker (a random prefix and a counter)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    # True from the start of a graceful shutdown: readiness answers 503, /stats says so
+    draining: bool = False
+    # Filled in before the worker serves (see the module docstring). A reload replaces
+    # settings, router, clients, access_log, pools, aggregator and discovery whole.
     row: WorkerRow = field(init=False)
     metrics: MetricsStore = field(init=False)
     clients: UpstreamClients = field(init=False)
+    access_log: AccessLog | None = None  # None when LB_ACCESS_LOG is off
     pool_state: PoolState = field(init=False)
     # the shared table of target slots, and this worker's pools kept in step with it
     slots: SlotTable = field(init=False)
     pools: Pools = field(init=False)
-    retry_budget: RetryBudget = field(init=False)
-    aggregator: StatsAggregator = field(init=False)
-    # the block's region of the ;resolve entries (service.discovery), and their lookups:
-    # None without any
-    discovery_layout: Any = None
-    discovery: Lookups | None = None
-    # True from the start of a graceful shutdown: readiness answers 503, /stats says so
-    draining: bool = False
-    # this worker's X-Request-ID maker (a random prefix and a counter)
-    request_ids: RequestIds = field(default_factory=RequestIds)
-    access_log: AccessLog | None = None  # None when LB_ACCESS_LOG is off
     # admission control (service.admission): None when no limit is configured (the proxy's
     # check is then one attribute test)
     gate: Gatekeeper | None = None
+    retry_budget: RetryBudget = field(init=False)
+    aggregator: StatsAggregator = field(init=False)
+    # the block's region of the ;resolve entries (service.discovery), and their lookups
+    # (None without any)
+    discovery_layout: Any = None
+    discovery: Lookups | None = None
     # the certificate this worker serves, when LB_TLS_CERT is set (service.tls sets it)
     tls: Any = None

@@ -11,31 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.admission.layout import (
-    ADMITTED,
-    FACTOR,
-    H_DRY,
-    H_LIMITED,
-    H_OVERLOADED,
-    HISTORY,
-    IN_FLIGHT,
-    LIMITED,
-    MODE,
-    MODE_DEGRADED,
-    MODE_OK,
-    MODE_STARTING,
-    OVERLOADED,
-    PER_LIMIT,
-    PER_POOL,
-    REASON_AT,
-    REASON_BYTES,
-    REPLICAS,
-    SHARED_KEYS,
-    SYNCED_AT,
-    UNSHARED_KEYS,
-    WINDOW_S,
-    AdmissionLayout,
-)
+from service.admission.layout import ADMITTED, FACTOR, H_DRY, H_LIMITED, H_OVERLOADED, HISTORY
+from service.admission.layout import IN_FLIGHT, LIMITED, MODE, MODE_DEGRADED, MODE_OK, MODE_STARTING
+from service.admission.layout import OVERLOADED, PER_LIMIT, PER_POOL, REASON_AT, REASON_BYTES
+from service.admission.layout import REPLICAS, SHARED_KEYS, SYNCED_AT, UNSHARED_KEYS, WINDOW_S
+from service.admission.layout import AdmissionLayout
 from service.admission.policy import Limit
 from service.admission.table import RateTable
 from service.settings import Settings

@@ -47,11 +47,8 @@ class Refresher:
         settings: ResolverSettings,
         alive: Callable[[int], bool],
     ) -> None:
-        self._entries = entries
-        self._resolver = resolver
-        self._state = state
-        self._table = table
-        self._settings = settings
+        self._entries, self._resolver, self._settings = entries, resolver, settings
+        self._state, self._table = state, table  # the records, and the slots they fill
         self._alive = alive
         self._pid = os.getpid()
         self._in_flight: dict[int, asyncio.Task[None]] = {}

@@ -36,12 +36,9 @@ class TargetSync:
         """``keep(pool, member)``: whether the configuration this worker runs names the
         member (``service.reload``: a target a new file adds is in the table a moment before
         every worker runs that file, and one it drops stays a moment after); None: all."""
-        self._keep = keep
-        self._table = table
-        self._pools = pools
-        self._state = state
-        self._row = row
-        self._on_removed = on_removed
+        self._table, self._row = table, row  # what is followed, and where it is said so
+        self._pools, self._state = pools, state
+        self._keep, self._on_removed = keep, on_removed
         self.generation = -1  # the table generation this worker's pools are built on
 
     def apply(self) -> bool:

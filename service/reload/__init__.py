@@ -85,8 +85,3 @@ def startup(app: Sanic) -> None:
             running.remove_handler = None
         if running.reload is not None:
             await running.reload.following.stop()
-
-    @app.after_server_stop
-    async def close_retired_clients(app: Sanic) -> None:
-        if running.reload is not None:
-            await running.reload.retirements.aclose()

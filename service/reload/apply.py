@@ -8,7 +8,7 @@ the new objects do not use is retired, not closed under anyone's feet:
 
 - a client the new generation does not keep (its upstream is gone, or the connection limits
   changed) has the idle connections of its targets closed at once, every busy one as its
-  exchange ends, and is closed itself once none is busy (:class:`Retirements`);
+  exchange ends, and is closed itself once none is busy (``UpstreamClients.retire``);
 - a pool that is kept but loses targets closes their idle connections (``forget``);
 - a pool whose settings change is a new object carrying the ``Target`` objects of the targets
   that stay, with this worker's requests in flight and recent failures on them; their shared
@@ -17,28 +17,22 @@ the new objects do not use is retired, not closed under anyone's feet:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+from collections.abc import Mapping
 
-import httpx
 from sanic import Sanic
 
 from service.background import Running
 from service.discovery import build_discovery
 from service.logs import build_access_log
-from service.pools import build_pools
+from service.pools import Pool, build_pools
 from service.proxying import Router, response_timeout
 from service.reload import resolved, targets
 from service.settings import Settings
 from service.stats import build_aggregator
-from service.transport import UpstreamClients, connections_in_use
-
-CLOSE_POLL_S = 0.5  # how often a retired client is asked whether its last exchange ended
+from service.transport import UpstreamClients
 
 
-def swap(
-    app: Sanic, settings: Settings, started: Settings, retirements: Retirements, *, serving: bool
-) -> None:
+def swap(app: Sanic, settings: Settings, started: Settings, *, serving: bool) -> None:
     """Make ``settings`` this worker's configuration (``started``: the host's start-up
     settings, which numbered its ``resolve`` entries). Each concern is built by its own
     package's function, given what it replaces. ``serving``: the replaced objects' background
@@ -70,11 +64,11 @@ def swap(
     _hand_over(lb.access_log, access_log, serving)
     lb.clients, lb.pools, lb.discovery, lb.access_log = clients, pools, discovery, access_log
 
-    for name, client in old_clients.items():
-        if name not in clients or clients[name] is not client:
-            gone = old_pools[name].targets if name in old_pools else ()
-            old_clients.forget(name, [t.url for t in gone])
-            retirements.close_when_idle(client)
+    clients.retire(old_clients, lambda name: _urls(old_pools, name))
+
+
+def _urls(pools: Mapping[str, Pool], name: str) -> list[str]:
+    return [t.url for t in pools[name].targets] if name in pools else []
 
 
 def _hand_over(old: Running | None, new: Running | None, serving: bool) -> None:
@@ -86,36 +80,3 @@ def _hand_over(old: Running | None, new: Running | None, serving: bool) -> None:
         old.cancel()
     if serving and new is not None:
         new.start()
-
-
-class Retirements:
-    """What a worker's earlier generations left running: clients waiting for their last
-    exchange before they are closed, an access log being flushed."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._clients: set[httpx.AsyncClient] = set()
-
-    def close_when_idle(self, client: httpx.AsyncClient) -> None:
-        self._clients.add(client)
-        self.track(asyncio.create_task(self._close(client)))
-
-    def track(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _close(self, client: httpx.AsyncClient) -> None:
-        while connections_in_use(client):
-            await asyncio.sleep(CLOSE_POLL_S)
-        self._clients.discard(client)
-        await client.aclose()
-
-    async def aclose(self) -> None:
-        """At stop: every retired client closed now, whatever it was waiting for."""
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for client in list(self._clients):
-            await client.aclose()
-        self._clients.clear()

@@ -46,11 +46,8 @@ class Leader:
         env: Mapping[str, str],
     ) -> None:
         """``started``: the settings the host started with (its restart-only values)."""
-        self._region = region
-        self._table = table
-        self._started = started
-        self._path = path
-        self._env = env
+        self._region, self._table = region, table
+        self._started, self._path, self._env = started, path, env
         self._watch = ContentWatch(path)
         self._next_look = 0.0
 

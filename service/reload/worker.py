@@ -23,7 +23,7 @@ from sanic import Sanic
 
 from service.pools import SlotTable
 from service.reload import changes
-from service.reload.apply import Retirements, swap
+from service.reload.apply import swap
 from service.reload.leader import Leader
 from service.reload.region import (
     MAX_TEXT_BYTES,
@@ -68,7 +68,6 @@ class ConfigReload:
         source = self.started.source or ConfigSource(path=str(path), text="")
         self.runs = Published(0, source.text, source.sha256, lb.row.block.started_wall, ())
         self._outcomes = Outcomes(0, 0, 0, None, None)
-        self.retirements = Retirements()
         self.following = Background.every(TICK_S, self.turn)  # while the worker serves
         self._pid = os.getpid()
         self._last_problem = ("", 0.0)
@@ -94,7 +93,7 @@ class ConfigReload:
                 log.error("configuration generation %d not applied: %s", published.generation, exc)
             else:
                 settings, _ = changes.running(new, self.started)
-                swap(self._app, settings, self.started, self.retirements, serving=serving)
+                swap(self._app, settings, self.started, serving=serving)
                 log.info(
                     "worker %d runs configuration generation %d (sha256 %s; applied in %.1f ms)",
                     self._pid, published.generation, published.sha256[:12],
