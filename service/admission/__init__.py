@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sanic import Sanic
 
 from service.admission import exposition
+from service.admission.check import check_lines
 from service.admission.endpoints import admitted
 from service.admission.gate import Admission, Gate
 from service.admission.housekeeping import SWEEP_EVERY_S, Housekeeping
@@ -43,6 +44,7 @@ __all__ = [
     "AdmissionView",
     "Gate",
     "admitted",
+    "check_lines",
     "reserve",
     "startup",
 ]

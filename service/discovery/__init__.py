@@ -20,6 +20,7 @@ from sanic import Sanic
 
 from service.discovery import exposition
 from service.discovery.build import Discovery, build_discovery
+from service.discovery.check import check_lines
 from service.discovery.entries import Entry, entries_of
 from service.discovery.resolver import RESULTS, Lookup, Resolver
 from service.discovery.state import DiscoveryLayout
@@ -34,6 +35,7 @@ __all__ = [
     "Lookup",
     "Resolver",
     "build_discovery",
+    "check_lines",
     "entries_of",
     "reserve",
     "startup",

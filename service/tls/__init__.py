@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from sanic import Sanic
 
 from service.background import Background
+from service.features import CheckLines
 from service.settings import Settings, SettingsError
 from service.sharedmem import LEASE_WIDTH, Lease
 from service.sharedmem.block import process_alive
@@ -34,7 +35,7 @@ from service.tls.contexts import upstream_context
 # The certificate side (pair, rotation, loader) imports cryptography (~40 ms in every process,
 # workers included): it is imported only when LB_TLS_CERT is set.
 
-__all__ = ["check", "startup", "upstream_context"]
+__all__ = ["check", "check_lines", "startup", "upstream_context"]
 
 log = logging.getLogger("service.tls")
 
@@ -79,6 +80,18 @@ def check(settings: Settings) -> None:
         raise SettingsError(
             f"LB_UPSTREAM_CA={tls.upstream_ca!r} cannot be used: {reason}"
         ) from None
+
+
+def check_lines(settings: Settings) -> CheckLines:
+    """``--check``'s line for the listener: the certificate, and the redirect port."""
+    tls = settings.tls
+    if not tls.enabled:
+        return CheckLines()
+    redirect = tls.http_redirect_port
+    line = f"tls: {tls.cert} (key {tls.key})" + (
+        f"; plain port {redirect} redirects to https" if redirect else ""
+    )
+    return CheckLines(listen=(line,))
 
 
 @dataclass(eq=False)
