@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.features import Gatekeeper, Lookups, Show
+from service.features import Gatekeeper, Lookups, RestartOnly, Show
 from service.frontdoor.client import ClientAddresses
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
@@ -36,6 +36,8 @@ class WorkerContext:
     pool_layout: PoolLayout
     # who the client is (LB_TRUSTED_PROXIES): the access log, limits, LB_ADMIN_ALLOW ask it
     client_addresses: ClientAddresses
+    # which settings each feature keeps as the host started with them (service.reload)
+    restart_only: tuple[RestartOnly, ...]
     # what the features show in /stats, /metrics and on the status page
     show: Show = field(default_factory=Show)
     # this worker's X-Request-ID maker (a random prefix and a counter)

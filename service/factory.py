@@ -38,6 +38,9 @@ FEATURES = (
     reload,  # last: SIGHUP and LB_CONFIG_WATCH swap what the features above built
 )
 
+# which settings each feature keeps as the host started with them (``service.reload``)
+RESTART_ONLY = tuple(rule for f in FEATURES if (rule := getattr(f, "RESTART_ONLY", None)))
+
 
 def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app = frontdoor.FrontDoorApp(
@@ -54,6 +57,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
         metrics_layout=metrics.reserve(plan, settings),
         pool_layout=pools.reserve(plan, settings),
         client_addresses=ClientAddresses(settings.admission.trusted_proxies),
+        restart_only=RESTART_ONLY,
     )
     for feature in FEATURES:
         feature.startup(app)

@@ -34,12 +34,14 @@ from service.admission.layout import IN_FLIGHT, PER_POOL, AdmissionLayout
 from service.admission.lock import HostLock
 from service.admission.policy import compile_limits, route_plans
 from service.admission.report import AdmissionView
+from service.admission.restart import RESTART_ONLY
 from service.admission.table import ClientTable, RateTable
 from service.settings import Settings
 from service.background import Background
 from service.sharedmem import Lease, Plan, process_alive
 
 __all__ = [
+    "RESTART_ONLY",
     "Admission",
     "AdmissionView",
     "Gate",

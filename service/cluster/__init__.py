@@ -23,13 +23,17 @@ from typing import TYPE_CHECKING, Any
 from sanic import Sanic
 
 from service.background import Background
-from service.features import Entry
+from service.features import Entry, RestartOnly
 from service.metrics import HostFigures, Snapshot
 from service.sharedmem import LEASE_WIDTH, Lease, process_alive
 
 if TYPE_CHECKING:  # imported when a cluster is configured: redis-py comes with them
     from service.cluster.publisher import Publisher
     from service.cluster.view import ClusterView
+
+
+# its Redis connection and its lease in the block are made at start-up
+RESTART_ONLY = RestartOnly(sections=("cluster",))
 
 
 @dataclass(eq=False)

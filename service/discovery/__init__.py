@@ -24,6 +24,7 @@ from service.discovery.check import check_lines
 from service.discovery.entries import Entry, entries_of
 from service.discovery.resolver import RESULTS, Lookup, Resolver
 from service.discovery.state import DiscoveryLayout
+from service.features import RestartOnly
 from service.settings import Settings
 from service.sharedmem import Plan
 
@@ -40,6 +41,10 @@ __all__ = [
     "reserve",
     "startup",
 ]
+
+
+# the records' size in the shared block (how many addresses an entry may bring)
+RESTART_ONLY = RestartOnly(fields=(("resolver", "max_targets"),))
 
 
 def reserve(plan: Plan, settings: Settings) -> DiscoveryLayout:

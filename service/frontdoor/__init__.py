@@ -24,6 +24,7 @@ import asyncio
 
 from sanic import Sanic
 
+from service.features import RestartOnly
 from service.frontdoor import liveness
 from service.frontdoor.client import ClientAddresses, client_address
 from service.frontdoor.protocol import FrontDoorApp, FrontDoorProtocol
@@ -31,6 +32,10 @@ from service.frontdoor.supervision import stop_once_on_signal, supervise
 from service.sharedmem import SharedBlock
 
 __all__ = ["ClientAddresses", "FrontDoorApp", "FrontDoorProtocol", "client_address", "startup"]
+
+
+# the main process's watch over the workers, set up as they start
+RESTART_ONLY = RestartOnly(fields=(("frontdoor", "worker_stall_timeout"),))
 
 
 def startup(app: Sanic) -> None:

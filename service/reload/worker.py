@@ -64,7 +64,8 @@ class ConfigReload:
         self._env = env
         self.path = path
         self.started: Settings = lb.settings  # the restart-only values stay these
-        self._leader = Leader(region, table, self.started, path, env)
+        self._rules = lb.restart_only
+        self._leader = Leader(region, table, self.started, path, env, self._rules)
         source = self.started.source or ConfigSource(path=str(path), text="")
         self.runs = Published(0, source.text, source.sha256, lb.row.block.started_wall, ())
         self._outcomes = Outcomes(0, 0, 0, None, None)
@@ -92,7 +93,7 @@ class ConfigReload:
             except SettingsError as exc:  # validated by the leader with the same text and env
                 log.error("configuration generation %d not applied: %s", published.generation, exc)
             else:
-                settings, _ = changes.running(new, self.started)
+                settings, _ = changes.running(new, self.started, self._rules)
                 swap(self._app, settings, self.started, serving=serving)
                 log.info(
                     "worker %d runs configuration generation %d (sha256 %s; applied in %.1f ms)",

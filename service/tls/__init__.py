@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from sanic import Sanic
 
 from service.background import Background
-from service.features import CheckLines
+from service.features import CheckLines, RestartOnly
 from service.settings import Settings, SettingsError
 from service.sharedmem import LEASE_WIDTH, Lease
 from service.sharedmem.block import process_alive
@@ -42,6 +42,10 @@ log = logging.getLogger("service.tls")
 # Seconds a worker stays the host's speaker for TLS (the one that logs) without renewing; it
 # renews on every look at the files (every second), so another takes over soon after it dies.
 SPEAKER_TERM = 3.0
+
+
+# the listening socket's context, its rotation and redirect listener, the upstreams' CA
+RESTART_ONLY = RestartOnly(sections=("tls",))
 
 
 def check(settings: Settings) -> None:
