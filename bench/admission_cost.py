@@ -88,6 +88,7 @@ def admit_micro() -> dict[str, float]:
     """µs per ``Gate.admit`` + ``release`` of one request, one per-client limit, in this
     process: with no lock (one process alone) and with a real ``multiprocessing.Lock``."""
     from service import admission
+    from service.frontdoor.client import ClientAddresses
     from service.admission.lock import HostLock
     from service.admission.policy import compile_limits, route_plans
     from service.admission.table import ClientTable, RateTable
@@ -112,7 +113,7 @@ def admit_micro() -> dict[str, float]:
             clients=ClientTable(block.mem, raw_bytes, layout),
             plans=route_plans(settings, limits), limits=limits,
             pool_names=[u.name for u in settings.upstreams],
-            client_addresses=admission.ClientAddresses(()), row_at=row.at, column=row.index,
+            client_addresses=ClientAddresses(()), row_at=row.at, column=row.index,
             row_offsets=list(block.rows()), max_client_requests=0, send_fields=True,
         )  # fmt: skip
         request = SimpleNamespace(method="GET", path="/api/x", ip="127.0.0.2", headers={})
@@ -357,6 +358,7 @@ def million_keys_in_process(keys: int = 1_000_000, seconds: float = 60.0) -> dic
     and after, and the heavy key's admissions. What a host's proxy cannot push through on a
     shared 2-core machine in a minute, the data structure is shown to take here."""
     from service import admission
+    from service.frontdoor.client import ClientAddresses
     from service.admission.lock import HostLock
     from service.admission.policy import compile_limits, route_plans
     from service.admission.table import ClientTable, RateTable
@@ -390,7 +392,7 @@ def million_keys_in_process(keys: int = 1_000_000, seconds: float = 60.0) -> dic
         lock=HostLock(Lock(), block.mem, layout.lock_holder.at, process_alive), table=table,
         clients=ClientTable(block.mem, raw_bytes, layout), plans=route_plans(settings, limits),
         limits=limits, pool_names=[u.name for u in settings.upstreams],
-        client_addresses=admission.ClientAddresses(()), row_at=row.at, column=row.index,
+        client_addresses=ClientAddresses(()), row_at=row.at, column=row.index,
         row_offsets=list(block.rows()), max_client_requests=0, send_fields=True,
         clock=lambda: clock[0],
     )  # fmt: skip

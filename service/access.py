@@ -5,7 +5,7 @@ loopback only); ``/stats`` stays public, because the dashboard reads it from the
 The client is the TCP peer (``request.ip``), never a forwarded header: the load balancer is
 the front door, so any ``X-Forwarded-For`` it receives was written by the client itself;
 unless the peer is one of ``LB_TRUSTED_PROXIES``, whose ``X-Forwarded-For`` names the client
-(``service.admission.client``).
+(``service.frontdoor.client``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from service.admission.client import client_address
+from service.frontdoor.client import client_address
 from service.errors import Forbidden, error_response
 
 Handler = Callable[..., Awaitable[HTTPResponse]]

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from service import tls
+from service.features import CheckLines
 from service.settings import SettingsError, load_settings
 from service.settings import model
 from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, MODELS
@@ -116,21 +117,19 @@ def help_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe(settings: model.Settings, source: str) -> str:
-    """The effective configuration, as ``--check`` prints it."""
+def describe(settings: model.Settings, source: str, features: Sequence[object] = ()) -> str:
+    """The effective configuration, as ``--check`` prints it: the listener, routes and
+    pools, then each feature's part (its module's ``check_lines``, ``service.features``)."""
+    parts: list[CheckLines] = [
+        check(settings) for f in features if (check := getattr(f, "check_lines", None))
+    ]
     lines = [
         f"configuration OK ({source} + environment)",
         f"listen: {settings.host}:{settings.port}, {settings.workers} worker(s); access log "
         f"{'on' if settings.access_log else 'off'}, {settings.log_format} logs",
         "routes (longest prefix first):",
     ]
-    if settings.tls.enabled:
-        redirect = settings.tls.http_redirect_port
-        lines.insert(
-            2,
-            f"tls: {settings.tls.cert} (key {settings.tls.key})"
-            + (f"; plain port {redirect} redirects to https" if redirect else ""),
-        )
+    lines[2:2] = [line for part in parts for line in part.listen]
     for route in settings.routes:
         extra = f"  ({route.prefix} alone: 308 to {route.prefix}/)" if route.redirect_bare else ""
         lines.append(f"  {route.prefix:<12} -> {route.upstream}{extra}")
@@ -151,35 +150,9 @@ def describe(settings: model.Settings, source: str) -> str:
             f"    {t.url}  weight {t.weight}" + ("  (resolve)" if t.resolve else "")
             for t in upstream.targets
         ]
-    lines += _admission_lines(settings)
+    for part in sorted(parts, key=lambda part: part.order):
+        lines += part.lines
     return "\n".join(lines) + "\n"
-
-
-def _admission_lines(settings: model.Settings) -> list[str]:
-    """Admission control as ``--check`` prints it: the client address, limits and caps."""
-    admission = settings.admission
-    trusted = ", ".join(map(str, admission.trusted_proxies)) or "none: the TCP peer is the client"
-    lines = [f"admission: trusted proxies {trusted}"]
-    limits = ([admission.rate_limit] if admission.rate_limit else []) + list(settings.limits)
-    for spec in limits:
-        where = ", ".join(spec.routes) or "every proxied route"
-        extra = "".join(
-            [
-                f", methods {','.join(spec.methods)}" if spec.methods else "",
-                f", path {spec.path_prefix}" if spec.path_prefix else "",
-                " (dry run)" if spec.dry_run else "",
-            ]
-        )
-        lines.append(
-            f"  limit {spec.name}: {spec.rate_text} burst {spec.burst} per {spec.per} on "
-            f"{where}{extra}"
-        )
-    caps = [f"{u.name} {u.max_requests}" for u in settings.upstreams if u.max_requests]
-    if caps:
-        lines.append(f"  max_requests in flight: {', '.join(caps)}")
-    if admission.max_client_requests:
-        lines.append(f"  per client in flight: {admission.max_client_requests}")
-    return lines
 
 
 def check_listen(host: str, port: int, port_variable: str = "LB_PORT") -> None:
@@ -224,10 +197,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             fail(f"LB_HOST={settings.host!r} does not resolve: {exc}")
-        sys.stdout.write(describe(settings, os.environ.get(CONFIG_ENV) or str(DEFAULTS_FILE)))
-        from service.discovery.check import check_names  # dnspython only when asked
+        from service.factory import FEATURES  # the features' lines: only when asked
 
-        sys.stdout.write(check_names(settings))
+        source = os.environ.get(CONFIG_ENV) or str(DEFAULTS_FILE)
+        sys.stdout.write(describe(settings, source, FEATURES))
         return
     check_listen(settings.host, settings.port)
     if settings.tls.http_redirect_port:

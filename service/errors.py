@@ -10,10 +10,11 @@
     │   ├── BodyTooLarge    413  a body over LB_MAX_BODY_SIZE ("payload too large")
     │   └── RateLimited     429  over a rate limit or LB_MAX_CLIENT_REQUESTS ("rate_limited",
     │                            + "limit"; Retry-After, and the RateLimit fields)
-    ├── Overloaded          503  a pool at its max_requests in flight ("overloaded",
-    │                            + "upstream"; Retry-After: 1); not a failure of the upstream
-    ├── NoTargets           503  the route's pool has no target at all ("no_targets": its
-    │                            names resolve to nothing); Retry-After: 1, answered at once
+    ├── PoolUnavailable     503  answered at once (+ "upstream"; Retry-After: 1)
+    │   ├── Overloaded           a pool at its max_requests in flight ("overloaded"); not a
+    │   │                        failure of the upstream
+    │   └── NoTargets            the route's pool has no target at all ("no_targets": its
+    │                            names resolve to nothing)
     └── UpstreamError       502  any failure talking to an upstream (+ "upstream", "target")
         ├── UpstreamRefused        no connection could be made ("refused", or "dns" when
         │                          the target's host name does not resolve, or "tls: ..."
@@ -110,15 +111,14 @@ class RateLimited(ClientError):
         return {"retry-after": str(self.retry_after), **self.fields}
 
 
-class Overloaded(LoadBalancerError):
-    """A pool with ``max_requests`` in flight across the host (Envoy's circuit breaker):
-    answered at once, never queued; not counted against the pool's targets."""
+class PoolUnavailable(LoadBalancerError):
+    """A pool that cannot take the request now, answered at once with 503 and a
+    ``retry-after`` of a second, naming the pool."""
 
     status = 503
-    error = "overloaded"
 
-    def __init__(self, upstream: str, max_requests: int) -> None:
-        super().__init__(f"{upstream} has {max_requests} requests in flight (max_requests)")
+    def __init__(self, upstream: str, detail: str) -> None:
+        super().__init__(detail)
         self.upstream = upstream
 
     def body(self) -> dict[str, str]:
@@ -128,23 +128,27 @@ class Overloaded(LoadBalancerError):
         return {"retry-after": "1"}
 
 
-class NoTargets(LoadBalancerError):
+class Overloaded(PoolUnavailable):
+    """A pool with ``max_requests`` in flight across the host (Envoy's circuit breaker):
+    answered at once, never queued; not counted against the pool's targets."""
+
+    error = "overloaded"
+
+    def __init__(self, upstream: str, max_requests: int) -> None:
+        detail = f"{upstream} has {max_requests} requests in flight (max_requests)"
+        super().__init__(upstream, detail)
+
+
+class NoTargets(PoolUnavailable):
     """A pool with no target to send to: every ``resolve`` entry of it found no address
     (NXDOMAIN or no record: a headless Service with no ready pod). Answered at once, not
     after a connect timeout, and not a proxy 502: nothing was tried."""
 
-    status = 503
     error = "no_targets"
 
     def __init__(self, upstream: str) -> None:
-        super().__init__(f"upstream {upstream!r} has no target: its names resolve to no address")
-        self.upstream = upstream
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.error, "upstream": self.upstream, "detail": self.detail}
-
-    def headers(self) -> dict[str, str] | None:
-        return {"retry-after": "1"}
+        detail = f"upstream {upstream!r} has no target: its names resolve to no address"
+        super().__init__(upstream, detail)
 
 
 class UpstreamError(LoadBalancerError):

@@ -3,24 +3,43 @@
 A factory rather than a module-level app, so that nothing is built at import time (workers
 import the package too, and tests build apps with their own settings), and so that a test
 can assemble an app from exactly the settings it needs.
+
+Every feature is a package with ``startup(app)`` (``service.features``): it builds its own
+objects in its listeners and registers what it shows. :data:`FEATURES` is the one list of
+them; adding a feature adds a line here.
 """
 
 from __future__ import annotations
 
 from sanic import Sanic
 
-from service import admission
-from service import cluster, errors, frontdoor, logs, metrics, pools, sharedmem, stats, transport
-from service import discovery
-from service import tls
-from service import reload
-from service.blueprints import health, heartbeat, proxy
-from service.blueprints import metrics as metrics_endpoint
-from service.blueprints import stats as stats_endpoint
-from service.blueprints import status as status_page
+from service import admission, blueprints, cluster, discovery, errors, frontdoor, logs, metrics
+from service import pools, reload, sharedmem, stats, tls, transport
 from service.context import WorkerContext
-from service.proxying.routing import Router
+from service.frontdoor import ClientAddresses
+from service.proxying import Router, response_timeout
 from service.settings import Settings
+
+# In this order their listeners run (before_server_stop's in reverse).
+FEATURES = (
+    sharedmem,  # the block, and this worker's row in it
+    metrics,  # the metrics store on that row
+    transport,  # one client per upstream
+    pools,  # pools over the row, and active health checks
+    discovery,  # with ;resolve targets: names looked up while serving, not before
+    stats,  # the /stats fan-out over clients and pools
+    cluster,  # with LB_CLUSTER_REDIS_URL: figures shared with other replicas
+    tls,  # with LB_TLS_CERT: each worker's context, its rotation, the redirect port
+    admission,  # rate limits and caps, at one gate
+    errors,  # Sanic's own errors in the proxy's JSON shape
+    frontdoor,  # strict heads, client limits, worker supervision, the drain
+    blueprints,  # the local endpoints, then the proxy's catch-all route
+    logs,  # the access log; request ids on the local routes (the proxy's own)
+    reload,  # last: SIGHUP and LB_CONFIG_WATCH swap what the features above built
+)
+
+# which settings each feature keeps as the host started with them (``service.reload``)
+RESTART_ONLY = tuple(rule for f in FEATURES if (rule := getattr(f, "RESTART_ONLY", None)))
 
 
 def create_app(settings: Settings, name: str | None = None) -> Sanic:
@@ -37,28 +56,11 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
         plan=plan,
         metrics_layout=metrics.reserve(plan, settings),
         pool_layout=pools.reserve(plan, settings),
-        discovery_layout=discovery.reserve(plan, settings),
+        client_addresses=ClientAddresses(settings.admission.trusted_proxies),
+        restart_only=RESTART_ONLY,
     )
-    # Each feature registers its own listeners; before_server_start runs them in this order.
-    sharedmem.startup(app)  # the block, and this worker's row in it
-    metrics.startup(app)  # the metrics store on that row
-    transport.startup(app)  # one client per upstream
-    pools.startup(app)  # pools over the row, and active health checks
-    discovery.startup(app)  # with ;resolve targets: names looked up while serving, not before
-    stats.startup(app)  # the /stats fan-out over clients and pools
-    cluster.startup(app)  # with LB_CLUSTER_REDIS_URL: figures shared with other replicas
-    tls.startup(app)  # with LB_TLS_CERT: each worker's context, its rotation, the redirect port
-    admission.startup(app)  # the real client address; rate limits and caps, at one gate
-    errors.startup(app)  # Sanic's own errors in the proxy's JSON shape
-    frontdoor.startup(app)  # strict heads, client limits, worker supervision, the drain
-    app.blueprint(health.bp)
-    app.blueprint(stats_endpoint.bp)
-    app.blueprint(metrics_endpoint.bp)
-    app.blueprint(heartbeat.bp)
-    app.blueprint(status_page.bp)
-    app.blueprint(proxy.bp)  # last: its catch-all route must not shadow the local endpoints
-    logs.startup(app)  # the access log; request ids on the local routes (the proxy's own)
-    reload.startup(app)  # last: SIGHUP and LB_CONFIG_WATCH swap what the features above built
+    for feature in FEATURES:
+        feature.startup(app)
     return app
 
 
@@ -66,7 +68,7 @@ def _configure(app: Sanic, settings: Settings) -> None:
     """Sanic's own limits where they are ours to set; the proxy enforces the body size."""
     app.config.AUTO_EXTEND = False
     app.config.REQUEST_TIMEOUT = 60
-    app.config.RESPONSE_TIMEOUT = settings.proxy.read_timeout + 30
+    app.config.RESPONSE_TIMEOUT = response_timeout(settings.proxy)
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 15.0
     app.config.REQUEST_MAX_HEADER_SIZE = 16 * 1024

@@ -12,7 +12,7 @@ from ipaddress import ip_network
 
 import pytest
 
-from service.admission.client import ClientAddresses, parse_address
+from service.frontdoor.client import ClientAddresses, parse_address
 from service.admission.layout import NEIGHBOURHOOD, TAT, AdmissionLayout
 from service.admission.lock import HostLock
 from service.admission.policy import compile_limits, key_hash, policy_item, route_plans

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.admission.policy import compile_limits, route_plans
+from service.factory import RESTART_ONLY
 from service.pools import Member, PoolLayout, SlotTable
 from service.reload import changes, resolved, targets
 from service.reload.region import MAX_TEXT_BYTES, ConfigLayout, ConfigRegion
@@ -97,14 +98,14 @@ def test_what_needs_a_restart_keeps_its_running_value_and_is_named() -> None:
     started = settings()
     text = "[server]\nport = 9000\nworkers = 3\nlog_format = 'json'\naccess_log = false\n"
     text += "[cluster]\nname = 'other'\n[resolver]\nmax_targets = 4\ntimeout = 1.0\n"
-    new, waiting = changes.running(settings(text + BASE), started)
+    new, waiting = changes.running(settings(text + BASE), started, RESTART_ONLY)
     assert waiting == (
         "LB_PORT", "LB_WORKERS", "LB_LOG_FORMAT", "LB_CLUSTER_NAME", "LB_RESOLVER_MAX_TARGETS",
     )  # fmt: skip
     assert (new.port, new.workers, new.log_format) == (7100, 1, "text")
     assert new.cluster == started.cluster and new.resolver.max_targets == 32
     assert new.access_log is False and new.resolver.timeout == 1.0  # these change live
-    assert changes.running(settings(), started) == (started, ())
+    assert changes.running(settings(), started, RESTART_ONLY) == (started, ())
 
 
 def test_the_summary_says_what_changed() -> None:
@@ -229,7 +230,7 @@ def test_admission_control_needs_a_restart_and_covers_a_reloaded_route() -> None
     extra += '[[routes]]\nprefix = "/extra"\nupstream = "extra"\n'
     limits = '[[limits]]\nname = "more"\nrate = "1/s"\n'
     text = limits + BASE + extra  # api's cap gone, a new pool with one, a new [[limits]]
-    new, waiting = changes.running(settings(text, LB_RATE_LIMIT="9/s"), started)
+    new, waiting = changes.running(settings(text, LB_RATE_LIMIT="9/s"), started, RESTART_ONLY)
     assert waiting == (
         "LB_RATE_LIMIT", "[[limits]]", "PARTS_API_MAX_REQUESTS", "PARTS_EXTRA_MAX_REQUESTS",
     )  # fmt: skip

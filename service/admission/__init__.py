@@ -1,8 +1,6 @@
-"""Admission control at the front door: who the client is, and whether it is let in.
+"""Admission control at the front door: whether a client is let in (who the client is, is
+the front door's: ``service.frontdoor.client``).
 
-- ``client``: the real client address (``LB_TRUSTED_PROXIES``: rightmost untrusted
-  ``X-Forwarded-For``), for the access log, ``X-Forwarded-For``, limits and
-  ``LB_ADMIN_ALLOW``;
 - ``policy``: the limits compiled once (``[[limits]]``, ``LB_RATE_LIMIT``), per route;
 - ``gate``: the one check on a request's path (GCRA rate limits, ``LB_MAX_CLIENT_REQUESTS``,
   pools' ``max_requests``), exact across the host's workers: the state lives in the shared
@@ -13,23 +11,23 @@
   ``LB_CLUSTER_REDIS_URL``, shares admissions with the other replicas (``sync``,
   ``sync_store``: the only modules that touch Redis, through ``service.redisconn``, imported
   only then);
-- ``report``: ``/stats``' ``limits``, ``/metrics``' counters, the status page's panel.
+- ``report``: ``/stats``' ``limits`` and the status page's panel; ``exposition``:
+  ``/metrics``' counters.
 
-``startup(app)`` sets the client-address resolver on the worker context at once (every
-feature may ask who the client is), reserves the block's regions when something is
-configured, and opens the gate in each worker. With nothing configured, nothing is reserved,
-``lb.gate`` stays None and the proxy's check is one attribute test.
+``startup(app)`` registers what admission shows, reserves the block's regions when
+something is configured, and opens the gate in each worker. With nothing configured,
+nothing is reserved, ``lb.gate`` stays None and the proxy's check is one attribute test.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import multiprocessing
+from dataclasses import dataclass
 
 from sanic import Sanic
 
-from service.admission.client import ClientAddresses, client_address
+from service.admission import exposition
+from service.admission.check import check_lines
 from service.admission.endpoints import admitted
 from service.admission.gate import Admission, Gate
 from service.admission.housekeeping import SWEEP_EVERY_S, Housekeeping
@@ -37,18 +35,19 @@ from service.admission.layout import IN_FLIGHT, PER_POOL, AdmissionLayout
 from service.admission.lock import HostLock
 from service.admission.policy import compile_limits, route_plans
 from service.admission.report import AdmissionView
+from service.admission.restart import RESTART_ONLY
 from service.admission.table import ClientTable, RateTable
 from service.settings import Settings
-from service.sharedmem import Lease, Plan
-from service.sharedmem.block import process_alive
+from service.background import Background
+from service.sharedmem import Lease, Plan, process_alive
 
 __all__ = [
+    "RESTART_ONLY",
     "Admission",
     "AdmissionView",
-    "ClientAddresses",
     "Gate",
     "admitted",
-    "client_address",
+    "check_lines",
     "reserve",
     "startup",
 ]
@@ -74,17 +73,29 @@ def reserve(plan: Plan, settings: Settings) -> AdmissionLayout | None:
     )
 
 
+@dataclass(eq=False)
+class _Running:
+    """What admission shows and runs in this worker, once built (before it serves)."""
+
+    view: AdmissionView | None = None
+    chores: Housekeeping | None = None
+    housekeeping: Background | None = None
+
+
 def startup(app: Sanic) -> None:
     lb = app.ctx.lb
     settings: Settings = lb.settings
-    lb.client_addresses = ClientAddresses(settings.admission.trusted_proxies)
     limits = compile_limits(settings)
     layout = reserve(lb.plan, settings)
+    running = _Running()
+    lb.show.section("limits", lambda: running.view.entry() if running.view else None)
+    lb.show.panel("limits_history", lambda: running.view.history() if running.view else [])
+    lb.show.metric_families(exposition.families, order=exposition.ORDER)
     if layout is None:
 
         @app.before_server_start
         async def report_nothing(app: Sanic) -> None:
-            app.ctx.lb.admission = AdmissionView(settings, limits, None, None, None)
+            running.view = AdmissionView(settings, limits, None, None, None)
 
         return
 
@@ -130,7 +141,7 @@ def startup(app: Sanic) -> None:
             send_fields=settings.admission.rate_limit_headers,
         )
         view = AdmissionView(settings, limits, layout, block, table)
-        lb.admission = view
+        running.view = view
         sync = None
         if layout.cluster:
             # Imported here: a host without a cluster never loads redis-py.
@@ -149,26 +160,23 @@ def startup(app: Sanic) -> None:
                 lock=lock, table=table, limits=limits, totals=totals,
             )  # fmt: skip
         interval = settings.cluster.publish_interval if sync is not None else SWEEP_EVERY_S
-        lb.admission_chores = Housekeeping(
+        running.chores = Housekeeping(
             Lease(block, layout.lease), lock, table, limits, process_alive, sync, interval
         )
+        if limits:
+            running.housekeeping = Background(running.chores.run)
 
     @app.after_server_start
     async def start_housekeeping(app: Sanic) -> None:
-        lb = app.ctx.lb
-        if lb.admission.limits:
-            lb.admission_task = asyncio.create_task(lb.admission_chores.run())
+        if running.housekeeping is not None:
+            running.housekeeping.start()
 
     @app.before_server_stop
     async def stop_housekeeping(app: Sanic) -> None:
-        task = app.ctx.lb.admission_task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if running.housekeeping is not None:
+            await running.housekeeping.stop()
 
     @app.after_server_stop
     async def close_sync(app: Sanic) -> None:
-        sync = app.ctx.lb.admission_chores.sync
-        if sync is not None:
-            await sync.aclose()
+        if running.chores is not None and running.chores.sync is not None:
+            await running.chores.sync.aclose()

@@ -21,7 +21,7 @@ from typing import Any
 
 from sanic import Request
 
-from service.admission.client import ClientAddresses
+from service.frontdoor.client import ClientAddresses
 from service.admission.layout import (
     ADMITTED,
     FACTOR,
@@ -99,13 +99,9 @@ class Gate:
         send_fields: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.mem = mem
-        self.layout = layout
-        self.lock = lock
-        self.table = table
-        self.clients = clients
-        self.plans = plans
-        self.limits = tuple(limits)
+        self.mem, self.layout, self.lock = mem, layout, lock  # the block, and its host lock
+        self.table, self.clients = table, clients  # the shared tables of keys and clients
+        self.plans, self.limits = plans, tuple(limits)
         self.pool_names = tuple(pool_names)
         self.client_addresses = client_addresses
         self.column = column

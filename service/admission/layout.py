@@ -76,11 +76,8 @@ class AdmissionLayout:
     def __init__(
         self, plan: Plan, *, limits: int, pools: int, keys: int, client_slots: int, cluster: bool
     ) -> None:
-        self.limits = limits
-        self.pools = pools
-        self.keys = keys
-        self.client_slots = client_slots
-        self.cluster = cluster
+        self.limits, self.pools, self.keys = limits, pools, keys
+        self.client_slots, self.cluster = client_slots, cluster
         self.rows = plan.rows
         counted = limits + 1  # and LB_MAX_CLIENT_REQUESTS' refusals
         self.window = window_ring(PER_LIMIT * counted)

@@ -1,5 +1,5 @@
-"""What admission shows: ``/stats``' ``load-balancer.limits``, the figures ``/metrics``
-exports, and the status page's panel and chart, all read from the shared block (every
+"""What admission shows: ``/stats``' ``load-balancer.limits`` (which ``exposition`` maps to
+``/metrics``), and the status page's panel and chart, all read from the shared block (every
 worker's row summed, the shared tables read without the lock: a report may be a request
 behind, never wrong for longer).
 """
@@ -11,32 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.admission.layout import (
-    ADMITTED,
-    FACTOR,
-    H_DRY,
-    H_LIMITED,
-    H_OVERLOADED,
-    HISTORY,
-    IN_FLIGHT,
-    LIMITED,
-    MODE,
-    MODE_DEGRADED,
-    MODE_OK,
-    MODE_STARTING,
-    OVERLOADED,
-    PER_LIMIT,
-    PER_POOL,
-    REASON_AT,
-    REASON_BYTES,
-    REPLICAS,
-    SHARED_KEYS,
-    SYNCED_AT,
-    UNSHARED_KEYS,
-    WINDOW_S,
-    AdmissionLayout,
-)
-from service.admission.policy import CLIENT_LIMIT, Limit
+from service.admission.layout import ADMITTED, FACTOR, H_DRY, H_LIMITED, H_OVERLOADED, HISTORY
+from service.admission.layout import IN_FLIGHT, LIMITED, MODE, MODE_DEGRADED, MODE_OK, MODE_STARTING
+from service.admission.layout import OVERLOADED, PER_LIMIT, PER_POOL, REASON_AT, REASON_BYTES
+from service.admission.layout import REPLICAS, SHARED_KEYS, SYNCED_AT, UNSHARED_KEYS, WINDOW_S
+from service.admission.layout import AdmissionLayout
+from service.admission.policy import Limit
 from service.admission.table import RateTable
 from service.settings import Settings
 from service.sharedmem import SharedBlock
@@ -256,19 +236,6 @@ class AdmissionView:
         if cluster is not None:
             entry["cluster"] = cluster
         return entry
-
-    def metrics(self) -> tuple[dict[str, int], dict[str, int]]:
-        """``lb_limited_requests_total`` by limit (the cluster's, with a cluster: like every
-        figure of /metrics then) and ``lb_overloaded_requests_total`` by pool (this host's:
-        pools are per host)."""
-        entry = self.entry()
-        limited = {
-            name: (item.get("cluster") or item)["limited"] for name, item in entry["rate"].items()
-        }
-        if self.settings.admission.max_client_requests:
-            limited[CLIENT_LIMIT] = entry["max_client_requests"]["limited"]
-        overloaded = {name: pool["overloaded"] for name, pool in entry["pools"].items()}
-        return limited, overloaded
 
     def history(self) -> list[Entry]:
         """The status page's chart: per complete 5 s bucket of the last 15 minutes, limited,

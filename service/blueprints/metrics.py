@@ -10,7 +10,7 @@ upstream's ``/stats`` key (``stats_key="blog_service"``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -23,6 +23,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
 from service.access import admin_only
+from service.features import Families
 from service.settings import Upstream
 from service.stats import Report, build_report
 from service.logs import answered_here
@@ -34,14 +35,10 @@ class ReportCollector:
     """A prometheus_client collector over one report."""
 
     def __init__(
-        self,
-        report: Report,
-        upstreams: tuple[Upstream, ...],
-        admission: tuple[dict[str, int], dict[str, int]] = ({}, {}),
+        self, report: Report, upstreams: tuple[Upstream, ...], families: Sequence[Families] = ()
     ) -> None:
-        """``admission``: requests limited by limit and overloaded by pool
-        (``AdmissionView.metrics``)."""
-        self._admission = admission
+        """``families``: the features' (``service.features.Show``), written after these."""
+        self._families = families
         self._report = report
         self._snap = report.snapshot
         self._services = report.services
@@ -106,113 +103,8 @@ class ReportCollector:
             online = entry.get("service_status") == "online" or entry.get("status") == "healthy"
             up.add_metric([upstream.name, upstream.stats_key], 1.0 if online else 0.0)
         yield up
-        if self._report.tls is not None:
-            expiry = GaugeMetricFamily(
-                "lb_tls_certificate_expiry_seconds",
-                "Seconds until the served TLS certificate expires (negative: expired).",
-                labels=["subject"],
-            )
-            expiry.add_metric([self._report.tls["subject"]], self._report.tls["expires_in_s"])
-            yield expiry
-        yield from self._targets()
-        yield from self._config()
-        yield from self._discovery()
-        yield from self._admitted()
-
-    def _admitted(self) -> Iterator[Metric]:
-        limited_by, overloaded_by = self._admission
-        limited = CounterMetricFamily(
-            "lb_limited_requests",
-            "Requests over a rate limit (answered 429; a dry-run limit's would-be 429s) or over "
-            'LB_MAX_CLIENT_REQUESTS (limit="max_client_requests").',
-            labels=["limit"],
-        )
-        for name, count in limited_by.items():
-            limited.add_metric([name], count)
-        overloaded = CounterMetricFamily(
-            "lb_overloaded_requests",
-            "Requests answered 503 because the pool had max_requests in flight (this host).",
-            labels=["upstream"],
-        )
-        for name, count in overloaded_by.items():
-            overloaded.add_metric([name], count)
-        yield from (limited, overloaded)
-
-    def _config(self) -> Iterator[Metric]:
-        config = self._report.config
-        if config is None:
-            return
-        yield GaugeMetricFamily(
-            "lb_config_generation",
-            "Generation of the configuration this worker runs (1 at start, +1 per reload "
-            "that changed it).",
-            config["generation"],
-        )
-        reloads = CounterMetricFamily(
-            "lb_config_reloads",
-            "Reloads of the configuration file on this host, by result: applied, unchanged "
-            "(the file was already running), failed (nothing changed).",
-            labels=["result"],
-        )
-        for result, count in config["reloads"].items():
-            reloads.add_metric([result], count)
-        yield reloads
-        yield GaugeMetricFamily(
-            "lb_config_last_reload_successful",
-            "0 while the last reload failed (see /stats load-balancer.config.last_error).",
-            0.0 if config["last_error"] else 1.0,
-        )
-
-    def _targets(self) -> Iterator[Metric]:
-        labels = ["upstream", "target"]
-        up = GaugeMetricFamily(
-            "lb_target_up",
-            "1 if the target is in rotation and its last contact (a proxied request, an active "
-            "check or a /stats call) succeeded; 0 if it failed or never happened.",
-            labels=labels,
-        )
-        outstanding = GaugeMetricFamily(
-            "lb_target_outstanding", "Requests in flight to the target.", labels=labels
-        )
-        requests = CounterMetricFamily(
-            "lb_target_requests", "Attempts sent to the target.", labels=labels
-        )
-        failures = CounterMetricFamily("lb_target_failures", "Failed attempts.", labels=labels)
-        for name, pool in self._pools.items():
-            for target in pool["targets"]:
-                key = [name, target["url"]]
-                live = target["state"] == "up" and target.get("reachable") is True
-                up.add_metric(key, 1.0 if live else 0.0)
-                outstanding.add_metric(key, target["outstanding"])
-                requests.add_metric(key, target["requests"])
-                failures.add_metric(key, target["failures"])
-        yield from (up, outstanding, requests, failures)
-
-    def _discovery(self) -> Iterator[Metric]:
-        """DNS discovery, per pool with ``;resolve`` entries (none without them)."""
-        lookups = CounterMetricFamily(
-            "lb_discovery_lookups",
-            "DNS lookups of the pool's resolve entries, by result (ok, nxdomain, nodata, "
-            "timeout, servfail, refused, no_servers, error).",
-            labels=["upstream", "result"],
-        )
-        targets = GaugeMetricFamily(
-            "lb_discovery_targets",
-            "Targets the pool has from its resolve entries now.",
-            labels=["upstream"],
-        )
-        for name, pool in self._pools.items():
-            entries = pool.get("discovery")
-            if not entries:
-                continue
-            totals: dict[str, int] = {}
-            for entry in entries:
-                for result, count in entry["lookups"].items():
-                    totals[result] = totals.get(result, 0) + count
-            for result, count in totals.items():
-                lookups.add_metric([name, result], count)
-            targets.add_metric([name], sum(len(entry["addresses"]) for entry in entries))
-        yield from (lookups, targets)
+        for families in self._families:
+            yield from families(self._report)
 
 
 def _bound(bound: float) -> str:
@@ -226,5 +118,6 @@ async def metrics(request: Request) -> HTTPResponse:
     registry = CollectorRegistry(auto_describe=False)
     lb = request.app.ctx.lb
     report = await build_report(lb)
-    registry.register(ReportCollector(report, lb.settings.upstreams, lb.admission.metrics()))
+    families = lb.show.ordered_families()
+    registry.register(ReportCollector(report, lb.settings.upstreams, families))
     return raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

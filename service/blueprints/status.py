@@ -67,7 +67,7 @@ async def data(request: Request) -> HTTPResponse:
     lb = request.app.ctx.lb
     report = await build_report(lb, history=True)
     return raw(
-        orjson.dumps(status_document(report, time.time(), lb.admission.history())),
+        orjson.dumps(status_document(report, time.time(), lb.show.panels)),
         content_type="application/json",
         headers={"cache-control": "no-store"},
     )

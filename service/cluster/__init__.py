@@ -18,15 +18,32 @@ emptied only makes ``/stats`` say ``cluster.status: "degraded"`` until it is bac
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sanic import Sanic
 
-from service.metrics import HostFigures
-from service.sharedmem import LEASE_WIDTH, Lease
-from service.sharedmem.block import process_alive
+from service.background import Background
+from service.features import Entry, RestartOnly
+from service.metrics import HostFigures, Snapshot
+from service.sharedmem import LEASE_WIDTH, Lease, process_alive
+
+if TYPE_CHECKING:  # imported when a cluster is configured: redis-py comes with them
+    from service.cluster.publisher import Publisher
+    from service.cluster.view import ClusterView
+
+
+# its Redis connection and its lease in the block are made at start-up
+RESTART_ONLY = RestartOnly(sections=("cluster",))
+
+
+@dataclass(eq=False)
+class _Running:
+    """This worker's part of the cluster, once built (before the server starts)."""
+
+    view: ClusterView
+    publisher: Publisher
+    publishing: Background
 
 
 def startup(app: Sanic) -> None:
@@ -35,6 +52,12 @@ def startup(app: Sanic) -> None:
     if not settings.redis_url:
         return
     lease_region = lb.plan.shared(LEASE_WIDTH)  # reserved at build time, like every feature
+    running: list[_Running] = []  # this worker's, once built
+
+    async def read(history: bool) -> tuple[Snapshot, Entry]:
+        return await running[0].view.read(lb.metrics, history=history)
+
+    lb.show.figures_from("cluster", read)
 
     @app.before_server_start
     async def open_cluster(app: Sanic) -> None:
@@ -53,33 +76,28 @@ def startup(app: Sanic) -> None:
         def figures() -> HostFigures:
             return add_target_figures(lb.metrics.figures(), lb.pools)
 
-        lb.cluster = ClusterView(store, settings, replica, figures)
-
         def history() -> list[Any]:
             own = lb.metrics.snapshot(history=True).history
             return own.to_wire() if own is not None else []
 
-        lb.cluster_publisher = Publisher(
+        publisher = Publisher(
             store, settings, Lease(block, lease_region), replica, block.started_wall,
             figures, process_alive, history,
         )  # fmt: skip
+        view = ClusterView(store, settings, replica, figures)
+        running.append(_Running(view, publisher, Background(publisher.run)))
 
     @app.after_server_start
     async def start_publishing(app: Sanic) -> None:
-        lb = app.ctx.lb
-        lb.cluster_task = asyncio.create_task(lb.cluster_publisher.run())
+        running[0].publishing.start()
 
     @app.before_server_stop
     async def stop_publishing(app: Sanic) -> None:
-        lb = app.ctx.lb
-        if lb.cluster_task is not None:
-            lb.cluster_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lb.cluster_task
+        await running[0].publishing.stop()
         # The last requests' figures, so the cluster's totals include them after we are gone.
-        if lb.cluster_publisher.holds_lease():
-            await lb.cluster_publisher.publish_once()
+        if running[0].publisher.holds_lease():
+            await running[0].publisher.publish_once()
 
     @app.after_server_stop
     async def close_cluster(app: Sanic) -> None:
-        await app.ctx.lb.cluster.aclose()
+        await running.pop().view.aclose()

@@ -14,21 +14,19 @@ runs on a request's path.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import Any
 
 from sanic import Sanic
 
+from service.discovery import exposition
+from service.discovery.build import Discovery, build_discovery
+from service.discovery.check import check_lines
 from service.discovery.entries import Entry, entries_of
-from service.discovery.refresher import Refresher, describe
 from service.discovery.resolver import RESULTS, Lookup, Resolver
-from service.discovery.state import DiscoveryLayout, DiscoveryState
-from service.pools import Pool
+from service.discovery.state import DiscoveryLayout
+from service.features import RestartOnly
 from service.settings import Settings
 from service.sharedmem import Plan
-from service.sharedmem.block import process_alive
 
 __all__ = [
     "RESULTS",
@@ -37,10 +35,16 @@ __all__ = [
     "Entry",
     "Lookup",
     "Resolver",
+    "build_discovery",
+    "check_lines",
     "entries_of",
     "reserve",
     "startup",
 ]
+
+
+# the records' size in the shared block (how many addresses an entry may bring)
+RESTART_ONLY = RestartOnly(fields=(("resolver", "max_targets"),))
 
 
 def reserve(plan: Plan, settings: Settings) -> DiscoveryLayout:
@@ -48,49 +52,33 @@ def reserve(plan: Plan, settings: Settings) -> DiscoveryLayout:
     return DiscoveryLayout(plan, len(entries_of(settings)))
 
 
-@dataclass(eq=False)
-class Discovery:
-    """This worker's discovery: the entries, their shared records, and the refresher."""
-
-    entries: Sequence[Entry]
-    state: DiscoveryState
-    refresher: Refresher
-    task: asyncio.Task[None] | None = None
-
-    def describe(self, pools: Mapping[str, Pool]) -> dict[str, list[dict[str, object]]]:
-        """``{pool: [entry, ...]}`` for ``/stats``: each entry's name and the addresses this
-        worker's pool holds from it, with the shared record's figures."""
-        out: dict[str, list[dict[str, object]]] = {}
-        for entry in self.entries:
-            pool = pools.get(entry.pool)
-            targets = pool.targets if pool is not None else ()
-            addresses = [urlsplit(t.url).hostname or "" for t in targets if t.origin == entry.host]
-            out.setdefault(entry.pool, []).append(describe(entry, self.state, addresses))
-        return out
-
-
 def startup(app: Sanic) -> None:
+    lb = app.ctx.lb
+    lb.discovery_layout = reserve(lb.plan, lb.settings)
+    lb.show.metric_families(exposition.families, order=exposition.ORDER)
+
+    def add_entries(pools: dict[str, dict[str, Any]]) -> None:
+        """Each pool's ``discovery``: its entries, and the addresses they brought."""
+        if lb.discovery is not None:
+            for name, entries in lb.discovery.describe(lb.pools).items():
+                pools[name]["discovery"] = entries
+
+    lb.show.pool_detail(add_entries)
+
     @app.before_server_start
     async def open_discovery(app: Sanic) -> None:
         lb = app.ctx.lb
-        entries = entries_of(lb.settings)
-        if not entries:
-            return
-        state = DiscoveryState(lb.row.block, lb.discovery_layout)
-        refresher = Refresher(
-            entries, Resolver(lb.settings.resolver), state, lb.slots, lb.settings.resolver,
-            process_alive,
+        lb.discovery = build_discovery(
+            entries_of(lb.settings), lb.settings.resolver,
+            block=lb.row.block, layout=lb.discovery_layout, table=lb.slots,
         )  # fmt: skip
-        lb.discovery = Discovery(entries, state, refresher)
 
     @app.after_server_start
     async def start_lookups(app: Sanic) -> None:
-        discovery = app.ctx.lb.discovery
-        if discovery is not None:
-            discovery.task = asyncio.create_task(discovery.refresher.run())
+        if app.ctx.lb.discovery is not None:
+            app.ctx.lb.discovery.start()
 
     @app.before_server_stop
     async def stop_lookups(app: Sanic) -> None:
-        discovery = app.ctx.lb.discovery
-        if discovery is not None and discovery.task is not None:
-            discovery.task.cancel()
+        if app.ctx.lb.discovery is not None:
+            app.ctx.lb.discovery.cancel()

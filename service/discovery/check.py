@@ -8,7 +8,14 @@ import asyncio
 
 from service.discovery.entries import entries_of
 from service.discovery.resolver import NO_ADDRESS, OK, Lookup, Resolver
+from service.features import CheckLines
 from service.settings import Settings
+
+ORDER = 20  # last: after admission's lines
+
+
+def check_lines(settings: Settings) -> CheckLines:
+    return CheckLines(lines=tuple(check_names(settings).splitlines()), order=ORDER)
 
 
 def check_names(settings: Settings) -> str:

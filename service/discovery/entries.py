@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from urllib.parse import urlsplit
 
-from service.pools.slots import ORDER_STEP, Member
+from service.pools import ORDER_STEP, Member
 from service.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """Looking the names up while serving, once per host, and writing the answers to the slot table.
 
-Every worker runs :meth:`Refresher.run`; only the one holding the discovery lease looks names
+Every worker takes :meth:`Refresher.turn`; only the one holding the discovery lease looks names
 up (another takes over within a lease term if it dies). An entry is due again after the
 lower of ``LB_RESOLVER_VALID`` and its records' TTL, never under 1 s; its due time is in the
 shared block, so a new holder carries on the same pace. An answer is applied to the slot
@@ -27,7 +27,7 @@ from service.discovery.state import (
     TTL,
     DiscoveryState,
 )
-from service.pools.slots import SlotsExhausted, SlotTable
+from service.pools import SlotsExhausted, SlotTable
 from service.settings import ResolverSettings
 
 TICK_S = 0.1  # how often a worker looks at the lease and at what is due
@@ -47,26 +47,24 @@ class Refresher:
         settings: ResolverSettings,
         alive: Callable[[int], bool],
     ) -> None:
-        self._entries = entries
-        self._resolver = resolver
-        self._state = state
-        self._table = table
-        self._settings = settings
+        self._entries, self._resolver, self._settings = entries, resolver, settings
+        self._state, self._table = state, table  # the records, and the slots they fill
         self._alive = alive
         self._pid = os.getpid()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
 
-    async def run(self) -> None:
-        while True:
-            if self._state.hold_lease(self._pid, LEASE_TERM_S, self._alive):
-                now = self._state.clock()
-                for entry in self._entries:
-                    due = self._state.get(entry.number, DUE_AT) <= now
-                    if due and entry.number not in self._in_flight:
-                        task = asyncio.create_task(self.refresh(entry))
-                        self._in_flight[entry.number] = task
-                        task.add_done_callback(lambda _, n=entry.number: self._in_flight.pop(n))
-            await asyncio.sleep(TICK_S)
+    def turn(self) -> None:
+        """One look (every :data:`TICK_S`, ``service.discovery.build``): if this worker holds
+        the lease, a lookup for every entry that is due and not being looked up."""
+        if not self._state.hold_lease(self._pid, LEASE_TERM_S, self._alive):
+            return
+        now = self._state.clock()
+        for entry in self._entries:
+            due = self._state.get(entry.number, DUE_AT) <= now
+            if due and entry.number not in self._in_flight:
+                task = asyncio.create_task(self.refresh(entry))
+                self._in_flight[entry.number] = task
+                task.add_done_callback(lambda _, n=entry.number: self._in_flight.pop(n))
 
     async def refresh(self, entry: Entry) -> Lookup:
         """Look ``entry`` up now and apply what came back."""

@@ -1,5 +1,8 @@
 """The front door: what stands between the internet and the proxy.
 
+- ``client``: who the client is: the TCP peer, or behind ``LB_TRUSTED_PROXIES`` the
+  rightmost untrusted ``X-Forwarded-For`` address (the access log, ``X-Forwarded-For``,
+  rate limits and ``LB_ADMIN_ALLOW`` all ask it).
 - ``head``: the strict grammar of a request head and a chunk-size line (RFC 9110/9112).
 - ``strict_http``: Sanic's ``Http`` with that check run first and a deadline on the head.
 - ``protocol``: the server protocol using it, with a per-worker connection cap, and
@@ -21,12 +24,18 @@ import asyncio
 
 from sanic import Sanic
 
+from service.features import RestartOnly
 from service.frontdoor import liveness
+from service.frontdoor.client import ClientAddresses, client_address
 from service.frontdoor.protocol import FrontDoorApp, FrontDoorProtocol
 from service.frontdoor.supervision import stop_once_on_signal, supervise
 from service.sharedmem import SharedBlock
 
-__all__ = ["FrontDoorApp", "FrontDoorProtocol", "startup"]
+__all__ = ["ClientAddresses", "FrontDoorApp", "FrontDoorProtocol", "client_address", "startup"]
+
+
+# the main process's watch over the workers, set up as they start
+RESTART_ONLY = RestartOnly(fields=(("frontdoor", "worker_stall_timeout"),))
 
 
 def startup(app: Sanic) -> None:

@@ -13,8 +13,6 @@ their id from ``service.errors``' handlers through :func:`request_id_of`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -25,6 +23,7 @@ from sanic import HTTPResponse, Request, Sanic
 from service.logs.access import AccessLog, Answered, log_request
 from service.logs.config import log_config
 from service.logs.request_id import HEADER, RequestIds, current, is_sane
+from service.settings import Settings
 
 Handler = Callable[..., Awaitable[HTTPResponse]]
 
@@ -34,11 +33,10 @@ __all__ = [
     "RequestIds",
     "answered_here",
     "begin_request",
-    "close_access_log",
+    "build_access_log",
     "is_sane",
     "log_config",
     "log_request",
-    "open_access_log",
     "request_id_of",
     "startup",
 ]
@@ -62,39 +60,35 @@ def request_id_of(request: Request) -> str:
 
 def startup(app: Sanic) -> None:
     """The access log's life (its lines come from ``proxy()`` and ``answered_here``)."""
-    lb = app.ctx.lb
 
-    if lb.settings.access_log:
+    @app.before_server_start
+    async def open_access_log(app: Sanic) -> None:
+        lb = app.ctx.lb
+        lb.access_log = build_access_log(lb.settings, lb.client_addresses.of)
 
-        @app.before_server_start
-        async def open_access_log_at_start(app: Sanic) -> None:
-            open_access_log(app)
+    @app.after_server_start
+    async def start_flushing(app: Sanic) -> None:
+        if app.ctx.lb.access_log is not None:  # as a reload before serving left it
+            app.ctx.lb.access_log.start()
 
     @app.after_server_stop
-    async def close_access_log_at_stop(app: Sanic) -> None:
-        await close_access_log(app)
+    async def close_access_log(app: Sanic) -> None:
+        if app.ctx.lb.access_log is not None:
+            app.ctx.lb.access_log.cancel()
 
 
-def open_access_log(app: Sanic) -> None:
-    """Start writing access lines (at start-up, or when a reload turns the log on)."""
-    lb = app.ctx.lb
-    if lb.access_log is None:
-        lb.access_log = AccessLog(lb.settings.log_format, client_address=lb.client_addresses.of)
-        app.ctx.access_flusher = asyncio.create_task(lb.access_log.flush_periodically())
-
-
-async def close_access_log(app: Sanic) -> None:
-    """Stop writing access lines, the last ones flushed (at stop, or turned off by a reload)."""
-    lb = app.ctx.lb
-    flusher = getattr(app.ctx, "access_flusher", None)
-    app.ctx.access_flusher = None
-    access_log, lb.access_log = lb.access_log, None
-    if flusher is not None:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-    if access_log is not None:
-        access_log.flush()
+def build_access_log(
+    settings: Settings,
+    client_address: Callable[[Request], str],
+    previous: AccessLog | None = None,
+) -> AccessLog | None:
+    """The access log ``LB_ACCESS_LOG`` asks for (at start-up, or at a reload: the one
+    written so far, while it stays on); None when it is off."""
+    if not settings.access_log:
+        return None
+    if previous is not None:
+        return previous
+    return AccessLog(settings.log_format, client_address=client_address)
 
 
 def answered_here(handler: Handler) -> Handler:

@@ -16,7 +16,6 @@ and must not wait for a flush.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -26,6 +25,8 @@ from typing import BinaryIO, NamedTuple, Protocol
 
 import orjson
 from sanic import Request
+
+from service.background import Background
 
 error_log = logging.getLogger("service.proxy")
 LOGGER = "service.access"
@@ -63,7 +64,7 @@ class AccessLog:
         flush_interval: float = 0.25,
         client_address: Callable[[Request], str] | None = None,
     ) -> None:
-        """``client_address``: who the client is (``service.admission.client``: the peer,
+        """``client_address``: who the client is (``service.frontdoor.client``: the peer,
         or behind LB_TRUSTED_PROXIES the address they name); the TCP peer when None."""
         self._client = client_address
         self._json = log_format == "json"
@@ -74,6 +75,7 @@ class AccessLog:
         self._pid = os.getpid()
         self._second = -1
         self._stamp = ""
+        self._flushing = Background.every(lambda: self.flush_interval, self.flush)
 
     def write(self, request: Request, done: Finished, duration_s: float) -> None:
         route, target, status, size = done.route, done.target, done.status, done.size
@@ -123,10 +125,14 @@ class AccessLog:
         except (OSError, ValueError):  # a closed pipe must not take the worker down
             pass
 
-    async def flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            self.flush()
+    def start(self) -> None:
+        """Flush every ``flush_interval`` from now on (the worker serves)."""
+        self._flushing.start()
+
+    def cancel(self) -> None:
+        """No more periodic flushes; what is written so far goes out now."""
+        self._flushing.cancel()
+        self.flush()
 
 
 def _json(value: str) -> str:

@@ -1,5 +1,6 @@
 """What is measured and where it is kept: the sample and its classification (``sample``),
-the store protocol and snapshot (``store``), the shared-memory backend (``shared``).
+the store protocol (``protocol``) and the snapshot (``store``), the shared-memory backend
+(``shared``).
 
 ``startup(app)`` opens this worker's store on its row of the shared block.
 """
@@ -12,7 +13,8 @@ from service.metrics.figures import HostFigures, merge, to_snapshot
 from service.metrics.sample import LOCAL, RequestSample, is_real_api_traffic
 from service.metrics.shared import MetricsLayout, SharedMemoryStore
 from service.metrics.history import History
-from service.metrics.store import WINDOW_S, MetricsStore, Snapshot
+from service.metrics.protocol import MetricsStore
+from service.metrics.store import WINDOW_S, Snapshot
 from service.settings import Settings
 from service.sharedmem import Plan
 

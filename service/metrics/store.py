@@ -1,24 +1,15 @@
-"""The narrow seam between whoever records figures and whoever reads them.
+"""What a reader of the figures gets: the :class:`Snapshot`, and the histogram's bins.
 
-Callers see three things: a :class:`~service.metrics.sample.RequestSample` (one finished
-request), the :class:`MetricsStore` protocol (``record``, heartbeat calls, ``snapshot``) and
-the :class:`Snapshot` it returns. The shared-memory store (``service.metrics.shared``) is
-the one backend today; another can replace it behind the same protocol without touching a
-caller.
+The store's protocol (``service.metrics.protocol``) returns it; ``service.metrics.figures``
+computes it from the raw figures of one host or several.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
 from service.metrics.history import History
-from service.metrics.sample import RequestSample
-
-if TYPE_CHECKING:
-    from service.metrics.figures import HostFigures
 
 WINDOW_S = 10.0
 
@@ -83,31 +74,3 @@ class Snapshot:
             if seen >= rank:
                 return bin_value(index) * 1000.0
         return bin_value(HIST_BINS - 1) * 1000.0
-
-
-class MetricsStore(Protocol):
-    """Where measurements go; one instance per worker, all of them seeing the same totals.
-
-    ``record`` and the heartbeat calls are O(1) and never block on another worker;
-    ``snapshot`` reads everything every worker recorded, and with ``history=True`` also
-    the last 15 minutes (:class:`~service.metrics.history.History`).
-    """
-
-    def record(self, sample: RequestSample) -> None: ...
-
-    def heartbeat(self) -> None: ...
-
-    def socket_opened(self) -> None: ...
-
-    def socket_closed(self) -> None: ...
-
-    def snapshot(self, *, history: bool = False) -> Snapshot: ...
-
-    def name_routes(self, names: Sequence[str]) -> None:
-        """Routes a reload added (in an order every worker shares): counted from now on."""
-        ...
-
-    def figures(self) -> HostFigures:
-        """The additive raw figures the snapshot is computed from, for other hosts to merge
-        (``service.metrics.figures``)."""
-        ...

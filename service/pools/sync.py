@@ -10,7 +10,6 @@ only reads its pool's ``targets`` tuple, replaced whole.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
@@ -37,12 +36,9 @@ class TargetSync:
         """``keep(pool, member)``: whether the configuration this worker runs names the
         member (``service.reload``: a target a new file adds is in the table a moment before
         every worker runs that file, and one it drops stays a moment after); None: all."""
-        self._keep = keep
-        self._table = table
-        self._pools = pools
-        self._state = state
-        self._row = row
-        self._on_removed = on_removed
+        self._table, self._row = table, row  # what is followed, and where it is said so
+        self._pools, self._state = pools, state
+        self._keep, self._on_removed = keep, on_removed
         self.generation = -1  # the table generation this worker's pools are built on
 
     def apply(self) -> bool:
@@ -71,14 +67,13 @@ class TargetSync:
         for pool, url in self._table.reclaim(state.lifetime, state.outstanding_in, state.clear):
             log.info("upstream %s target %s drained; its slot is free", pool, url)
 
-    async def run(self) -> None:
-        while True:
-            try:
-                self.apply()
-                self.reclaim()
-            except TimeoutError as exc:  # the table's lock: try again next turn
-                log.warning("target slots: %s", exc)
-            await asyncio.sleep(INTERVAL_S)
+    def turn(self) -> None:
+        """One look at the table (every :data:`INTERVAL_S`, ``service.pools.build``)."""
+        try:
+            self.apply()
+            self.reclaim()
+        except TimeoutError as exc:  # the table's lock: try again next turn
+            log.warning("target slots: %s", exc)
 
 
 def _same(targets: tuple[Target, ...], members: tuple[Member, ...]) -> bool:

@@ -14,7 +14,7 @@ import httpx
 from sanic import Request
 from sanic.exceptions import PayloadTooLarge
 
-from service.admission.client import client_address
+from service.frontdoor.client import client_address
 from service.errors import BodyTooLarge, classify
 from service.pools import Target
 from service.proxying.headers import upstream_request_fields

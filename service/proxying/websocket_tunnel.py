@@ -24,7 +24,7 @@ from sanic import Request
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from service.admission.client import client_address
+from service.frontdoor.client import client_address
 from service.errors import classify
 from service.proxying.headers import (
     client_response_fields,

@@ -17,28 +17,38 @@ every worker applies the published generation before serving and follows it whil
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sanic import Sanic
 
 from service import handover
-from service.reload import signals
+from service.reload import exposition, signals
 from service.reload.region import ConfigLayout, ConfigRegion
 from service.reload.worker import ConfigReload
-from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, STARTUP_FILE_ENV
+from service.settings import CONFIG_ENV, DEFAULTS_FILE, STARTUP_FILE_ENV
 from service.sharedmem import LEASE_WIDTH, Lease, SharedBlock
 
 __all__ = ["ConfigRegion", "ConfigReload", "startup"]
+
+
+@dataclass(eq=False)
+class _Running:
+    """This worker's reloading, once it is built (before the server starts)."""
+
+    reload: ConfigReload | None = None
+    remove_handler: Callable[[], None] | None = None
 
 
 def startup(app: Sanic) -> None:
     lb = app.ctx.lb
     layout = ConfigLayout(lb.plan)  # reserved at build time, like every feature's
     lease_region = lb.plan.shared(LEASE_WIDTH)
-    remove_handler: list[Callable[[], None]] = []
+    running = _Running()
+    lb.show.section("config", lambda: running.reload.describe() if running.reload else None)
+    lb.show.metric_families(exposition.families, order=exposition.ORDER)
 
     @app.main_process_start
     async def take_sighup(app: Sanic) -> None:
@@ -65,26 +75,21 @@ def startup(app: Sanic) -> None:
         region = ConfigRegion(block, layout, getattr(app.shared_ctx, "block_lock", None))
         source = lb.settings.source
         path = Path(source.path if source else os.environ.get(CONFIG_ENV) or DEFAULTS_FILE)
-        lb.reload = ConfigReload(
+        running.reload = ConfigReload(
             app, region, Lease(block, lease_region), lb.slots, path, os.environ
         )
-        lb.reload.start()
-        remove_handler.append(signals.in_worker(asyncio.get_running_loop(), region))
+        running.reload.start()
+        running.remove_handler = signals.in_worker(asyncio.get_running_loop(), region)
 
     @app.after_server_start
     async def start_following(app: Sanic) -> None:
-        app.ctx.lb.reload.task = asyncio.create_task(app.ctx.lb.reload.run())
+        if running.reload is not None:
+            running.reload.following.start()
 
     @app.before_server_stop
     async def stop_following(app: Sanic) -> None:
-        while remove_handler:
-            remove_handler.pop()()
-        task = app.ctx.lb.reload.task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    @app.after_server_stop
-    async def close_retired_clients(app: Sanic) -> None:
-        await app.ctx.lb.reload.retirements.aclose()
+        if running.remove_handler is not None:
+            running.remove_handler()
+            running.remove_handler = None
+        if running.reload is not None:
+            await running.reload.following.stop()

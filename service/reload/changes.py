@@ -1,69 +1,55 @@
 """What a new file changes, and what of it must wait for a restart.
 
 Settings that the running host cannot take while serving are kept as the host started with
-them and named in the log line ("needs a restart"): the listening address and port and the
-worker count (Sanic has bound the socket and started the processes), the log format (every
-logger was configured at start), the cluster (its Redis connection and its lease in the
-shared block), TLS (the listening socket's context), the main process's stall watch
-(``LB_WORKER_STALL_TIMEOUT``), the sizes of the shared block
-(``LB_RESOLVER_MAX_TARGETS``), and admission control (``[[limits]]``, ``LB_RATE_LIMIT`` and
-the rest of its section, each pool's ``MAX_REQUESTS``): its tables and counters are laid out
-in the block at start-up. Everything else is taken as the file (and the environment) now
-say; a route a reload adds is covered by the limits the host started with
-(``service.admission.replan``).
+them and named in the log line ("needs a restart"): the server's (the listening address and
+port and the worker count: Sanic has bound the socket and started the processes; the log
+format: every logger was configured at start), and each feature's, as it declares them in
+its ``RESTART_ONLY`` (``service.features.RestartOnly``, gathered by
+``service.factory.RESTART_ONLY``): the cluster (its Redis connection and its lease in the
+shared block), TLS (the listening socket's context), DNS discovery's block size
+(``LB_RESOLVER_MAX_TARGETS``), admission control (its tables and counters are laid out in
+the block at start-up), the main process's stall watch (``LB_WORKER_STALL_TIMEOUT``).
+Everything else is taken as the file (and the environment) now say.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
-from service.settings import Settings
-from service.settings.model import VARIABLES
+from service.features import RestartOnly
+from service.settings import VARIABLES, Settings
 
 SERVER_RESTART_ONLY = ("port", "workers", "host", "log_format")
-# whole sections: the cluster (its Redis connection, its lease in the block) and TLS (the
-# listening socket's context, its rotation and redirect listener, the upstreams' CA)
-SECTIONS_RESTART_ONLY = ("cluster", "tls", "admission")
-# single fields: a size of the shared block; the main process's watch over the workers
-FIELDS_RESTART_ONLY = (("resolver", "max_targets"), ("frontdoor", "worker_stall_timeout"))
 
 
-def running(new: Settings, started: Settings) -> tuple[Settings, tuple[str, ...]]:
+def running(
+    new: Settings, started: Settings, rules: Sequence[RestartOnly]
+) -> tuple[Settings, tuple[str, ...]]:
     """``new`` with every restart-only setting as ``started`` has it, and the variables of
-    those whose value ``new`` would change (in the order of ``--help``)."""
+    those whose value ``new`` would change: the server's, then the features' (``rules``,
+    in the order they are listed: whole sections, then single fields, then the rest)."""
+    sections = [section for rule in rules for section in rule.sections]
+    fields = [item for rule in rules for item in rule.fields]
     waiting = [_variable("server", k) for k in SERVER_RESTART_ONLY if _differs(new, started, k)]
-    for section in SECTIONS_RESTART_ONLY:
+    for section in sections:
         before, after = getattr(started, section), getattr(new, section)
         waiting += [_variable(section, key) for key in _changed_keys(before, after)]
-    for section, key in FIELDS_RESTART_ONLY:
+    for section, key in fields:
         if getattr(getattr(new, section), key) != getattr(getattr(started, section), key):
             waiting.append(_variable(section, key))
-    if new.limits != started.limits:
-        waiting.append("[[limits]]")
-    upstreams, caps_changed = _pool_caps_as_started(new, started)
-    waiting += caps_changed
     kept: dict[str, Any] = {key: getattr(started, key) for key in SERVER_RESTART_ONLY}
-    kept.update({section: getattr(started, section) for section in SECTIONS_RESTART_ONLY})
-    for section, key in FIELDS_RESTART_ONLY:
+    kept.update({section: getattr(started, section) for section in sections})
+    for section, key in fields:
         part = kept.get(section, getattr(new, section))
         kept[section] = dataclasses.replace(part, **{key: getattr(getattr(started, section), key)})
-    kept.update(limits=started.limits, upstreams=upstreams)
-    return dataclasses.replace(new, **kept), tuple(waiting)
-
-
-def _pool_caps_as_started(new: Settings, started: Settings) -> tuple[tuple[Any, ...], list[str]]:
-    """``new``'s upstreams with each pool's ``max_requests`` as the host started with it (0
-    for a pool it did not start with: its counters are not in the block), and the variables
-    of those that differ."""
-    caps = {u.name: u.max_requests for u in started.upstreams}
-    upstreams, waiting = [], []
-    for upstream in new.upstreams:
-        cap = caps.get(upstream.name, 0)
-        if upstream.max_requests != cap:
-            waiting.append(f"{upstream.url_env.removesuffix('_URL')}_MAX_REQUESTS")
-        upstreams.append(dataclasses.replace(upstream, max_requests=cap))
-    return tuple(upstreams), waiting
+    settings = dataclasses.replace(new, **kept)
+    for rule in rules:
+        if rule.keep is not None:
+            settings, more = rule.keep(settings, started)
+            waiting += more
+    return settings, tuple(waiting)
 
 
 def _differs(new: Settings, started: Settings, key: str) -> bool:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from service.features import RestartOnly
 from service.pools import SlotTable
 from service.reload import changes, resolved, targets
 from service.reload.region import ConfigRegion
@@ -47,13 +48,13 @@ class Leader:
         started: Settings,
         path: Path,
         env: Mapping[str, str],
+        rules: Sequence[RestartOnly],
     ) -> None:
-        """``started``: the settings the host started with (its restart-only values)."""
-        self._region = region
-        self._table = table
-        self._started = started
-        self._path = path
-        self._env = env
+        """``started``: the settings the host started with (its restart-only values, as
+        ``rules`` name them)."""
+        self._region, self._table = region, table
+        self._started, self._path, self._env = started, path, env
+        self._rules = rules
         self._watch = ContentWatch(path)
         self._next_look = 0.0
         self._sighup: Settling | None = None  # a SIGHUP waiting for the file to settle
@@ -85,7 +86,7 @@ class Leader:
                 self._region.unchanged()
                 log.info("configuration reload (%s): the file is unchanged", trigger)
                 return False
-            settings, waiting = changes.running(new, self._started)
+            settings, waiting = changes.running(new, self._started, self._rules)
             resolved.entries_for(settings, self._started)  # a new ;resolve entry: a restart
             targets.claim(self._table, settings)
         except Exception as exc:  # whatever went wrong, the file is refused and reload goes on

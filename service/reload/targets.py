@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from service.discovery import Entry, entries_of
-from service.pools import Member, SlotsExhausted, SlotTable
-from service.pools.slots import ORDER_STEP
+from service.pools import ORDER_STEP, Member, SlotsExhausted, SlotTable, settled
 from service.settings import Settings, SettingsError
 
 RELEASE_AFTER_S = 5.0  # a worker that has not applied a generation by then is not waited for
@@ -76,7 +75,7 @@ def claim(table: SlotTable, settings: Settings) -> None:
 def release_unnamed(table: SlotTable, settings: Settings) -> list[tuple[str, str]]:
     """Release every member ``settings`` does not name; ``(pool, url)`` of each."""
     keep = keep_for(settings)
-    snapshot = _snapshot(table)
+    snapshot = settled(table)
     released = []
     with table.change() as change:
         for pool, members in snapshot.items():
@@ -89,7 +88,7 @@ def release_unnamed(table: SlotTable, settings: Settings) -> list[tuple[str, str
 def members_for(table: SlotTable, settings: Settings) -> dict[str, tuple[Member, ...]]:
     """Every pool of ``settings`` with the members it names, as the table holds them now."""
     keep = keep_for(settings)
-    snapshot = _snapshot(table)
+    snapshot = settled(table)
     return {
         u.name: tuple(m for m in snapshot.get(u.name, ()) if keep(u.name, m))
         for u in settings.upstreams
@@ -97,14 +96,4 @@ def members_for(table: SlotTable, settings: Settings) -> dict[str, tuple[Member,
 
 
 def _members(table: SlotTable) -> dict[str, set[str]]:
-    return {pool: {m.url for m in members} for pool, members in _snapshot(table).items()}
-
-
-def _snapshot(table: SlotTable, tries: int = 100) -> dict[str, tuple[Member, ...]]:
-    """The table's members as of one generation (a writer in another process is done in
-    microseconds; one that stays at it is reported rather than waited for for ever)."""
-    for _ in range(tries):
-        snapshot = table.snapshot()
-        if snapshot is not None:
-            return snapshot[1]
-    raise TimeoutError("the target slot table was being written throughout the read")
+    return {pool: {m.url for m in members} for pool, members in settled(table).items()}

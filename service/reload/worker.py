@@ -11,7 +11,6 @@ published generation before it serves its first request.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -24,7 +23,7 @@ from sanic import Sanic
 
 from service.pools import SlotTable
 from service.reload import changes
-from service.reload.apply import Retirements, swap
+from service.reload.apply import swap
 from service.reload.leader import Leader
 from service.reload.region import (
     MAX_TEXT_BYTES,
@@ -33,10 +32,9 @@ from service.reload.region import (
     Published,
     RegionBusy,
 )
-from service.settings import Settings, SettingsError, load_settings
-from service.settings.model import ConfigSource
-from service.sharedmem import Lease
-from service.sharedmem.block import process_alive
+from service.background import Background
+from service.settings import ConfigSource, Settings, SettingsError, load_settings
+from service.sharedmem import Lease, process_alive
 
 log = logging.getLogger("service.reload")
 
@@ -46,7 +44,8 @@ QUIET_S = 60.0  # the same failure of the loop itself is logged at most this oft
 
 
 class ConfigReload:
-    """``app.ctx.lb.reload``."""
+    """This worker's reloading (``service.reload.startup`` holds it): it follows the
+    published generation, leads while it holds the lease, and describes what it runs."""
 
     def __init__(
         self,
@@ -65,12 +64,12 @@ class ConfigReload:
         self._env = env
         self.path = path
         self.started: Settings = lb.settings  # the restart-only values stay these
-        self._leader = Leader(region, table, self.started, path, env)
+        self._rules = lb.restart_only
+        self._leader = Leader(region, table, self.started, path, env, self._rules)
         source = self.started.source or ConfigSource(path=str(path), text="")
         self.runs = Published(0, source.text, source.sha256, lb.row.block.started_wall, ())
         self._outcomes = Outcomes(0, 0, 0, None, None)
-        self.retirements = Retirements()
-        self.task: asyncio.Task[None] | None = None  # run(), while the worker serves
+        self.following = Background.every(TICK_S, self.turn)  # while the worker serves
         self._pid = os.getpid()
         self._last_problem = ("", 0.0)
 
@@ -91,8 +90,8 @@ class ConfigReload:
             started = time.perf_counter()
             try:  # validated by the leader with the same text and env: a surprise if it fails
                 new = load_settings(env=self._env, text=published.text)
-                settings, _ = changes.running(new, self.started)
-                swap(self._app, settings, self.started, self.retirements, serving=serving)
+                settings, _ = changes.running(new, self.started, self._rules)
+                swap(self._app, settings, self.started, serving=serving)
             except Exception as exc:  # refused, said in /stats; not tried again every tick
                 reason = f"worker {self._pid} did not apply generation {published.generation}: "
                 expected = isinstance(exc, SettingsError)
@@ -110,24 +109,20 @@ class ConfigReload:
         self._region.applied(self._row, published.generation)
         return True
 
-    async def run(self) -> None:
-        """Forever: lead if this worker holds the lease, then follow. Nothing ends the
-        loop but its cancellation: a worker that stopped following would serve an old
-        generation for good, and a leader that stopped would end reloading for the host."""
-        while True:
-            try:
-                if self._lease.hold(self._pid, LEASE_TERM_S, process_alive):
-                    self._leader.turn(self._app.ctx.lb.settings, self.runs.generation)
-                self.follow()
-            except (RegionBusy, TimeoutError, OSError, ValueError) as exc:
-                if self._news(exc):
-                    log.warning("configuration reload: %s (tried again every %.1f s)", exc, TICK_S)
-            except Exception as exc:  # a surprise: logged with its traceback, then on
-                if self._news(exc):
-                    log.exception(
-                        "configuration reload: %s (tried again every %.1f s)", exc, TICK_S
-                    )
-            await asyncio.sleep(TICK_S)
+    def turn(self) -> None:
+        """Every :data:`TICK_S`: lead if this worker holds the lease, then follow. Nothing
+        escapes a turn: a worker that stopped following would serve an old generation for
+        good, and a leader that stopped would end reloading for the host."""
+        try:
+            if self._lease.hold(self._pid, LEASE_TERM_S, process_alive):
+                self._leader.turn(self._app.ctx.lb.settings, self.runs.generation)
+            self.follow()
+        except (RegionBusy, TimeoutError, OSError, ValueError) as exc:
+            if self._news(exc):
+                log.warning("configuration reload: %s (tried again every %.1f s)", exc, TICK_S)
+        except Exception as exc:  # a surprise: logged with its traceback, then on
+            if self._news(exc):
+                log.exception("configuration reload: %s (tried again every %.1f s)", exc, TICK_S)
 
     def _news(self, exc: Exception) -> bool:
         """Whether to log ``exc``: not the same failure again within :data:`QUIET_S`."""

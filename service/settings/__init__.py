@@ -2,10 +2,18 @@
 from TOML and the environment (``loading``), read once at start-up into one immutable value.
 """
 
-from service.settings.loading import CONFIG_ENV, SettingsError, load_settings
+from service.settings.loading import (
+    CONFIG_ENV,
+    DEFAULTS_FILE,
+    STARTUP_FILE_ENV,
+    SettingsError,
+    load_settings,
+)
 from service.settings.model import (
+    VARIABLES,
     ActiveHealth,
     ClusterSettings,
+    ConfigSource,
     FrontDoorSettings,
     HeartbeatSettings,
     PassiveHealth,
@@ -21,8 +29,12 @@ from service.settings.model import (
 
 __all__ = [
     "CONFIG_ENV",
+    "DEFAULTS_FILE",
+    "STARTUP_FILE_ENV",
+    "VARIABLES",
     "ActiveHealth",
     "ClusterSettings",
+    "ConfigSource",
     "FrontDoorSettings",
     "HeartbeatSettings",
     "PassiveHealth",

@@ -12,7 +12,14 @@ import multiprocessing
 
 from sanic import Sanic
 
-from service.sharedmem.block import MAX_WORKER_ROWS, Plan, Region, SharedBlock, WorkerRow
+from service.sharedmem.block import (
+    MAX_WORKER_ROWS,
+    Plan,
+    Region,
+    SharedBlock,
+    WorkerRow,
+    process_alive,
+)
 from service.sharedmem.lease import LEASE_WIDTH, Lease
 from service.sharedmem.rings import TimeRing
 
@@ -25,6 +32,7 @@ __all__ = [
     "SharedBlock",
     "TimeRing",
     "WorkerRow",
+    "process_alive",
     "startup",
 ]
 

@@ -8,13 +8,14 @@ payload; the Prometheus exposition maps the same report.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from service.metrics import WINDOW_S, Snapshot
-
-if TYPE_CHECKING:
-    from service.context import WorkerContext
+from service.features import Show
+from service.metrics import WINDOW_S, MetricsStore, Snapshot
+from service.pools import Pool, SlotTable
+from service.stats.fanout import StatsAggregator
 
 Entry = dict[str, Any]
 LIFTED = ("database", "cache")  # copied to the top level from the user_service entry
@@ -27,10 +28,9 @@ class Report:
     services: dict[str, Entry]  # stats key -> the service's entry (or its offline reason)
     draining: bool = False  # a graceful shutdown has begun: the process still serves
     pools_without_live_target: int = 0  # pools none of whose targets is in rotation and answering
-    cluster: Entry | None = None  # replicas and their status, when a cluster is configured
-    tls: Entry | None = None  # the served certificate, when LB_TLS_CERT is set
-    limits: Entry | None = None  # admission control: rate limits, caps (service.admission)
-    config: Entry | None = None  # the configuration this worker runs (service.reload)
+    # what the features show (``service.features.Show``), by key, in their order: cluster,
+    # tls, limits, config...
+    sections: dict[str, Entry] = field(default_factory=dict)
 
     def load_balancer_entry(self) -> Entry:
         """The ``load-balancer`` entry. The first seven keys are the contract's and do not
@@ -63,14 +63,7 @@ class Report:
             "draining": self.draining,
             "pools_without_live_target": self.pools_without_live_target,
         }
-        if self.cluster is not None:
-            entry["cluster"] = self.cluster
-        if self.tls is not None:
-            entry["tls"] = self.tls
-        if self.limits is not None:
-            entry["limits"] = self.limits
-        if self.config is not None:
-            entry["config"] = self.config
+        entry.update(self.sections)
         return entry
 
     def document(self) -> Entry:
@@ -84,18 +77,31 @@ class Report:
         return document
 
 
-async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
+class Serving(Protocol):
+    """What the report reads of a worker (``service.context.WorkerContext``)."""
+
+    aggregator: StatsAggregator
+    metrics: MetricsStore
+    pools: Mapping[str, Pool]
+    slots: SlotTable
+    draining: bool
+    show: Show
+
+
+async def build_report(lb: Serving, *, history: bool = False) -> Report:
     """Ask the services (in parallel, bounded) and read this host's figures, fresh;
     ``history``: with the last 15 minutes too (the status page's charts). The pools are
     described after the fan-out, so a target the fan-out just found dead shows so."""
-    if lb.cluster is None:
+    sections: dict[str, Entry] = {}
+    if lb.show.figures is None:
         services = await lb.aggregator.collect()
-        snapshot, cluster = lb.metrics.snapshot(history=history), None
+        snapshot = lb.metrics.snapshot(history=history)
     else:
         # With replicas: every replica's figures (one bounded Redis round trip) merged with
         # this host's, read while the services are asked.
-        services, (snapshot, cluster) = await asyncio.gather(
-            lb.aggregator.collect(), lb.cluster.read(lb.metrics, history=history)
+        key, read = lb.show.figures
+        services, (snapshot, sections[key]) = await asyncio.gather(
+            lb.aggregator.collect(), read(history)
         )
     pools = {name: pool.describe() for name, pool in lb.pools.items()}
     for name, entry in pools.items():  # what targets that left had counted stays counted
@@ -104,16 +110,14 @@ async def build_report(lb: WorkerContext, *, history: bool = False) -> Report:
             "targets": retired.targets, "requests": retired.requests,
             "failures": retired.failures,
         }  # fmt: skip
-    if lb.discovery is not None:
-        for name, entries in lb.discovery.describe(lb.pools).items():
-            pools[name]["discovery"] = entries
+    for add in lb.show.pool_details:
+        add(pools)
     dead = sum(not pool.has_live_target() for pool in lb.pools.values())
-    tls = lb.tls.describe() if lb.tls is not None else None
-    limits = lb.admission.entry()
-    config = lb.reload.describe() if lb.reload is not None else None
-    return Report(
-        snapshot, pools, services, lb.draining, dead, cluster, tls=tls, limits=limits, config=config
-    )
+    for key, read_section in lb.show.sections:
+        section = read_section()
+        if section is not None:
+            sections[key] = section
+    return Report(snapshot, pools, services, lb.draining, dead, sections)
 
 
 def _mean_ms(total_s: float, count: int) -> float:

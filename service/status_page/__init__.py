@@ -9,6 +9,7 @@ numbers, plus the history the charts draw.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,13 +41,14 @@ def load_assets() -> dict[str, Asset]:
 
 
 def status_document(
-    report: Report, generated_at: float, limits_history: list[dict[str, Any]] | None = None
+    report: Report, generated_at: float, panels: Iterable[tuple[str, Callable[[], Any]]] = ()
 ) -> dict[str, Any]:
     """What the page draws: ``/stats``' load-balancer entry (figures and pools), each
     service's reachability, and the history (``report`` must have been built with it);
-    ``limits_history``: the limited and overloaded requests' chart (service.admission)."""
+    ``panels``: the features' (``service.features.Show.panel``: admission's chart of limited
+    and overloaded requests)."""
     snapshot = report.snapshot
-    return {
+    document = {
         "generated_at": generated_at,
         "load-balancer": report.load_balancer_entry(),
         "responses_by_route": snapshot.by_route,
@@ -59,5 +61,6 @@ def status_document(
             for key, entry in report.services.items()
         },
         "history": snapshot.history.document() if snapshot.history is not None else None,
-        "limits_history": limits_history or [],
     }
+    document.update((key, read()) for key, read in panels)
+    return document

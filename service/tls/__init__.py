@@ -30,22 +30,28 @@ from dataclasses import dataclass
 from sanic import Sanic
 
 from service import handover
+from service.background import Background
+from service.features import CheckLines, RestartOnly
 from service.settings import Settings, SettingsError
 from service.sharedmem import LEASE_WIDTH, Lease
 from service.sharedmem.block import process_alive
-from service.tls import redirect
+from service.tls import exposition, redirect
 from service.tls.contexts import upstream_context
 
 # The certificate side (pair, rotation, loader) imports cryptography (~40 ms in every process,
 # workers included): it is imported only when LB_TLS_CERT is set.
 
-__all__ = ["check", "startup", "upstream_context"]
+__all__ = ["check", "check_lines", "startup", "upstream_context"]
 
 log = logging.getLogger("service.tls")
 
 # Seconds a worker stays the host's speaker for TLS (the one that logs) without renewing; it
 # renews on every look at the files (every second), so another takes over soon after it dies.
 SPEAKER_TERM = 3.0
+
+
+# the listening socket's context, its rotation and redirect listener, the upstreams' CA
+RESTART_ONLY = RestartOnly(sections=("tls",))
 
 
 def check(settings: Settings) -> None:
@@ -88,11 +94,23 @@ def check(settings: Settings) -> None:
         ) from None
 
 
+def check_lines(settings: Settings) -> CheckLines:
+    """``--check``'s line for the listener: the certificate, and the redirect port."""
+    tls = settings.tls
+    if not tls.enabled:
+        return CheckLines()
+    redirect = tls.http_redirect_port
+    line = f"tls: {tls.cert} (key {tls.key})" + (
+        f"; plain port {redirect} redirects to https" if redirect else ""
+    )
+    return CheckLines(listen=(line,))
+
+
 @dataclass(eq=False)
 class _WorkerTls:
     """What one worker runs for TLS besides the listener: the watch, the redirect port."""
 
-    watch: asyncio.Task[None] | None = None
+    watch: Background | None = None
     redirect: asyncio.Server | None = None
 
 
@@ -102,6 +120,8 @@ def startup(app: Sanic) -> None:
     if not (tls.enabled or not tls.upstream_verify):
         return
     speaker_region = lb.plan.shared(LEASE_WIDTH)  # which worker logs for the host
+    lb.show.section("tls", lambda: lb.tls.describe() if lb.tls is not None else None)
+    lb.show.metric_families(exposition.families, order=exposition.ORDER)
     if tls.enabled:
         from service.tls.loader import SettingsCertLoader
 
@@ -146,7 +166,9 @@ def startup(app: Sanic) -> None:
                 "TLS on port %s: serving %s, expires %s",
                 port, pair.subject, pair.not_after.strftime("%Y-%m-%d %H:%M:%S UTC"),
             )  # fmt: skip
-        running.watch = asyncio.create_task(lb.tls.watch(speaker))
+        certificate = lb.tls
+        running.watch = Background(lambda: certificate.watch(speaker))
+        running.watch.start()
         if tls.http_redirect_port:
             running.redirect = await redirect.listen(
                 host, tls.http_redirect_port, port, lambda: lb.draining,
@@ -156,9 +178,7 @@ def startup(app: Sanic) -> None:
     @app.before_server_stop
     async def stop_tls(app: Sanic) -> None:
         if running.watch is not None:
-            running.watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.watch
+            await running.watch.stop()
         if running.redirect is not None:
             running.redirect.close()
 

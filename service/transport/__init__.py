@@ -1,5 +1,6 @@
-"""Talking to upstreams: the HTTP/1.1 transport under httpx (``h1``) and one client per
-upstream per worker (``clients``).
+"""Talking to upstreams: the HTTP/1.1 transport under httpx (``h1``), one client per
+upstream per worker (``clients``), and the clients a reload replaced, closed once idle
+(``retiring``).
 
 ``startup(app)`` builds the clients before the worker serves, so every request of a worker
 reuses the same connection pools, and closes them after it stops.
@@ -9,22 +10,10 @@ from __future__ import annotations
 
 from sanic import Sanic
 
-from service.transport.clients import (
-    UpstreamClients,
-    build_client,
-    connections_in_use,
-    limits_of,
-)
+from service.transport.clients import UpstreamClients, build_client, limits_of
 from service.transport.h1 import H1Transport
 
-__all__ = [
-    "H1Transport",
-    "UpstreamClients",
-    "build_client",
-    "connections_in_use",
-    "limits_of",
-    "startup",
-]
+__all__ = ["H1Transport", "UpstreamClients", "build_client", "limits_of", "startup"]
 
 
 def startup(app: Sanic) -> None:

@@ -10,7 +10,7 @@ another one, for the benchmarks.
 from __future__ import annotations
 
 import ssl
-from collections.abc import ItemsView
+from collections.abc import Callable, ItemsView
 from http.cookiejar import Cookie, CookieJar
 from typing import Any
 
@@ -18,6 +18,7 @@ import httpx
 from service.settings import ProxySettings, Settings, Upstream
 from service.tls.contexts import upstream_context
 from service.transport.h1 import H1Transport
+from service.transport.retiring import Retiring
 
 
 class _JarThatKeepsNothing(CookieJar):
@@ -105,13 +106,6 @@ class _ProxyClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
-def connections_in_use(client: httpx.AsyncClient) -> int:
-    """Connections of ``client`` busy with an exchange now (0 on another transport): a client
-    a reload replaced is closed once this is 0."""
-    transport = getattr(client, "_upstream_transport", None)
-    return transport.connections_in_use() if isinstance(transport, H1Transport) else 0
-
-
 def limits_of(proxy: ProxySettings) -> httpx.Limits:
     return httpx.Limits(
         max_connections=proxy.max_connections,
@@ -155,6 +149,8 @@ class UpstreamClients:
             self.ssl_context: ssl.SSLContext | None = kept.ssl_context
         else:
             self.ssl_context = upstream_context(settings.tls) if https else None
+        # clients replaced by earlier reloads, still finishing their exchanges
+        self._retiring = previous._retiring if previous is not None else Retiring()
         reuse = kept._clients if kept is not None else {}
         self._clients = {
             u.name: reuse.get(u.name)
@@ -179,6 +175,17 @@ class UpstreamClients:
             for url in urls:
                 transport.retire(url)
 
+    def retire(self, previous: UpstreamClients, urls_of: Callable[[str], list[str]]) -> None:
+        """After a reload: every client of ``previous`` that these do not keep has the idle
+        connections of its targets (``urls_of(name)``) closed now, and is closed once its
+        last exchange has ended."""
+        for name, client in previous.items():
+            if self._clients.get(name) is not client:
+                previous.forget(name, urls_of(name))
+                self._retiring.close_when_idle(client)
+
     async def aclose(self) -> None:
+        """At the worker's stop: these clients, and the retired ones still waiting."""
+        await self._retiring.aclose()
         for client in self._clients.values():
             await client.aclose()
