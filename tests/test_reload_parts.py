@@ -260,7 +260,7 @@ def test_any_exception_while_loading_is_a_refused_file_and_the_leader_goes_on(
     path = tmp_path / "lb.toml"
     path.write_text(BASE)
     region.start(BASE, read_file(path).sha256, 0.0)
-    leader = leading.Leader(region, table, start, path, {})
+    leader = leading.Leader(region, table, start, path, {}, RESTART_ONLY)
 
     def broken(**_: object) -> Settings:
         raise RuntimeError("a surprise in the loader")
@@ -292,7 +292,7 @@ def test_sighup_waits_for_the_file_to_settle(tmp_path: Path) -> None:
     path = tmp_path / "lb.toml"
     path.write_text(BASE)
     region.start(BASE, read_file(path).sha256, 0.0)
-    leader = Leader(region, table, start, path, {})
+    leader = Leader(region, table, start, path, {}, RESTART_ONLY)
     half = BASE.replace("10.0.0.9", "10.0.0.8")  # a file that loads, its end still to come
     final = half + '\n[[routes]]\nprefix = "/more"\nupstream = "api"\n'
 
