@@ -54,6 +54,7 @@ from bench.harness import (
     launch_lb,
     machine_load,
     median,
+    micro_calls,
     parse_wrk,
     print_pairs,
     print_runs_table,
@@ -63,6 +64,7 @@ from bench.harness import (
     save,
     side_by_side,
     start_nginx,
+    warm,
     wrk_argv,
 )
 from tests.support import REPO
@@ -123,7 +125,7 @@ def admit_micro() -> dict[str, float]:
             if decided is not None:
                 decided.release()
 
-        number = 50_000
+        number = micro_calls(50_000)
         runs = timeit.repeat(decide, number=number, repeat=5, timer=time.process_time)
         out[label] = min(runs) / number * 1e6  # CPU time: robust to a busy machine
     return out
@@ -290,7 +292,7 @@ def bench_keys(procs: Processes, tmp: Path, seconds: float, pin: bool) -> dict[s
         procs, name="keys", app="service.app:app", workers=2,
         env=bench_env(urls, {"LB_CONFIG": str(config)}),
     )  # fmt: skip
-    run_wrk(lb.url + "/api/x", 2, 16, pin)  # warm-up: pools, first-request costs
+    warm(lb.url + "/api/x", 16, pin)  # warm-up: pools, first-request costs
     rss_before, pss_before = lb.rss_kib(), pss_kib(lb.proc.pid)
     script = tmp / "keys.lua"
     script.write_text(KEYS_LUA)

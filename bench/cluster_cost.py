@@ -52,6 +52,7 @@ from bench.harness import (
     save,
     side_by_side,
     start_nginx,
+    warm,
 )
 from tests.support.redis import RedisServer
 
@@ -169,7 +170,7 @@ def _bench(
         f"{'on' if procs.pin else 'off'}; {machine_load()}"
     )
     for case in (base, cluster, control):
-        run_wrk(case.url, 2, args.connections, procs.pin)  # warm-up
+        warm(case.url, args.connections, procs.pin)  # warm-up
 
     results: dict[str, Any] = {}
     print("\nRedis commands per second from one host (the 'on' load balancer, 1 worker):")

@@ -41,14 +41,15 @@ from bench.harness import (
     launch_lb,
     machine_load,
     median,
+    micro_calls,
     print_pairs,
     print_runs_table,
     record_profile,
     run_bench,
-    run_wrk,
     save,
     side_by_side,
     start_nginx_ports,
+    warm,
 )
 
 
@@ -81,7 +82,7 @@ def pool_micro() -> dict[str, float]:
             pool.started(target)
             pool.finished(target, 0.004, failed=False)
 
-        number = 50_000
+        number = micro_calls(50_000)
         out[label] = min(timeit.repeat(decide, number=number, repeat=5)) / number * 1e6
     return out
 
@@ -121,7 +122,7 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
         f"interleaved, 1 worker, pinning {'on' if procs.pin else 'off'}; {machine_load()}"
     )
     for case in cases:  # warm-up here, so that the /stats counts below cover measured runs only
-        run_wrk(case.url, 2, args.connections, procs.pin)
+        warm(case.url, args.connections, procs.pin)
     before = {case.label: targets_of(case.lb) for case in cases}
     results = interleaved(
         cases, repeats=args.repeats, duration=args.duration, connections=args.connections,

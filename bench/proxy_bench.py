@@ -64,8 +64,8 @@ from bench.harness import (
     print_profile,
     pss_kib,
     record_profile,
-    run_wrk,
     start_nginx,
+    warm,
 )
 
 
@@ -210,7 +210,7 @@ def main() -> int:
                 f"{args.repeats} repeats, pinning {pinning}"
             )
             for case in cases:  # warm-up: pools filled, first-request costs paid
-                run_wrk(case.url, 2, args.connections, pin)
+                warm(case.url, args.connections, pin)
             results: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
             for rep in range(args.repeats):
                 for case in cases:

@@ -47,10 +47,10 @@ from bench.harness import (
     percentile,
     print_pairs,
     run_bench,
-    run_wrk,
     save,
     side_by_side,
     start_nginx_ports,
+    warm,
 )
 from tests.support import UpstreamServer, open_fds, rss_kib
 
@@ -296,7 +296,7 @@ def bench_reload(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
             )  # fmt: skip
             cases.append((Case(label, balancer), file))
         for case, _ in cases:
-            run_wrk(case.url, 2, args.connections, procs.pin)  # warm-up
+            warm(case.url, args.connections, procs.pin)  # warm-up
         (base, _), (reloaded, reloaded_file) = cases[0], cases[1]
         stop = threading.Event()
 
