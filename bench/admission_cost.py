@@ -261,7 +261,7 @@ def bench_replicas(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any
             out[label] = {"admitted": admitted, "expected": expected}
         redis.stop()
         time.sleep(1.0)
-        alone = flood(a.url, "127.0.0.20", "/api/x", rate=2 * rate, seconds=5, connections=2)
+        alone = flood(a.url, "127.0.0.20", "/api/x", rate=2 * rate, seconds=seconds, connections=2)
         expected = burst + rate / 2 * alone.span_s
         mode = stats_limits(a)["cluster"]
         print(
@@ -296,9 +296,7 @@ def bench_keys(procs: Processes, tmp: Path, seconds: float, pin: bool) -> dict[s
     rss_before, pss_before = lb.rss_kib(), pss_kib(lb.proc.pid)
     script = tmp / "keys.lua"
     script.write_text(KEYS_LUA)
-    argv = wrk_argv(lb.url + "/api/k", seconds, 64, pin)
-    argv[argv.index("-t1")] = "-t2"
-    argv[-1:-1] = ["-s", str(script)]
+    argv = wrk_argv(lb.url + "/api/k", seconds, 64, pin, threads=2, script=str(script))
     print(
         f"\nkeys: 2 workers, limit per X-Api-Key {rate}/s burst {burst}, table "
         f"{stats_limits(lb)['table']['keys']:,} keys; wrk -t2 -c64 -d{seconds:g}s, a new key per "
@@ -314,12 +312,14 @@ def bench_keys(procs: Processes, tmp: Path, seconds: float, pin: bool) -> dict[s
 
     thread = threading.Thread(target=heavy_hitter)
     started = time.monotonic()
-    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wrk = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     time.sleep(1.0)
     thread.start()
     samples = []
     while wrk.poll() is None:
-        time.sleep(5)
+        time.sleep(min(5.0, seconds / 3))
         samples.append((time.monotonic() - started, lb.rss_kib()))
     output = wrk.stdout.read() if wrk.stdout else ""
     thread.join()
@@ -451,9 +451,9 @@ def bench_admission(args: argparse.Namespace, procs: Processes, tmp: Path, stamp
         document["cost"] = bench_cost(args, procs, tmp)
     document["workers"] = bench_workers(procs, tmp, args.exact_seconds)
     if args.replicas:
-        document["replicas"] = bench_replicas(procs, tmp, 10.0)
+        document["replicas"] = bench_replicas(procs, tmp, args.replica_seconds)
     if args.keys:
-        document["keys_in_process"] = million_keys_in_process()
+        document["keys_in_process"] = million_keys_in_process(micro_calls(1_000_000))
         document["keys"] = bench_keys(procs, tmp, args.keys_seconds, procs.pin)
     save("admission", stamp, document)
 
@@ -466,7 +466,13 @@ def main() -> int:
     parser.add_argument("--replicas", action="store_true", help="also two replicas on Redis")
     parser.add_argument("--keys", action="store_true", help="also the flood of distinct keys")
     parser.add_argument("--keys-seconds", type=float, default=60.0, help="its length (60)")
-    return run_bench("admission", parser.parse_args(), bench_admission)
+    parser.add_argument(
+        "--replica-seconds", type=float, default=10.0, help="each replicas' flood (10)"
+    )
+    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0,
+             "exact_seconds": 1.0, "replicas": True, "replica_seconds": 1.0, "keys": True,
+             "keys_seconds": 3.0}  # fmt: skip
+    return run_bench("admission", parser.parse_args(), bench_admission, smoke)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from bench.harness import (
     add_run_options,
     bench_env,
     bench_parser,
+    check_frames,
     frame_shares,
     get_json,
     interleaved,
@@ -92,7 +93,19 @@ def targets_of(lb: LoadBalancer) -> list[dict[str, Any]]:
     return document["load-balancer"]["upstreams"]["api-gateway"]["targets"]
 
 
+# py-spy frames of balancing: name -> ``[Class].function (path`` (checked at start-up)
+PROFILE_FRAMES = {
+    "Pool.choose": "Pool.choose (service/pools/pool.py",
+    "pick": ".pick (service/pools/balancing.py",
+    "  _usable (available targets)": "_usable (service/pools/balancing.py",
+    "  LeastRequest._two (random draws)": "_two (service/pools/balancing.py",
+    "Pool.started": "Pool.started (service/pools/pool.py",
+    "Pool.finished": "Pool.finished (service/pools/pool.py",
+}
+
+
 def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
+    check_frames(PROFILE_FRAMES)
     print("in-process cost of one balancing decision, choose + started + finished (best of 5):")
     micro = pool_micro()
     for name, us in micro.items():
@@ -167,14 +180,7 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
         print_pairs(cases[0], cases[1:], pairs)
     shares: dict[str, dict[str, float]] = {}
     if args.profile:
-        frames = {
-            "Pool.choose": "Pool.choose (service/pool.py",
-            "pick": ".pick (service/balancing.py",
-            "  _usable (available targets)": "_usable (service/balancing.py",
-            "  LeastRequest._two (random draws)": "_two (service/balancing.py",
-            "Pool.started": "Pool.started (service/pool.py",
-            "Pool.finished": "Pool.finished (service/pool.py",
-        }
+        frames = PROFILE_FRAMES
         for case in (cases[0], cases[1]):
             print(f"\nprofile of {case.label}, 1 worker (py-spy, Python frames):")
             raw = record_profile(
@@ -182,6 +188,8 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
                 seconds=max(int(args.duration), 5), connections=args.connections, pin=procs.pin,
                 native=False, formats=("raw",),
             )  # fmt: skip
+            if raw is None:
+                continue
             shares[case.label] = frame_shares(raw, frames)
             print(
                 f"  {shares[case.label]['samples']:.0f} samples; inclusive share of the worker's "
@@ -220,7 +228,9 @@ def main() -> int:
     parser.add_argument(
         "--profile", action="store_true", help="then py-spy the single-target and pool LBs"
     )
-    return run_bench("pools", parser.parse_args(), bench_pools)
+    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0,
+             "profile": True}  # fmt: skip
+    return run_bench("pools", parser.parse_args(), bench_pools, smoke)
 
 
 if __name__ == "__main__":
