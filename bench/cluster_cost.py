@@ -188,23 +188,24 @@ def _bench(
     assert source is not None
     results["redis_ops"] = {"idle": idle, "loaded": loaded, "load_rps": loaded_run["run"].rps}
 
+    calls, spaced = args.stats_calls, max(args.stats_calls // 10, 1)
     print(
-        "\nGET /stats latency (default cache TTL 1 s): 300 calls one after another (most find"
-        "\nthe other replicas' documents unchanged: parsed once), then 30 calls 0.3 s apart"
+        f"\nGET /stats latency (default cache TTL 1 s): {calls} calls one after another (most find"
+        f"\nthe other replicas' documents unchanged: parsed once), then {spaced} calls 0.3 s apart"
         "\n(each after a new publication of every fake replica: parsed and merged every time):"
     )
     latency = {
-        "no cluster": stats_latency(off.url, 300),
+        "no cluster": stats_latency(off.url, calls),
         # the same spacing as the cold reads below: the fan-out cache (1 s) misses as often
-        "no cluster, spaced": stats_latency(off.url, 30, gap_s=0.3),
+        "no cluster, spaced": stats_latency(off.url, spaced, gap_s=0.3),
     }
     print(f"  one replica's document: {len(source):,} bytes (right after the load, full window)")
     for replicas in (2, 8):
         fakes = FakeReplicas(client, source, replicas - 1)
         try:
             fakes.wait_live(on.url, replicas)
-            latency[f"{replicas} replicas"] = stats_latency(on.url, 300)
-            latency[f"{replicas} replicas, cold"] = stats_latency(on.url, 30, gap_s=0.3)
+            latency[f"{replicas} replicas"] = stats_latency(on.url, calls)
+            latency[f"{replicas} replicas, cold"] = stats_latency(on.url, spaced, gap_s=0.3)
         finally:
             fakes.close()
     for label, figures in latency.items():
@@ -274,7 +275,12 @@ def main() -> int:
     parser = bench_parser(__doc__)
     add_run_options(parser, duration=5.0, repeats=2, what="Redis up/down alternation")
     parser.set_defaults(pair_repeats=3)
-    return run_bench("cluster", parser.parse_args(), bench_cluster)
+    parser.add_argument(
+        "--stats-calls", type=int, default=300, help="GET /stats back to back (300; a tenth spaced)"
+    )
+    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0,
+             "stats_calls": 20}  # fmt: skip
+    return run_bench("cluster", parser.parse_args(), bench_cluster, smoke)
 
 
 if __name__ == "__main__":
