@@ -202,7 +202,7 @@ def reloads_in_a_row(
     took = []
     names = ("new", "old")
     try:
-        for i in range(20):
+        for i in range(min(20, reloads)):  # warm-up
             generation += 1
             reload(lb, path, files[names[i % 2]], generation, 2)
         time.sleep(1.0)
@@ -343,7 +343,8 @@ def main() -> int:
     parser.add_argument("--pair-repeats", type=int, default=2, help="side-by-side repeats (2)")
     parser.add_argument("--reloads", type=int, default=200, help="reloads in a row, 0: skip (200)")
     parser.add_argument("--control", action="store_true", help="add an A/A pair (no reloads)")
-    return run_bench("reload", parser.parse_args(), bench_reload)
+    smoke = {"switches": 2, "duration": 1.0, "pair_repeats": 1, "reloads": 2, "control": True}
+    return run_bench("reload", parser.parse_args(), bench_reload, smoke)
 
 
 if __name__ == "__main__":
