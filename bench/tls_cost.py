@@ -45,6 +45,7 @@ from bench.harness import (
     run_bench,
     save,
     side_by_side,
+    require,
     start_nginx,
     wait_http,
 )
@@ -141,11 +142,13 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
 
     plain = Case("lb http", balancer("http", tls=False))
     secure = Case("lb https", balancer("https", tls=True))
-    nginx_tls, nginx_plain = start_nginx_front(procs, tmp, upstream, cert, key)
-    fronts = [Case("nginx https", nginx_tls), Case("nginx http", nginx_plain)]  # type: ignore[arg-type]
+    fronts = []
+    print(f"lb https: {negotiated(secure.lb.url, trust)}")
+    if require("nginx"):  # a smoke run without nginx measures the load balancer alone
+        nginx_tls, nginx_plain = start_nginx_front(procs, tmp, upstream, cert, key)
+        fronts = [Case("nginx https", nginx_tls), Case("nginx http", nginx_plain)]  # type: ignore[arg-type]
+        print(f"nginx https: {negotiated(nginx_tls.url, trust)}")
     cases = [plain, secure, *fronts]
-    print(f"lb https: {negotiated(secure.lb.url, trust)}; nginx https: "
-          f"{negotiated(nginx_tls.url, trust)}")  # fmt: skip
 
     print(f"\n{args.repeats} interleaved runs of {args.duration:g} s, /api/x (11 bytes), "
           f"{args.connections} keep-alive connections:")  # fmt: skip
@@ -173,13 +176,14 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
             plain, [secure], repeats=args.pair_repeats, duration=args.pair_duration,
             connections=args.connections, pin=procs.pin,
         ))  # fmt: skip
-        pairs.update(side_by_side(
-            fronts[0], [Case("lb https vs nginx", secure.lb)],  # type: ignore[list-item]
-            repeats=args.pair_repeats, duration=args.pair_duration,
-            connections=args.connections, pin=procs.pin,
-        ))  # fmt: skip
         print_pairs(plain, [secure], pairs)
-        print_pairs(fronts[0], [Case("lb https vs nginx", secure.lb)], pairs)
+        if fronts:
+            pairs.update(side_by_side(
+                fronts[0], [Case("lb https vs nginx", secure.lb)],  # type: ignore[list-item]
+                repeats=args.pair_repeats, duration=args.pair_duration,
+                connections=args.connections, pin=procs.pin,
+            ))  # fmt: skip
+            print_pairs(fronts[0], [Case("lb https vs nginx", secure.lb)], pairs)
     save("tls", stamp, {
         "load": machine_load(),
         "runs": {label: [asdict(r) for r in runs] for label, runs in results.items()},
@@ -190,7 +194,8 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
 def main() -> int:
     parser = bench_parser(__doc__ or "")
     add_run_options(parser, duration=5.0, repeats=3, what="front")
-    return run_bench("tls", parser.parse_args(), bench)
+    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0}
+    return run_bench("tls", parser.parse_args(), bench, smoke)
 
 
 if __name__ == "__main__":
