@@ -127,7 +127,7 @@ def bench_access_log(args: argparse.Namespace, procs: Processes, tmp: Path, stam
 def main() -> int:
     parser = bench_parser(__doc__ or "")
     add_run_options(parser, duration=5.0, repeats=3, what="case")
-    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0}
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2}
     return run_bench("access-log", parser.parse_args(), bench_access_log, smoke)
 
 

@@ -143,13 +143,10 @@ def bench_cost(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[st
         procs, name="one-limit-no-fields", app="service.app:app",
         env=bench_env(urls, {**ONE_LIMIT, "LB_RATE_LIMIT_HEADERS": "false"}),
     )  # fmt: skip
-    again = launch_lb(procs, name="off-again", app="service.app:app", env=bench_env(urls))
-    cases = [
-        Case("limits off", off),
-        Case("one limit on", on),
-        Case("one limit, no fields", quiet),
-        Case("limits off, A/A control", again),
-    ]
+    cases = [Case("limits off", off), Case("one limit on", on), Case("one limit, no fields", quiet)]
+    if not args.no_control:
+        again = launch_lb(procs, name="off-again", app="service.app:app", env=bench_env(urls))
+        cases.append(Case("limits off, A/A control", again))
     print(
         f"\nnginx upstream; wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.repeats} "
         f"repeats interleaved, 1 worker, pinning {'on' if procs.pin else 'off'}; {machine_load()}"
@@ -462,6 +459,7 @@ def main() -> int:
     parser = bench_parser(__doc__)
     add_run_options(parser, duration=5.0, repeats=3, what="case")
     parser.add_argument("--skip-cost", action="store_true", help="skip the throughput runs")
+    parser.add_argument("--no-control", action="store_true", help="skip the A/A control")
     parser.add_argument("--exact-seconds", type=float, default=5.0, help="wrk flood length (5)")
     parser.add_argument("--replicas", action="store_true", help="also two replicas on Redis")
     parser.add_argument("--keys", action="store_true", help="also the flood of distinct keys")
@@ -469,9 +467,9 @@ def main() -> int:
     parser.add_argument(
         "--replica-seconds", type=float, default=10.0, help="each replicas' flood (10)"
     )
-    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0,
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
              "exact_seconds": 1.0, "replicas": True, "replica_seconds": 1.0, "keys": True,
-             "keys_seconds": 3.0}  # fmt: skip
+             "keys_seconds": 2.5, "no_control": True}  # fmt: skip
     return run_bench("admission", parser.parse_args(), bench_admission, smoke)
 
 

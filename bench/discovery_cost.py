@@ -185,7 +185,7 @@ def main() -> int:
         "--valid", type=float, nargs="+", default=[5.0, 1.0],
         help="LB_RESOLVER_VALID values to time DNS changes with (5 1)",
     )  # fmt: skip
-    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0,
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
              "changes": 1, "ttl": 1, "valid": [1.0]}  # fmt: skip
     return run_bench("discovery", parser.parse_args(), bench_discovery, smoke)
 

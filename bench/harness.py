@@ -86,8 +86,8 @@ def micro_calls(calls: int) -> int:
 
 
 def warm(url: str, connections: int, pin: bool) -> None:
-    """2 s of wrk (0.3 s in a smoke run): pools filled, first-request costs paid."""
-    run_wrk(url, 0.3 if Mode.smoke else 2, connections, pin)
+    """2 s of wrk (0.1 s in a smoke run): pools filled, first-request costs paid."""
+    run_wrk(url, 0.1 if Mode.smoke else 2, connections, pin)
 
 
 def peer_path(peer: str) -> str:
@@ -767,17 +767,17 @@ def add_run_options(
 Bench = Callable[[argparse.Namespace, Processes, Path, str], None]
 
 
-def run_bench(
-    kind: str, args: argparse.Namespace, bench: Bench, smoke: Mapping[str, Any] | None = None
-) -> int:
+def run_bench(kind: str, args: argparse.Namespace, bench: Bench, smoke: Mapping[str, Any]) -> int:
     """``bench(args, procs, tmp, stamp)`` with every process it starts stopped at the end,
     on error, Ctrl-C or SIGTERM; the exit status. With ``--smoke``, ``smoke`` overrides the
     arguments (short runs, small sizes, every optional part on), pinning is off (the
     machine is someone else's too) and results go to the temporary folder."""
     interrupt_on_signals()
+    if unknown := set(smoke) - set(vars(args)):
+        raise ValueError(f"{kind}: smoke settings for options it does not have: {unknown}")
     Mode.smoke = args.smoke
     if args.smoke:
-        vars(args).update({"no_pin": True, **(smoke or {})})
+        vars(args).update({"no_pin": True, **smoke})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:

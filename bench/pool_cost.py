@@ -122,7 +122,7 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
         ("pool 3, round_robin, w 3,1,1", f"{a};weight=3,{b},{c}", "round_robin", (3, 1, 1)),
     ]
     cases, weights = [], {}
-    for i, (label, pool, balance, w) in enumerate(configs):
+    for i, (label, pool, balance, w) in enumerate(configs[: 1 + args.pools]):
         extra = {"API_GATEWAY_URL": pool}
         if balance:
             extra["API_GATEWAY_BALANCE"] = balance
@@ -228,8 +228,11 @@ def main() -> int:
     parser.add_argument(
         "--profile", action="store_true", help="then py-spy the single-target and pool LBs"
     )
-    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0,
-             "profile": True}  # fmt: skip
+    parser.add_argument(
+        "--pools", type=int, default=4, help="pool cases measured against the single target (4)"
+    )
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
+             "profile": True, "pools": 1}  # fmt: skip
     return run_bench("pools", parser.parse_args(), bench_pools, smoke)
 
 

@@ -241,8 +241,8 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--no-control", action="store_true", help="skip the A/A control (ON twice)")
     parser.add_argument("--profile", action="store_true", help="then py-spy the ON worker")
-    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0,
-             "modes": "store,sample,times2", "no_control": True, "profile": True}  # fmt: skip
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
+             "modes": "sample,times2", "no_control": True, "profile": True}  # fmt: skip
     return run_bench("record", parser.parse_args(), bench_record, smoke)
 
 

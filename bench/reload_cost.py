@@ -343,7 +343,7 @@ def main() -> int:
     parser.add_argument("--pair-repeats", type=int, default=2, help="side-by-side repeats (2)")
     parser.add_argument("--reloads", type=int, default=200, help="reloads in a row, 0: skip (200)")
     parser.add_argument("--control", action="store_true", help="add an A/A pair (no reloads)")
-    smoke = {"switches": 2, "duration": 1.0, "pair_repeats": 1, "reloads": 2, "control": True}
+    smoke = {"switches": 2, "duration": 0.2, "pair_repeats": 1, "reloads": 2}
     return run_bench("reload", parser.parse_args(), bench_reload, smoke)
 
 

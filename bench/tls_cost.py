@@ -194,7 +194,7 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
 def main() -> int:
     parser = bench_parser(__doc__ or "")
     add_run_options(parser, duration=5.0, repeats=3, what="front")
-    smoke = {"duration": 1.0, "repeats": 1, "pair_repeats": 1, "pair_duration": 1.0}
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2}
     return run_bench("tls", parser.parse_args(), bench, smoke)
 
 
