@@ -1,10 +1,12 @@
 """wrk's stand-in in a smoke run (``--smoke`` without wrk installed): wrk's arguments and output.
 
 ``python -m bench._wrk -t1 -c32 -d2s --latency [--timeout 5s] [-s SCRIPT] [-H HEADER] URL``
-keeps up to four keep-alive connections busy with ``GET URL`` for the duration and prints
-what :func:`bench.harness.parse_wrk` reads (requests, Requests/sec, the 50 % and 99 %
-latencies, non-2xx answers, socket errors). A Lua ``-s`` script is not run: every request is
-the plain GET. Smoke runs check that a benchmark still starts and measures, not how fast.
+sends ``GET URL`` on up to two keep-alive connections for the duration, each at most
+:data:`RATE` requests a second, and prints what :func:`bench.harness.parse_wrk` reads
+(requests, Requests/sec, the 50 % and 99 % latencies, non-2xx answers, socket errors). A Lua
+``-s`` script is not run: every request is the plain GET. Smoke runs check that a benchmark
+still starts and measures, not how fast: paced, the load costs the suite little CPU (at full
+speed every smoke run kept both cores busy for each second of load).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-MAX_CONNECTIONS = 4
+MAX_CONNECTIONS = 2
+RATE = 100  # requests a second per connection
 
 
 @dataclass
@@ -69,6 +72,7 @@ def load(
         with tally.lock:
             tally.latencies.append(time.monotonic() - started)
             tally.non_2xx += not 200 <= response.status < 400
+        time.sleep(max(0.0, started + 1 / RATE - time.monotonic()))
     conn.close()
 
 

@@ -45,12 +45,14 @@ from bench.harness import (
     URL_VARS,
     Case,
     LoadBalancer,
+    Mode,
     Processes,
     add_run_options,
     bench_env,
     bench_parser,
     get_json,
     interleaved,
+    control_wanted,
     launch_lb,
     machine_load,
     median,
@@ -144,7 +146,7 @@ def bench_cost(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[st
         env=bench_env(urls, {**ONE_LIMIT, "LB_RATE_LIMIT_HEADERS": "false"}),
     )  # fmt: skip
     cases = [Case("limits off", off), Case("one limit on", on), Case("one limit, no fields", quiet)]
-    if not args.no_control:
+    if control_wanted(args.no_control):
         again = launch_lb(procs, name="off-again", app="service.app:app", env=bench_env(urls))
         cases.append(Case("limits off, A/A control", again))
     print(
@@ -221,6 +223,13 @@ def bench_workers(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any]
     return out
 
 
+def shared_workers() -> int:
+    """Workers of the replicas' and the keys' load balancers: 2, so the limits are shared in
+    memory as in production; 1 in a smoke run, which only proves the code path runs (what
+    they measure is across replicas and under many keys; 3. is the exactness across workers)."""
+    return 1 if Mode.smoke else 2
+
+
 def bench_replicas(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any]:
     redis = RedisServer()
     try:
@@ -230,8 +239,10 @@ def bench_replicas(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any
         env = bench_env(
             urls, {"LB_RATE_LIMIT": f"{rate}/s burst={burst}", "LB_CLUSTER_REDIS_URL": redis.url}
         )
-        a = launch_lb(procs, name="replica-a", app="service.app:app", workers=2, env=env)
-        b = launch_lb(procs, name="replica-b", app="service.app:app", workers=2, env=env)
+        a, b = (
+            launch_lb(procs, name=name, app="service.app:app", workers=shared_workers(), env=env)
+            for name in ("replica-a", "replica-b")
+        )
         print(
             f"\nexactness across replicas: 2 replicas x 2 workers on one Redis, "
             f"LB_RATE_LIMIT={rate}/s burst={burst}; one client at 2x the rate for {seconds:g} s"
@@ -286,7 +297,7 @@ def bench_keys(procs: Processes, tmp: Path, seconds: float, pin: bool) -> dict[s
         'per = "header:X-Api-Key"\nroutes = ["api-gateway"]\n'
     )
     lb = launch_lb(
-        procs, name="keys", app="service.app:app", workers=2,
+        procs, name="keys", app="service.app:app", workers=shared_workers(),
         env=bench_env(urls, {"LB_CONFIG": str(config)}),
     )  # fmt: skip
     warm(lb.url + "/api/x", 16, pin)  # warm-up: pools, first-request costs
@@ -469,7 +480,7 @@ def main() -> int:
     )
     smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
              "exact_seconds": 1.0, "replicas": True, "replica_seconds": 1.0, "keys": True,
-             "keys_seconds": 2.5, "no_control": True}  # fmt: skip
+             "keys_seconds": 2.5}  # fmt: skip
     return run_bench("admission", parser.parse_args(), bench_admission, smoke)
 
 

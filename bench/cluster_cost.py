@@ -42,6 +42,7 @@ from bench.harness import (
     add_run_options,
     bench_env,
     bench_parser,
+    control_wanted,
     launch_lb,
     machine_load,
     measure_wrk,
@@ -162,14 +163,16 @@ def _bench(
     off = launch_lb(procs, name="off", app="service.app:app", env=bench_env(urls))
     cluster_env = {"LB_CLUSTER_REDIS_URL": store.url, "LB_CLUSTER_NAME": CLUSTER}
     on = launch_lb(procs, name="on", app="service.app:app", env=bench_env(urls, cluster_env))
-    off2 = launch_lb(procs, name="off2", app="service.app:app", env=bench_env(urls))
     base, cluster = Case("cluster off", off), Case("cluster on", on)
-    control = Case("cluster off (A/A)", off2)
+    controls = []
+    if control_wanted():
+        off2 = launch_lb(procs, name="off2", app="service.app:app", env=bench_env(urls))
+        controls.append(Case("cluster off (A/A)", off2))
     print(
         f"nginx upstream; wrk -t1 -c{args.connections}; 1 worker each, pinning "
         f"{'on' if procs.pin else 'off'}; {machine_load()}"
     )
-    for case in (base, cluster, control):
+    for case in (base, cluster, *controls):
         warm(case.url, args.connections, procs.pin)  # warm-up
 
     results: dict[str, Any] = {}
@@ -251,7 +254,7 @@ def _bench(
         f"s), sharing CPU {LB_CPUS}; both orders, {args.pair_repeats} repeats"
     )
     pairs = side_by_side(
-        base, [control, cluster], repeats=args.pair_repeats, duration=args.pair_duration,
+        base, [*controls, cluster], repeats=args.pair_repeats, duration=args.pair_duration,
         connections=args.connections, pin=procs.pin,
     )  # fmt: skip
     pair = pairs[cluster.label]
@@ -262,11 +265,12 @@ def _bench(
     )
     verdict = "met" if ratio > 0.97 else "NOT met"
     print(f"  cost {100 * (1 - ratio):+.1f} % (target < 3 %) -> {verdict}")
-    aa = statistics.median(pairs[control.label].ratios)
-    print(
-        f"  A/A control (off/off): median {aa:.3f} "
-        f"(runs {' '.join(f'{r:.3f}' for r in pairs[control.label].ratios)}): the noise"
-    )
+    for control in controls:
+        aa = statistics.median(pairs[control.label].ratios)
+        print(
+            f"  A/A control (off/off): median {aa:.3f} "
+            f"(runs {' '.join(f'{r:.3f}' for r in pairs[control.label].ratios)}): the noise"
+        )
     results["side_by_side"] = {k: asdict(v) for k, v in pairs.items()}
     save("cluster", stamp, {"args": vars(args), **results})
 

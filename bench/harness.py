@@ -85,6 +85,15 @@ def micro_calls(calls: int) -> int:
     return max(calls // 1000, 10) if Mode.smoke else calls
 
 
+def control_wanted(no_control: bool = False) -> bool:
+    """Whether to run the A/A control (the noise floor: the base twice): not in a smoke run,
+    where figures mean nothing and each load balancer costs a start (it says so)."""
+    if Mode.smoke:
+        print("control: skipped (smoke)", flush=True)
+        return False
+    return not no_control
+
+
 def warm(url: str, connections: int, pin: bool) -> None:
     """2 s of wrk (0.1 s in a smoke run): pools filled, first-request costs paid."""
     run_wrk(url, 0.1 if Mode.smoke else 2, connections, pin)
@@ -235,7 +244,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) ->
                 if response.status == 200:
                     return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
@@ -356,20 +365,33 @@ def launch_lb(
     repo: Path = REPO,
 ) -> LoadBalancer:
     """``sanic <app>`` on an ephemeral port, no access logs; a 1-worker one is pinned to
-    LB_CPUS. Its output goes to ``lb-<name>.log`` in ``procs.logs``; ``procs.close`` stops it."""
-    lb = LoadBalancer(
-        env,
-        workers=workers,
-        app=app,
-        name=name,
-        cpus=LB_CPUS if workers == 1 and procs.pin else None,
-        args=["--no-access-logs"],
-        ready=tuple(ready),
-        log=procs.logs / f"lb-{name}.log",
-        timeout=30.0,
-        repo=repo,
-    )
-    return procs.adopt(lb)
+    LB_CPUS. Its output goes to ``lb-<name>.log`` in ``procs.logs``; ``procs.close`` stops it.
+
+    In a smoke run a 1-worker load balancer runs ``--single-process`` (one Python process
+    to start instead of two: half the CPU, and the same request path); one whose port was
+    taken meanwhile by another process (:func:`free_port` closes it before Sanic binds) is
+    started again, once, on another port."""
+    for attempt in (1, 2):
+        try:
+            lb = LoadBalancer(
+                env,
+                workers=None if Mode.smoke and workers == 1 else workers,
+                app=app,
+                name=name,
+                cpus=LB_CPUS if workers == 1 and procs.pin else None,
+                args=["--no-access-logs"],
+                ready=tuple(ready),
+                log=procs.logs / f"lb-{name}.log",
+                timeout=30.0,
+                repo=repo,
+            )
+        except RuntimeError:
+            log = (procs.logs / f"lb-{name}.log").read_text(errors="replace")
+            if attempt == 2 or "Address already in use" not in log:
+                raise
+            continue
+        return procs.adopt(lb)
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------- wrk
@@ -628,6 +650,11 @@ class Pairs:
     errors: int = 0
 
 
+def ratio(a: float, b: float) -> float:
+    """a / b; NaN for b 0 (a smoke run's few requests may cost less than one CPU tick)."""
+    return a / b if b else math.nan
+
+
 def side_by_side(
     base: Case,
     others: list[Case],
@@ -655,8 +682,8 @@ def side_by_side(
                 by = {first.label: runs[0], second.label: runs[1]}
                 x, b = by[case.label], by[base.label]
                 pair = pairs[case.label]
-                pair.ratios.append(x.rps / b.rps)
-                pair.cpu_ratios.append(b.server_cpu_us / x.server_cpu_us)
+                pair.ratios.append(ratio(x.rps, b.rps))
+                pair.cpu_ratios.append(ratio(b.server_cpu_us, x.server_cpu_us))
                 pair.rps.append((b.rps, x.rps))
                 pair.errors += x.errors + b.errors
             print(

@@ -82,7 +82,7 @@ def start_lb(procs: Processes, workers: int, upstream: str, repo: Path = REPO) -
 
 
 def _tag(lb: LoadBalancer) -> str:
-    return f"{lb.variant} w{lb.workers}"
+    return f"{lb.variant} w{lb.workers or 1}"  # a smoke run's: --single-process
 
 
 BODY_PATHS = {"x": "/api/x", "16k": "/api/body/16k", "1m": "/api/body/1m", "sse": "/api/body/sse"}

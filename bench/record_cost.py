@@ -41,6 +41,7 @@ from bench.harness import (
     frame_shares,
     get_json,
     interleaved,
+    control_wanted,
     launch_lb,
     machine_load,
     median,
@@ -113,7 +114,7 @@ def bench_record(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
             what = {"store": "record() no-op", "sample": "no sample either"}[mode]
             label = f"OFF {mode} ({what})"
         variants.append((label, "bench._norecord:app", {"BENCH_NORECORD": mode}))
-    if not args.no_control:
+    if control_wanted(args.no_control):
         variants.append(("ON  again (A/A control)", "service.app:app", {}))
     cases = []
     for i, (label, app, extra) in enumerate(variants):
@@ -242,7 +243,7 @@ def main() -> int:
     parser.add_argument("--no-control", action="store_true", help="skip the A/A control (ON twice)")
     parser.add_argument("--profile", action="store_true", help="then py-spy the ON worker")
     smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
-             "modes": "sample,times2", "no_control": True, "profile": True}  # fmt: skip
+             "modes": "sample,times2", "profile": True}  # fmt: skip
     return run_bench("record", parser.parse_args(), bench_record, smoke)
 
 

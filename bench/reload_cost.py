@@ -42,6 +42,7 @@ from bench.harness import (
     Processes,
     bench_env,
     bench_parser,
+    control_wanted,
     launch_lb,
     machine_load,
     percentile,
@@ -286,7 +287,8 @@ def bench_reload(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
             api="max_fails = 3",
         )
         cases = []
-        labels = ["no reload", "reloaded every 1 s"] + ["no reload (A/A)"] * args.control
+        labels = ["no reload", "reloaded every 1 s"]
+        labels += ["no reload (A/A)"] if control_wanted(not args.control) else []
         for label in labels:
             file = tmp / f"{label.split()[0]}-{len(cases)}.toml"
             file.write_text(steady)

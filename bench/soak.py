@@ -47,7 +47,7 @@ from bench.harness import (
 from tests.support import REPO, URL_VARS, free_port, rss_kib
 
 SIZES = {"s": 200, "m": 16 * 1024, "l": 256 * 1024}
-SEGMENT_S = 10  # also the RSS sampling period (a smoke run's segments are --segment 1 s)
+SEGMENT_S = 10  # also the RSS sampling period (a smoke run's are 0.5 s)
 READY = ("/lb-health", "/api/s")
 
 WRK_SCRIPT = """
@@ -225,7 +225,7 @@ def main() -> int:
         default=SEGMENT_S,
         help=f"seconds of load per RSS sample ({SEGMENT_S})",
     )
-    smoke = {"requests": 100, "kill_every": 1.0, "max_seconds": 3.0, "segment": 1.0}
+    smoke = {"requests": 50, "kill_every": 1.0, "max_seconds": 3.0, "segment": 0.5}
     return run_bench("soak", parser.parse_args(), bench_soak, smoke)
 
 

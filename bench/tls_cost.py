@@ -33,6 +33,7 @@ from bench.harness import (
     URL_VARS,
     Case,
     LoadBalancer,
+    Mode,
     Processes,
     add_run_options,
     bench_env,
@@ -134,7 +135,8 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
     def balancer(name: str, tls: bool) -> LoadBalancer:
         extra = {"LB_TLS_CERT": cert, "LB_TLS_KEY": key} if tls else {}
         lb = LoadBalancer(
-            {**env, **extra}, workers=1, name=name, args=["--no-access-logs"],
+            {**env, **extra}, workers=None if Mode.smoke else 1, name=name,
+            args=["--no-access-logs"],
             cpus=LB_CPUS if procs.pin else None, ready=("/lb-health", "/api/x"),
             log=procs.logs / f"lb-{name}.log", timeout=30.0, tls=trust if tls else None,
         )  # fmt: skip

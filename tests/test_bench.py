@@ -29,7 +29,7 @@ from tests.support import REPO
 
 BENCH = REPO / "bench"
 HELPERS = {"__init__.py", "harness.py"}
-AT_ONCE = 3  # scripts running together: the machine runs the rest of the suite meanwhile
+AT_ONCE = 2  # scripts running together: the machine runs the rest of the suite meanwhile
 TIMEOUT_S = 150.0
 DONE = re.compile(r"^\([\w-]+: \d+ s\)$", re.MULTILINE)  # run_bench's last line, on success
 
