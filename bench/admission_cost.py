@@ -244,7 +244,7 @@ def bench_replicas(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any
             for name in ("replica-a", "replica-b")
         )
         print(
-            f"\nexactness across replicas: 2 replicas x 2 workers on one Redis, "
+            f"\nexactness across replicas: 2 replicas x {shared_workers()} workers on one Redis, "
             f"LB_RATE_LIMIT={rate}/s burst={burst}; one client at 2x the rate for {seconds:g} s"
         )
         out = {}
@@ -306,7 +306,7 @@ def bench_keys(procs: Processes, tmp: Path, seconds: float, pin: bool) -> dict[s
     script.write_text(KEYS_LUA)
     argv = wrk_argv(lb.url + "/api/k", seconds, 64, pin, threads=2, script=str(script))
     print(
-        f"\nkeys: 2 workers, limit per X-Api-Key {rate}/s burst {burst}, table "
+        f"\nkeys: {shared_workers()} workers, limit per X-Api-Key {rate}/s burst {burst}, table "
         f"{stats_limits(lb)['table']['keys']:,} keys; wrk -t2 -c64 -d{seconds:g}s, a new key per "
         "request; one heavy key at 5x its rate meanwhile"
     )

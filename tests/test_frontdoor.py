@@ -1,8 +1,8 @@
 """The front door against real processes and raw sockets: slow clients cut off at the head
 deadline, the connection cap, WebSocket protocol errors, readiness while draining, a worker
-killed with SIGKILL replaced, and one stopped with SIGSTOP. (Malformed heads:
-``test_frontdoor_corpus.py``; SIGTERM during start-up and to the process group:
-``test_process.py``.)"""
+killed with SIGKILL replaced, and one stopped with SIGSTOP, serving or before its first
+stamp. (Malformed heads: ``test_frontdoor_corpus.py``; SIGTERM during start-up and to the
+process group: ``test_process.py``.)"""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import time
 
 import httpx
 
+from service.frontdoor.liveness import STARTUP_ALLOWANCE
 from tests.support import LoadBalancer, UpstreamServer, children, env_for, wait_for
 from tests.support.rawws import frame, open_websocket, read_close_code
 from tests.support.shm import shm_semaphores
@@ -323,3 +324,54 @@ def test_a_stalled_worker_is_killed_and_replaced_and_totals_are_kept(
     told = [line for line in about_victim if "stalled" in line or "died" in line]
     assert len(told) == 1 and "stalled" in told[0], told  # logged once
     assert outcomes["failed"] <= 3, outcomes  # at most what the victim held when it stopped
+
+
+def test_a_replacement_that_hangs_before_its_first_stamp_is_killed_and_replaced(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    """A replacement worker stopped (SIGSTOP) the moment it appears, before it could stamp
+    its row once, as one blocked in a start-up listener would be: it has no stamp to grow
+    old, yet it is killed and replaced in its turn, logged once, while the other worker
+    keeps answering."""
+    env = env_for(upstreams, LB_STATS_CACHE_TTL="0", LB_WORKER_STALL_TIMEOUT=str(STALL_TIMEOUT_S))
+    balancer = LoadBalancer(env, workers=2)
+    load = Load(balancer, timeout=20)
+    outcomes = load.outcomes
+    main = balancer.process.pid
+    try:
+        assert wait_for(lambda: len(_stats(balancer)["requests_by_worker"]) == 2, timeout=15)
+        victim, other = (int(pid) for pid in _stats(balancer)["requests_by_worker"])
+        known = set(children(main))
+        os.kill(victim, signal.SIGKILL)
+
+        def newcomer() -> int:
+            new = set(children(main)) - known
+            return min(new) if new else 0
+
+        hung = wait_for(newcomer, timeout=10, step=0.002).value
+        os.kill(hung, signal.SIGSTOP)  # within milliseconds of its start: not a stamp yet
+        stopped_at = time.monotonic()
+        load.mark()
+        assert wait_for(lambda: outcomes["ok_after_mark"] >= 20, timeout=10)  # the other serves
+
+        def replaced() -> set[int]:
+            figures = _stats(balancer)
+            pids = {int(pid) for pid in figures["requests_by_worker"]}
+            gone = pids.isdisjoint({victim, hung})
+            return pids - {other} if figures["workers"] == 2 and gone else set()
+
+        new_pid = wait_for(replaced, timeout=60, step=0.1).value.pop()
+        replaced_after = time.monotonic() - stopped_at
+        allowance = STARTUP_ALLOWANCE * STALL_TIMEOUT_S
+        assert allowance - 0.5 <= replaced_after < 60, replaced_after
+        assert new_pid in children(main)
+        assert hung not in children(main)  # killed, not left stopped
+        served = outcomes["ok_after_mark"]
+        assert wait_for(lambda: outcomes["ok_after_mark"] >= served + 20, timeout=10)
+    finally:
+        load.stop()
+        balancer.stop()
+    about_hung = [line for line in balancer.output if f"[{hung}]" in line]
+    told = [line for line in about_hung if "stalled" in line or "died" in line]
+    assert len(told) == 1 and "stalled" in told[0] and "since it started" in told[0], told
+    assert outcomes["failed"] <= 3, outcomes  # at most what the killed worker held

@@ -327,6 +327,38 @@ def test_many_reloads_under_load_lose_no_request_and_leak_nothing(
     assert rss_after - rss_before < 4096, (rss_before, rss_after)  # KiB, three processes
 
 
+def test_mistyped_files_are_refused_with_their_reason_and_reload_goes_on(
+    reloading: Reloading, servers: dict[str, Any]
+) -> None:
+    """A TOML value of the wrong type is a refused file like any other: its reason in
+    ``last_error``, and SIGHUP after SIGHUP the leader (whichever worker it is by then)
+    goes on, and every worker applies the next good file."""
+    reloading.sighup(config(servers))
+    generation = reloading.generation()
+    mistyped = {
+        "upstreams = 5\n": "[[upstreams]]",
+        "proxy = 5\n" + config(servers): "[proxy]",
+        "routes = [5]\n": "[[routes]] #1",
+        config(servers, api_extra="health = 5"): "'api-gateway' health",
+        'server = "port"\n' + config(servers): "[server]",
+    }
+    for text, names in mistyped.items():
+        failed = reloading.stats()["config"]["reloads"]["failed"]
+        reloading.write(text)
+        os.kill(reloading.lb.process.pid, signal.SIGHUP)
+        wait_for(lambda: reloading.stats()["config"]["reloads"]["failed"] == failed + 1, 5)  # noqa: B023
+        error = reloading.stats()["config"]["last_error"]
+        assert names in error and "must be" in error, error
+        assert reloading.stats()["config"]["generation"] == generation
+    assert not reloading.lines("Traceback")
+
+    reloading.sighup(config(servers, routes=(("/extra", "blog-service"),)))
+    assert reloading.generation() == generation + 1
+    for _ in range(6):
+        assert get(reloading.lb, "/extra/x").json()["upstream"] == "blog"
+    assert reloading.stats()["config"]["last_error"] is None
+
+
 def test_sighup_and_a_configmap_swap_with_a_single_process(
     servers: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -359,6 +391,56 @@ def test_sighup_and_a_configmap_swap_with_a_single_process(
         wait_for(lambda: get(lb, "/extra/x").json()["upstream"] == "ui", timeout=5, step=0.05)
     finally:
         lb.stop()
+
+
+def test_a_replacement_worker_starts_from_a_start_up_file_over_64_kib(
+    servers: dict[str, Any], tmp_path: Path
+) -> None:
+    """The start-up text reaches every worker whatever its size (here over the 64 KiB a
+    reload takes and the 128 KiB an environment variable holds): a replacement started after
+    the file changed on disk (no reload asked) runs what the host started with."""
+    padding = "".join(f"# {'comment ' * 12}{line}\n" for line in range(2000))
+    path = tmp_path / "lb.toml"
+    path.write_text(padding + config(servers, streams=False))
+    assert path.stat().st_size > 160 * 1024
+    lb = LoadBalancer(clean_env({"LB_CONFIG": str(path), "LB_ACCESS_LOG": "false"}), workers=2)
+    try:
+        pids = _worker_pids(lb)
+        handover = _handover_dir(pids[1])
+        assert handover.is_dir() and (handover.stat().st_mode & 0o777) == 0o700
+        assert get(lb, "/extra/x").json()["upstream"] == "ui"
+        changed = config(servers, streams=False, routes=(("/extra", "blog-service"),))
+        path.write_text(padding + changed)  # on disk only: no SIGHUP, no watch
+        os.kill(pids[0], signal.SIGKILL)
+        wait_for(lambda: lb.workers_ready >= 3, timeout=15)
+        assert pids[0] not in _worker_pids(lb)
+        for _ in range(12):  # new connections: either worker, the replacement included
+            assert get(lb, "/extra/x").json()["upstream"] == "ui"
+        stats = get(lb, "/stats").json()["load-balancer"]
+        assert stats["config"]["last_error"] is None and stats["config"]["generation"] == 1
+        refused = [line for line in list(lb.output) if "not appl" in line]
+        assert not refused, refused
+    finally:
+        lb.stop()
+    assert not handover.exists()  # removed when the host stopped
+
+
+def _handover_dir(pid: int) -> Path:
+    """The private directory a worker was handed (``service.handover``), from its environment."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (entry,) = [e for e in environ if e.startswith(b"LB_HANDOVER_DIR=")]
+    return Path(entry.split(b"=", 1)[1].decode())
+
+
+def _worker_pids(lb: LoadBalancer) -> list[int]:
+    """The two workers' pids, from ``/stats`` once each has answered a request."""
+
+    def both() -> list[int] | None:
+        get(lb, "/lb-health")
+        seen = get(lb, "/stats").json()["load-balancer"]["requests_by_worker"]
+        return [int(pid) for pid in seen] if len(seen) == 2 else None
+
+    return wait_for(both, timeout=15, step=0.05).value
 
 
 def test_python_m_service_reloads_on_sighup(servers: dict[str, Any], tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from service.admission.policy import compile_limits, route_plans
 from service.pools import Member, PoolLayout, SlotTable
 from service.reload import changes, resolved, targets
 from service.reload.region import MAX_TEXT_BYTES, ConfigLayout, ConfigRegion
-from service.reload.source import ContentWatch, read_file, text_of
+from service.reload.source import SETTLE_LOOK_S, ContentWatch, Settling, read_file, text_of
 from service.settings import Settings, SettingsError, load_settings
 from service.sharedmem import Plan, SharedBlock
 
@@ -244,3 +244,86 @@ def test_admission_control_needs_a_restart_and_covers_a_reloaded_route() -> None
     replanned = route_plans(new, limit_set, [u.name for u in started.upstreams])
     assert set(replanned) == {"api", "ui", "extra", "stats"}  # the new route is limited too
     assert replanned["api"].pool == 0 and replanned["extra"].pool == -1
+
+
+def test_any_exception_while_loading_is_a_refused_file_and_the_leader_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a SettingsError: a surprise in the loader refuses the file, says why in
+    ``last_error``, and the next file is taken."""
+    from service.reload import leader as leading
+
+    start = settings()
+    table, _ = host(start)
+    region, _ = region_and_block()
+    path = tmp_path / "lb.toml"
+    path.write_text(BASE)
+    region.start(BASE, read_file(path).sha256, 0.0)
+    leader = leading.Leader(region, table, start, path, {})
+
+    def broken(**_: object) -> Settings:
+        raise RuntimeError("a surprise in the loader")
+
+    monkeypatch.setattr(leading, "load_settings", broken)
+    path.write_text(BASE + "# changed\n")
+    assert not leader.reload("SIGHUP", start)
+    outcomes = region.outcomes()
+    assert outcomes.failed == 1 and region.generation == 1
+    assert "RuntimeError" in (outcomes.last_error or "")
+    assert "a surprise in the loader" in (outcomes.last_error or "")
+
+    monkeypatch.undo()
+    path.write_text(BASE + "# changed again\n")
+    assert leader.reload("SIGHUP", start)
+    assert region.generation == 2 and region.outcomes().last_error is None
+
+
+def test_sighup_waits_for_the_file_to_settle(tmp_path: Path) -> None:
+    """A SIGHUP sent while the file is still being written reloads what it settles on, not
+    the half it saw first; the leader's loop is not blocked meanwhile."""
+    import time
+
+    from service.reload.leader import Leader
+
+    start = settings()
+    table, _ = host(start)
+    region, _ = region_and_block()
+    path = tmp_path / "lb.toml"
+    path.write_text(BASE)
+    region.start(BASE, read_file(path).sha256, 0.0)
+    leader = Leader(region, table, start, path, {})
+    half = BASE.replace("10.0.0.9", "10.0.0.8")  # a file that loads, its end still to come
+    final = half + '\n[[routes]]\nprefix = "/more"\nupstream = "api"\n'
+
+    path.write_text(half)
+    region.request()
+    began = time.monotonic()
+    leader.turn(start, 1)
+    assert time.monotonic() - began < SETTLE_LOOK_S / 2  # a look, no wait
+    assert region.generation == 1  # seen once: it may still be being written
+    path.write_text(final)
+    time.sleep(SETTLE_LOOK_S + 0.05)
+    leader.turn(start, 1)  # changed since the first look: not yet
+    assert region.generation == 1
+    time.sleep(SETTLE_LOOK_S + 0.05)
+    leader.turn(start, 1)  # the same twice in a row: reloaded
+    assert region.generation == 2 and region.published().text == final
+    assert region.outcomes().failed == 0
+
+
+def test_a_file_that_keeps_changing_after_sighup_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "lb.toml"
+    path.write_text("a = 0\n")
+    settling = Settling(path, now=0.0)
+    every = SETTLE_LOOK_S + 0.01
+    for step in range(1, 100):
+        path.write_text(f"a = {step}\n")
+        read = settling.look(now=step * every)
+        if read is not None:
+            break
+    assert read is not None and read.data is None and 5.0 <= step * every < 5.0 + every
+    with pytest.raises(SettingsError, match="still changing 5 s after SIGHUP"):
+        text_of(read, path)
+    settled = Settling(path, now=0.0)
+    assert settled.look(now=SETTLE_LOOK_S / 2) is None  # not yet time to look again
+    assert settled.look(now=SETTLE_LOOK_S) == read_file(path)

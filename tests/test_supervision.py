@@ -237,6 +237,37 @@ def test_after_the_whole_group_was_suspended_each_worker_gets_the_timeout_again(
     assert list(_monitor(watch, clock, 0.5)) == [ONE]  # and the worker never stamped again
 
 
+def test_a_worker_that_never_stamps_is_stalled_after_the_start_up_allowance() -> None:
+    block, region = _block()
+    clock = _Clock()
+    stamps = liveness.Liveness(block, region, clock=clock)
+    watch = liveness.StallWatch(stamps, timeout=10)
+    allowance = liveness.STARTUP_ALLOWANCE * 10
+    one = block.claim(pid=ONE)
+    stamps.stamp(one)
+    found: dict[int, float] = {}
+    for _ in range(round(allowance) - 1):  # ONE stamps every second; TWO hangs at start-up
+        found.update(_monitor(watch, clock, 1.0))
+        stamps.stamp(one)
+    assert found == {}  # started (first seen) less than the allowance ago: not yet
+    stalled = _monitor(watch, clock, 1.2)
+    assert list(stalled) == [TWO]
+    assert allowance < stalled[TWO] <= allowance + 0.15  # counted from the first look
+    assert watch.never_stamped(TWO) and not watch.never_stamped(ONE)
+
+
+def test_a_worker_that_stamps_in_its_start_up_is_judged_by_its_stamps() -> None:
+    block, region = _block()
+    clock = _Clock()
+    stamps = liveness.Liveness(block, region, clock=clock)
+    watch = liveness.StallWatch(stamps, timeout=10)
+    assert _monitor(watch, clock, 25.0) == {}  # neither has stamped: starting, 25 s < 30 s
+    stamps.stamp(block.claim(pid=ONE))
+    stamps.stamp(block.claim(pid=TWO))
+    assert _monitor(watch, clock, 9.9) == {}
+    assert set(_monitor(watch, clock, 0.5)) == {ONE, TWO}  # now the timeout, from the stamp
+
+
 def test_a_running_loop_stamps_every_interval() -> None:
     block, region = _block()
     stamps = liveness.Liveness(block, region)

@@ -7,6 +7,8 @@ stays, and an expiry within 14 days is logged once."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import socket
 import ssl
 from collections.abc import Iterator
@@ -198,3 +200,96 @@ def test_the_watch_judges_a_change_only_once_it_has_settled(
     for _ in range(3):
         live.poll(speaker=False)  # another worker speaks for the host
     assert logged("cannot be served") == 2 and live.refused is not None
+
+
+def test_a_replacement_worker_serves_the_last_good_pair_while_the_files_are_refused(
+    lb: LoadBalancer, mount: SecretMount, trust: ssl.SSLContext, ca: Issued
+) -> None:
+    """Rotation to an expired certificate is refused (the old pair stays); a worker killed
+    meanwhile is replaced by one that serves the host's last good pair (here one a worker
+    accepted by rotation, not the start-up one) instead of dying on the files, and the next
+    good pair reaches it like every worker."""
+    current = lb.client.get("/stats").json()["load-balancer"]["tls"]["fingerprint_sha256"]
+    refused = len(lines(lb, "TLS certificate files changed but cannot be served"))
+    mount.swap(issue(ca, "expired", expired=True))
+    wait_for(lambda: len(lines(lb, "cannot be served")) > refused, 10, step=0.2)
+    (line,) = lines(lb, "TLS certificate files changed but cannot be served")[refused:]
+    assert "LB_TLS_CERT" in line and "expired on" in line
+    assert set(new_handshakes(lb, trust)) == {current}
+
+    workers = children(lb.process.pid)
+    victim = min(new_handshakes(lb, trust)[current] - {0})  # a worker: it served one
+    ready = lb.workers_ready
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: lb.workers_ready > ready, 15, step=0.1)
+    replacement = (set(children(lb.process.pid)) - set(workers)).pop()
+    owners: set[int] = set()
+    for _ in range(40):  # the replacement among the workers that serve the last good pair
+        seen = new_handshakes(lb, trust)
+        assert set(seen) == {current}
+        owners |= seen[current]
+        if replacement in owners:
+            break
+    assert replacement in owners, owners
+    assert lines(lb, "this worker starts with the host's last good pair")
+
+    good = issue(ca, "after the replacement")
+    mount.swap(good)
+    wait_for(lambda: served_by_every_worker(lb, trust, good), SWITCH_WITHIN, step=0.2)
+
+
+MIB = 1024 * 1024  # the largest certificate or key file read
+
+
+def test_refused_content_is_not_parsed_again_and_a_huge_file_is_not_read_whole(
+    ca: Issued, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process: the watch reads and hashes the files every second, but content it has
+    refused is not parsed again; a file over 1 MiB is refused without being read whole, at
+    start-up as on rotation."""
+    from service import tls
+    from service.settings import SettingsError, TlsSettings, load_settings
+    from service.tls import rotation
+
+    a, b = issue(ca, "a"), issue(ca, "b")
+    cert, key = a.write(tmp_path)
+    live = rotation.LiveCertificate(TlsSettings(cert=cert, key=key))
+    parsed: list[str] = []
+    real_load_pair = rotation.load_pair
+
+    def counting(*args: object, **kwargs: object) -> object:
+        parsed.append(str(args[0]))
+        return real_load_pair(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rotation, "load_pair", counting)
+    Path(key).write_bytes(b.key_pem)  # a's certificate, b's key: never servable
+    for _ in range(2):
+        live.poll(speaker=True)
+    assert live.refused and "is not the key" in live.refused and len(parsed) == 2
+    for _ in range(5):
+        live.poll(speaker=True)
+    assert len(parsed) == 2  # the same bytes: the same verdict, not parsed again
+
+    big = Path(cert)
+    big.write_bytes(a.cert_pem)
+    with big.open("ab") as file:  # a sparse file: 16 MiB that cost no disk
+        file.truncate(16 * MIB)
+    Path(key).write_bytes(a.key_pem)
+    read: list[int] = []
+    real_open = open
+
+    def recording_open(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        file = real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+        if str(path) == cert:
+            original = file.read
+            file.read = lambda size=-1: read.append(size) or original(size)  # type: ignore[method-assign]
+        return file
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    for _ in range(2):
+        live.poll(speaker=True)
+    monkeypatch.setattr("builtins.open", real_open)
+    assert live.refused and "over 1024 KiB" in live.refused and "LB_TLS_CERT" in live.refused
+    assert read and all(0 < size <= MIB + 1 for size in read), read
+    with pytest.raises(SettingsError, match=r"LB_TLS_CERT=.* is over 1024 KiB"):
+        tls.check(load_settings(env={"LB_TLS_CERT": cert, "LB_TLS_KEY": key}))

@@ -11,7 +11,8 @@
   being limited;
 - ``housekeeping``: one worker per host ends limited episodes and, with
   ``LB_CLUSTER_REDIS_URL``, shares admissions with the other replicas (``sync``,
-  ``sync_store``: the only modules that touch Redis, imported only then);
+  ``sync_store``: the only modules that touch Redis, through ``service.redisconn``, imported
+  only then);
 - ``report``: ``/stats``' ``limits``, ``/metrics``' counters, the status page's panel.
 
 ``startup(app)`` sets the client-address resolver on the worker context at once (every

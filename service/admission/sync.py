@@ -24,7 +24,6 @@ change is logged once, and so is the recovery.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -52,8 +51,9 @@ from service.admission.layout import (
 )
 from service.admission.lock import HostLock
 from service.admission.policy import Limit
-from service.admission.sync_store import SyncStore, SyncUnavailable
+from service.admission.sync_store import SyncStore
 from service.admission.table import RateTable
+from service.redisconn import RedisUnavailable
 from service.settings import ClusterSettings
 
 log = logging.getLogger("service.admission")
@@ -102,17 +102,14 @@ class ClusterSync:
         """One exchange; True if Redis took part."""
         payload = self._publication()
         try:
-            async with asyncio.timeout(self._settings.timeout):
+            async with self._store.deadline():
                 after = self._after()
                 if after is None:
                     after = await self._store.latest_id()
                 entries, members = await self._store.exchange(
                     self.replica, payload, after, time.time(), self._gone()
                 )
-        except TimeoutError:
-            self._degraded("redis: timeout")
-            return False
-        except SyncUnavailable as exc:
+        except RedisUnavailable as exc:
             self._degraded(exc.reason)
             return False
         self._apply(entries)

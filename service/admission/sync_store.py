@@ -11,42 +11,22 @@ configured.
 
 from __future__ import annotations
 
-from typing import Any
-
-import redis.asyncio as redis_asyncio
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from service.redisconn import RedisConnection
 
 STREAM_LENGTH = 10_000
 READ_COUNT = 1_000  # entries read per exchange at most (the rest come next time)
 KEY_TTL_S = 24 * 3600
 
 
-class SyncUnavailable(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class SyncStore(RedisConnection):
+    """One worker's connection to the admission keys; failures become
+    :class:`~service.redisconn.RedisUnavailable`. The next exchange is the retry."""
 
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "redis: timeout"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"redis: {text[:100]}"
-
-
-class SyncStore:
     def __init__(self, url: str, name: str, timeout: float) -> None:
+        # a reason short enough for the shared block's REASON_BYTES
+        super().__init__(url, timeout, reason_width=100)
         self.stream = f"{name}:admission"
         self.members = f"{name}:admission-replicas"
-        self._client = redis_asyncio.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # the next exchange is the retry
-            health_check_interval=0,
-        )
 
     async def latest_id(self) -> bytes:
         """The stream's newest entry id: where a new reader starts (older entries are
@@ -87,13 +67,3 @@ class SyncStore:
     async def forget(self) -> None:
         """Delete this cluster's admission keys (tests and benchmarks only)."""
         await self._run(self._client.delete(self.stream, self.members))
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    @staticmethod
-    async def _run(awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except (RedisError, OSError, TimeoutError, ValueError) as exc:
-            raise SyncUnavailable(_reason(exc)) from exc

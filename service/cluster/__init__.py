@@ -8,7 +8,8 @@ nothing and imports nothing, and the host runs exactly as without this package. 
 - ``view``: ``/stats`` and ``/metrics`` (through ``stats.report.build_report``) read every
   replica's figures in one round trip and merge them with this host's own;
 - ``targets``: per pool target, the figures (not the state) added up across replicas;
-- ``redis_store``: the keys and the round trips; the only module that imports redis-py.
+- ``redis_store``: the keys and the round trips, over ``service.redisconn`` (the connection,
+  shared with the admission sync; the only module that imports redis-py).
 
 Redis is never on a request's path: recording stays in shared memory, and Redis down, slow or
 emptied only makes ``/stats`` say ``cluster.status: "degraded"`` until it is back. Pool state

@@ -17,10 +17,11 @@ import time
 from typing import Any
 from collections.abc import Callable
 
-from service.cluster.redis_store import ClusterUnavailable, RedisStore
+from service.cluster.redis_store import RedisStore
 from service.cluster.replica import document
 from service.metrics import HostFigures
 from service.metrics.history import HISTORY_RESOLUTION_S
+from service.redisconn import RedisUnavailable
 from service.settings import ClusterSettings
 from service.sharedmem import Lease
 
@@ -72,7 +73,7 @@ class Publisher:
     async def publish_once(self) -> bool:
         """One publication (and, now and then, one reaping); True if Redis took it."""
         try:
-            async with asyncio.timeout(self._settings.timeout):
+            async with self._store.deadline():
                 doc = document(self._replica, self._started_wall, self._figures())
                 epoch = int(time.time() / HISTORY_RESOLUTION_S)
                 due = self._history is not None and epoch != self._history_epoch
@@ -82,12 +83,9 @@ class Publisher:
                     self._history_epoch = epoch
             if time.monotonic() - self._reaped_at >= self._reap_every:
                 self._reaped_at = time.monotonic()
-                async with asyncio.timeout(self._settings.timeout):
+                async with self._store.deadline():
                     await self._store.reap(self._replica, time.time(), self._settings.retention)
-        except TimeoutError:
-            self._failed("redis: timeout")
-            return False
-        except ClusterUnavailable as exc:
+        except RedisUnavailable as exc:
             self._failed(exc.reason)
             return False
         self.publications += 1

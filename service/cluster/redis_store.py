@@ -23,10 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import redis.asyncio as redis_asyncio
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+
+from service.redisconn import RedisConnection
 
 KEY_TTL_S = 24 * 3600
 
@@ -56,41 +54,21 @@ return reaped
 """
 
 
-class ClusterUnavailable(Exception):
-    """Redis could not be used; ``reason`` is short enough for ``/stats``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def _by_id(fields: dict[bytes, bytes]) -> dict[str, bytes]:
     return {k.decode("utf-8", "replace"): v for k, v in fields.items()}
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "redis: timeout"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"redis: {text[:160]}"
-
-
-class RedisStore:
+class RedisStore(RedisConnection):
     """One worker's connection to the cluster's keys. Every call is bounded by the client's
-    socket timeouts and by the caller's deadline; failures become :class:`ClusterUnavailable`.
+    socket timeouts and by the caller's deadline; failures become
+    :class:`~service.redisconn.RedisUnavailable`. The next publication is the retry.
     """
 
     def __init__(self, url: str, name: str, timeout: float) -> None:
+        super().__init__(url, timeout, reason_width=160)
         self.replicas_key = f"{name}:replicas"
         self.retired_key = f"{name}:retired"
         self.history_key = f"{name}:history"  # each replica's 15-minute history (status page)
-        self._client = redis_asyncio.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # the next publication is the retry
-            health_check_interval=0,
-        )
         self._reap = self._client.register_script(_REAP)
 
     async def publish(
@@ -128,13 +106,3 @@ class RedisStore:
     async def forget(self) -> None:
         """Delete every key of this cluster (tests and benchmarks only)."""
         await self._run(self._client.delete(self.replicas_key, self.retired_key, self.history_key))
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    @staticmethod
-    async def _run(awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except (RedisError, OSError, TimeoutError, ValueError) as exc:
-            raise ClusterUnavailable(_reason(exc)) from exc

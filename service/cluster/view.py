@@ -11,7 +11,6 @@ cannot be read within the deadline, the answer is this host's figures alone with
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -20,12 +19,13 @@ from typing import Any
 
 import orjson
 
-from service.cluster.redis_store import ClusterUnavailable, RedisStore
+from service.cluster.redis_store import RedisStore
 from service.cluster.replica import Published
 from service.cluster.targets import cluster_targets
 from service.metrics import WINDOW_S, HostFigures, MetricsStore, Snapshot, merge, to_snapshot
 from service.metrics.figures import WINDOW_RING
 from service.metrics.history import History
+from service.redisconn import RedisUnavailable
 from service.settings import ClusterSettings
 
 Entry = dict[str, Any]
@@ -62,11 +62,9 @@ class ClusterView:
         """The whole cluster's snapshot and the ``cluster`` entry of ``/stats``; ``history``:
         with this host's last 15 minutes (the status page's charts)."""
         try:
-            async with asyncio.timeout(self._settings.timeout):
+            async with self._store.deadline():
                 documents, retired, histories = await self._store.read(history=history)
-        except TimeoutError:
-            return self._degraded(local, "redis: timeout", history)
-        except ClusterUnavailable as exc:
+        except RedisUnavailable as exc:
             return self._degraded(local, exc.reason, history)
         now = time.time()
         own = self._figures()

@@ -28,7 +28,9 @@ monitoring), without touching Sanic's class:
   whose event loop has not stamped their row of the shared block for
   ``LB_WORKER_STALL_TIMEOUT`` seconds (``kill -STOP``, a blocking call); each is killed with
   SIGKILL, the one signal a stopped process cannot miss, logged once, and the respawn above
-  replaces it like any dead worker (its row and totals carried on).
+  replaces it like any dead worker (its row and totals carried on). A replacement that
+  hangs before its first stamp (in a start-up listener, claiming its row) is replaced the
+  same way, ``liveness.STARTUP_ALLOWANCE`` timeouts after it was first seen running.
 
 A signal to the whole process group (systemd's ``KillMode=control-group``, ``kill -TERM
 -PGID``, Ctrl-C in a terminal) reaches the sync manager and every worker as well as the
@@ -193,9 +195,10 @@ def supervise(manager: WorkerManager, grace: float, stalls: StallWatch | None = 
                 continue
             stalled.add(pid)
             log.warning(
-                "worker %s [%s] stalled: no sign of life for %.1f s; killing it and starting a "
-                "replacement",
+                "worker %s [%s] stalled: no sign of life for %.1f s%s; killing it and starting "
+                "a replacement",
                 running[pid].name, pid, silent,
+                " since it started" if stalls.never_stamped(pid) else "",
             )  # fmt: skip
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

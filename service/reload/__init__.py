@@ -24,10 +24,11 @@ from pathlib import Path
 
 from sanic import Sanic
 
+from service import handover
 from service.reload import signals
-from service.reload.region import MAX_TEXT_BYTES, ConfigLayout, ConfigRegion
+from service.reload.region import ConfigLayout, ConfigRegion
 from service.reload.worker import ConfigReload
-from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, STARTUP_TEXT_ENV
+from service.settings.loading import CONFIG_ENV, DEFAULTS_FILE, STARTUP_FILE_ENV
 from service.sharedmem import LEASE_WIDTH, Lease, SharedBlock
 
 __all__ = ["ConfigRegion", "ConfigReload", "startup"]
@@ -42,13 +43,20 @@ def startup(app: Sanic) -> None:
     @app.main_process_start
     async def take_sighup(app: Sanic) -> None:
         source = app.ctx.lb.settings.source
-        if source is not None and len(source.text.encode("utf-8")) <= MAX_TEXT_BYTES:
+        if source is not None:
             # Workers load their settings when they import the app. A replacement for a dead
             # worker must lay out the shared block as this process did, whatever the file
             # says by then: it starts from this text, then applies the published generation.
-            os.environ[STARTUP_TEXT_ENV] = source.text
+            # A file, whatever its size (an environment variable holds at most 128 KiB).
+            text = handover.put(handover.create(app), "startup.toml", source.text.encode())
+            os.environ[STARTUP_FILE_ENV] = str(text)
         block = SharedBlock(app.shared_ctx.block, app.ctx.lb.plan)
         signals.in_main_process(ConfigRegion(block, layout))
+
+    @app.main_process_stop
+    async def remove_the_start_up_text(app: Sanic) -> None:
+        os.environ.pop(STARTUP_FILE_ENV, None)
+        handover.remove(app)
 
     @app.before_server_start
     async def follow_the_published_configuration(app: Sanic) -> None:

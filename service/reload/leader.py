@@ -2,13 +2,16 @@
 
 One worker at a time holds the reload lease (``service.sharedmem.lease``); if it dies,
 another takes over within the lease's term. The leader answers the requests the signal
-handlers leave in the shared region (SIGHUP) and, with ``LB_CONFIG_WATCH``, looks at the
+handlers leave in the shared region (SIGHUP, once the file has settled: ``source.Settling``)
+and, with ``LB_CONFIG_WATCH``, looks at the
 file's content (``source.ContentWatch``). A reload is all or nothing:
 
 - the file is read once, and that text is validated whole by the start-up loader, with the
   environment as the process got it (which still wins over the file);
 - anything wrong: nothing changes; one log line names the problem as start-up would, and the
-  region keeps it for ``/stats`` (``last_error``);
+  region keeps it for ``/stats`` (``last_error``). Any exception is such a problem, not only
+  a :class:`SettingsError`: a surprise in the loader must refuse the file, not end the
+  leader's loop with the file's SHA-256 already recorded (the watch would never look again);
 - valid: the settings that need a restart keep their running value (``changes.running``),
   the file's targets are claimed in the slot table (``targets.claim``: it may have no room,
   which is a problem like any other), then the text is published as a new generation, which
@@ -26,7 +29,7 @@ from pathlib import Path
 from service.pools import SlotTable
 from service.reload import changes, resolved, targets
 from service.reload.region import ConfigRegion
-from service.reload.source import ContentWatch, read_file, text_of
+from service.reload.source import ContentWatch, Read, Settling, read_file, text_of
 from service.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("service.reload")
@@ -53,20 +56,27 @@ class Leader:
         self._env = env
         self._watch = ContentWatch(path)
         self._next_look = 0.0
+        self._sighup: Settling | None = None  # a SIGHUP waiting for the file to settle
 
     def turn(self, running: Settings, runs_generation: int) -> None:
         """``running``: the settings this worker runs, as of generation ``runs_generation``."""
-        if self._region.take_request():
-            self.reload("SIGHUP", running)
+        if self._region.take_request() and self._sighup is None:
+            self._sighup = Settling(self._path, time.monotonic())
+        if self._sighup is not None:
+            settled = self._sighup.look(time.monotonic())
+            if settled is not None:
+                self._sighup = None
+                self.reload("SIGHUP", running, settled)
         elif running.config_watch and time.monotonic() >= self._next_look:
             self._next_look = time.monotonic() + WATCH_EVERY_S
             if self._watch.changed(self._region.attempted_sha256()):
                 self.reload("the file changed", running)
         self._release_dropped(running, runs_generation)
 
-    def reload(self, trigger: str, running: Settings) -> bool:
-        """Read, validate and publish the file; True if a new generation was published."""
-        read = read_file(self._path)
+    def reload(self, trigger: str, running: Settings, read: Read | None = None) -> bool:
+        """Read (unless ``read`` is what was read), validate and publish the file; True if
+        a new generation was published."""
+        read = read or read_file(self._path)
         self._region.attempt(read.sha256)
         try:
             text = text_of(read, self._path)
@@ -78,11 +88,13 @@ class Leader:
             settings, waiting = changes.running(new, self._started)
             resolved.entries_for(settings, self._started)  # a new ;resolve entry: a restart
             targets.claim(self._table, settings)
-        except (SettingsError, TimeoutError) as exc:
-            self._region.fail(str(exc))
+        except Exception as exc:  # whatever went wrong, the file is refused and reload goes on
+            expected = isinstance(exc, SettingsError | TimeoutError)
+            reason = str(exc) if expected else f"{type(exc).__name__} while loading it: {exc}"
+            self._region.fail(reason)
             log.error(
                 "configuration reload (%s) failed, nothing changed: configuration error: %s",
-                trigger, exc,
+                trigger, reason, exc_info=not expected,
             )  # fmt: skip
             return False
         generation = self._region.publish(text, read.sha256, waiting)

@@ -5,7 +5,8 @@ ConfigMap by pointing a ``..data`` symlink at a new directory, so the path keeps
 the file it resolves to is another one, and its mtime may be anything. Each look opens the
 path afresh (following every symlink) and hashes what it reads. A change is acted on once the
 content has been the same for two looks in a row, so that a file being written in place is
-not loaded half-written.
+not loaded half-written. SIGHUP waits the same way (:class:`Settling`): whoever sends it may
+still be writing the file, or an editor saving it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 
 from service.reload.region import MAX_TEXT_BYTES
 from service.settings import CONFIG_ENV, SettingsError
+
+SETTLE_LOOK_S = 0.1  # after SIGHUP, the file is read again this much later (a loop turn)...
+SETTLE_WITHIN_S = 5.0  # ...until two reads agree; a file still changing by then is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +80,34 @@ class ContentWatch:
         settled = seen == self._candidate
         self._candidate = None if settled else seen
         return settled
+
+
+class Settling:
+    """After a SIGHUP: the file's content once two reads :data:`SETTLE_LOOK_S` apart agree.
+
+    The leader looks on each turn of its loop (never blocking it); a file that is still
+    changing :data:`SETTLE_WITHIN_S` after the signal is a problem, as an unreadable one is:
+    refused, and the next SIGHUP (or the watch) tries again.
+    """
+
+    def __init__(self, path: Path, now: float) -> None:
+        self.path = path
+        self._last = read_file(path)
+        self._next = now + SETTLE_LOOK_S
+        self._deadline = now + SETTLE_WITHIN_S
+
+    def look(self, now: float) -> Read | None:
+        """None while the content has not settled yet; else what to reload from."""
+        if now < self._next:
+            return None
+        read = read_file(self.path)
+        if read.sha256 == self._last.sha256:
+            return read
+        if now >= self._deadline:
+            problem = (
+                f"{CONFIG_ENV}: {str(self.path)!r} was still changing {SETTLE_WITHIN_S:g} s "
+                "after SIGHUP (send it again once the file is written)"
+            )
+            return Read(None, _fingerprint(problem), problem)
+        self._last, self._next = read, now + SETTLE_LOOK_S
+        return None

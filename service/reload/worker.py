@@ -89,13 +89,18 @@ class ConfigReload:
         published = self._region.published()
         if published.sha256 != self.runs.sha256:
             started = time.perf_counter()
-            try:
+            try:  # validated by the leader with the same text and env: a surprise if it fails
                 new = load_settings(env=self._env, text=published.text)
-            except SettingsError as exc:  # validated by the leader with the same text and env
-                log.error("configuration generation %d not applied: %s", published.generation, exc)
-            else:
                 settings, _ = changes.running(new, self.started)
                 swap(self._app, settings, self.started, self.retirements, serving=serving)
+            except Exception as exc:  # refused, said in /stats; not tried again every tick
+                reason = f"worker {self._pid} did not apply generation {published.generation}: "
+                expected = isinstance(exc, SettingsError)
+                reason += str(exc) if expected else f"{type(exc).__name__}: {exc}"
+                log.error("configuration reload: %s", reason, exc_info=not expected)
+                with contextlib.suppress(TimeoutError):
+                    self._region.fail(reason)
+            else:
                 log.info(
                     "worker %d runs configuration generation %d (sha256 %s; applied in %.1f ms)",
                     self._pid, published.generation, published.sha256[:12],
@@ -106,22 +111,32 @@ class ConfigReload:
         return True
 
     async def run(self) -> None:
-        """Forever: lead if this worker holds the lease, then follow."""
+        """Forever: lead if this worker holds the lease, then follow. Nothing ends the
+        loop but its cancellation: a worker that stopped following would serve an old
+        generation for good, and a leader that stopped would end reloading for the host."""
         while True:
             try:
                 if self._lease.hold(self._pid, LEASE_TERM_S, process_alive):
                     self._leader.turn(self._app.ctx.lb.settings, self.runs.generation)
                 self.follow()
             except (RegionBusy, TimeoutError, OSError, ValueError) as exc:
-                self._quietly(exc)
+                if self._news(exc):
+                    log.warning("configuration reload: %s (tried again every %.1f s)", exc, TICK_S)
+            except Exception as exc:  # a surprise: logged with its traceback, then on
+                if self._news(exc):
+                    log.exception(
+                        "configuration reload: %s (tried again every %.1f s)", exc, TICK_S
+                    )
             await asyncio.sleep(TICK_S)
 
-    def _quietly(self, exc: Exception) -> None:
+    def _news(self, exc: Exception) -> bool:
+        """Whether to log ``exc``: not the same failure again within :data:`QUIET_S`."""
         problem, at = self._last_problem
         now = time.monotonic()
         if str(exc) != problem or now - at > QUIET_S:
             self._last_problem = (str(exc), now)
-            log.warning("configuration reload: %s (tried again every %.1f s)", exc, TICK_S)
+            return True
+        return False
 
     def outcomes(self) -> Outcomes:
         """The host's reload outcomes (the last ones read, while a writer is at work)."""

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.settings import model
+from service.settings import model, shapes
 from service.settings.limits import LimitError, parse_limits, parse_shorthand, with_stats
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "defaults.toml"
 CONFIG_ENV = "LB_CONFIG"
-# Set by the main process for the worker processes it starts: the TOML text it loaded.
-STARTUP_TEXT_ENV = "LB_CONFIG_STARTUP_TEXT"
+# Set by the main process for the worker processes it starts: a file holding the TOML text
+# it loaded (``service.handover``).
+STARTUP_FILE_ENV = "LB_CONFIG_STARTUP_FILE"
 SECTIONS: dict[str, type] = {
     "proxy": model.ProxySettings,
     "stats": model.StatsSettings,
@@ -83,7 +84,7 @@ def _parse(kind: str, name: str, raw: Any) -> Any:
     """Turn one raw value (TOML value or environment string) into its typed form."""
     try:
         return _PARSERS[kind](raw, str(raw).strip())
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a TOML value of a type no parser expects
         shown = _hide_password(str(raw)) if kind == "redis_url" else raw
         raise SettingsError(f"{name}={shown!r} is not valid: expected {EXPECTED[kind]}") from None
 
@@ -353,12 +354,15 @@ def _upstreams(
     table: list[Mapping[str, Any]], env: Mapping[str, str]
 ) -> tuple[model.Upstream, ...]:
     upstreams = []
-    for item in table:
+    for position, item in enumerate(table, 1):
+        label = f"[[upstreams]] #{position}"
+        for key in ("name", "url_env", "url", "stats_key"):
+            shapes.string(item, key, label)
         url_env, name = str(item["url_env"]), str(item["name"])
         prefix = _env_prefix(url_env)
         own = _upstream_values("upstream", item, name, env, prefix)
         passive = _upstream_values("passive", item, name, env, prefix)
-        health = dict(item.get("health", {}))
+        health = shapes.table(item, "health", f"[[upstreams]] {name!r} health")
         active = _upstream_values("active", health, f"{name}.health", env, prefix)
         upstreams.append(
             model.Upstream(
@@ -379,11 +383,15 @@ def _upstreams(
 
 def _routes(table: list[Mapping[str, Any]], names: set[str]) -> tuple[model.Route, ...]:
     routes = []
-    for item in table:
+    for position, item in enumerate(table, 1):
+        label = f"[[routes]] #{position}"
+        shapes.string(item, "upstream", label)
         route = model.Route(
             prefix=_normalise_prefix(item["prefix"]),
             upstream=str(item["upstream"]),
-            redirect_bare=bool(item.get("redirect_bare", False)),
+            redirect_bare=_parse(
+                "bool", f"{label} redirect_bare", item.get("redirect_bare", False)
+            ),
         )
         if route.upstream not in names:
             raise SettingsError(f"route {route.prefix!r} names unknown upstream {route.upstream!r}")
@@ -404,34 +412,41 @@ def load_settings(
 
     ``text``: the file's content, already read (a reload validates exactly the bytes it
     publishes). Without it, a worker process takes the text its main process started with
-    (:data:`STARTUP_TEXT_ENV`, set by ``service.reload``), so that every process of a host
-    lays out the shared block alike even when the file has changed since.
+    (the file :data:`STARTUP_FILE_ENV` names, set by ``service.reload``), so that every
+    process of a host lays out the shared block alike even when the file has changed since.
     """
     env = os.environ if env is None else env
     path = Path(env.get(CONFIG_ENV, "") or defaults_file or DEFAULTS_FILE)
+    read_from = Path(env.get(STARTUP_FILE_ENV, "") or path)
     try:
         if text is None:
-            text = env.get(STARTUP_TEXT_ENV) or path.read_text(encoding="utf-8")
+            text = read_from.read_text(encoding="utf-8")
         document = tomllib.loads(text)
     except OSError as exc:
-        raise SettingsError(f"{CONFIG_ENV}: cannot read {str(path)!r}: {exc.strerror}") from None
+        raise SettingsError(
+            f"{CONFIG_ENV}: cannot read {str(read_from)!r}: {exc.strerror}"
+        ) from None
     except UnicodeDecodeError:
-        raise SettingsError(f"{CONFIG_ENV}: {str(path)!r} is not UTF-8 text") from None
+        raise SettingsError(f"{CONFIG_ENV}: {str(read_from)!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{CONFIG_ENV}: {str(path)!r} is not valid TOML: {exc}") from None
 
     values: dict[str, dict[str, Any]] = {"server": {}, **{s: {} for s in SECTIONS}}
-    for var, section, key, kind, _ in model.VARIABLES:
-        if section in model.PER_UPSTREAM:
-            continue
-        if var in env:
-            values[section][key] = _parse(kind, var, env[var])
-        elif key in document.get(section, {}):
-            values[section][key] = _parse(kind, f"[{section}] {key}", document[section][key])
-
     try:
-        upstreams = _upstreams(document.get("upstreams", []), env)
-        routes = _routes(document.get("routes", []), {u.name for u in upstreams})
+        tables = {section: shapes.table(document, section, f"[{section}]") for section in values}
+        upstream_tables = shapes.tables(document, "upstreams", "[[upstreams]]")
+        route_tables = shapes.tables(document, "routes", "[[routes]]")
+        for var, section, key, kind, _ in model.VARIABLES:
+            if section in model.PER_UPSTREAM:
+                continue
+            if var in env:
+                values[section][key] = _parse(kind, var, env[var])
+            elif key in tables[section]:
+                values[section][key] = _parse(kind, f"[{section}] {key}", tables[section][key])
+        upstreams = _upstreams(upstream_tables, env)
+        routes = _routes(route_tables, {u.name for u in upstreams})
+    except shapes.ShapeError as exc:
+        raise SettingsError(f"{CONFIG_ENV}: {str(path)!r}: {exc}") from None
     except KeyError as exc:
         raise SettingsError(f"{str(path)!r}: an upstream or route lacks {exc}") from None
     limits = _limits(document.get("limits", []), values["admission"], upstreams)

@@ -4,13 +4,17 @@
   ``LB_UPSTREAM_CA`` for upstreams), each a function making a fresh ``SSLContext``;
 - ``pair``: a certificate chain and key read, checked and loaded as one;
 - ``rotation``: the pair a worker serves, swapped when the files change;
+- ``last_good``: the host's last good pair, which a worker that starts while the files
+  cannot be served starts with;
 - ``loader``: the Sanic hook that makes each worker's listening context from the settings;
 - ``redirect``: the optional plain listener answering 308 to https.
 
 :func:`check` validates the files at start-up (``service.app`` and ``python -m service``
 call it after loading the settings), so a bad pair stops start-up with one line naming its
-setting, like every other bad setting. ``startup(app)`` installs the loader, and in every
-worker starts the watch on the files and the redirect listener.
+setting, like every other bad setting (in a worker the host started, the host's last good
+pair will do). ``startup(app)`` installs the loader, hands the pair the main process
+validated to its workers, and in every worker starts the watch on the files and the
+redirect listener.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 from sanic import Sanic
 
+from service import handover
 from service.settings import Settings, SettingsError
 from service.sharedmem import LEASE_WIDTH, Lease
 from service.sharedmem.block import process_alive
@@ -50,13 +55,15 @@ def check(settings: Settings) -> None:
         if not (tls.cert and tls.key):
             missing = "LB_TLS_KEY" if tls.cert else "LB_TLS_CERT"
             raise SettingsError(f"LB_TLS_CERT and LB_TLS_KEY go together: {missing} is not set")
+        from service.tls import last_good
         from service.tls.pair import PairError, load_pair, read_files
         from service.tls.rotation import utcnow
 
         try:
             load_pair(tls.cert, tls.key, read_files(tls.cert, tls.key), utcnow())
         except PairError as exc:
-            raise SettingsError(str(exc)) from None
+            if last_good.load(utcnow()) is None:  # a replacement worker starts with that
+                raise SettingsError(str(exc)) from None
     if tls.http_redirect_port:
         port = tls.http_redirect_port
         if not tls.enabled:
@@ -99,6 +106,22 @@ def startup(app: Sanic) -> None:
         from service.tls.loader import SettingsCertLoader
 
         app.certloader_class = SettingsCertLoader
+
+        @app.main_process_start
+        async def hand_over_the_pair(app: Sanic) -> None:
+            from service.tls import last_good
+            from service.tls.pair import PairError, load_pair, read_files
+            from service.tls.rotation import utcnow
+
+            with contextlib.suppress(PairError):  # changed since check(): workers will say
+                files = read_files(tls.cert, tls.key)
+                load_pair(tls.cert, tls.key, files, utcnow())
+                last_good.keep(files, handover.create(app))
+
+        @app.main_process_stop
+        async def remove_the_pair(app: Sanic) -> None:
+            handover.remove(app)
+
     running = _WorkerTls()
 
     @app.after_server_start

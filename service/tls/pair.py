@@ -24,6 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from service.tls.contexts import server_context
 
 CERT_VAR, KEY_VAR = "LB_TLS_CERT", "LB_TLS_KEY"
+# The largest certificate or key file read: a chain of a dozen certificates is ~20 KiB; a
+# larger file (a wrong path, a log file) is refused without being read whole, every second.
+MAX_FILE_BYTES = 1024 * 1024
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -65,9 +68,12 @@ def read_files(cert_path: str, key_path: str) -> Files:
 def _read(variable: str, path: str) -> bytes:
     try:
         with open(path, "rb") as file:
-            return file.read()
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise PairError(f"{variable}={path!r} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise PairError(f"{variable}={path!r} is over {MAX_FILE_BYTES // 1024} KiB, the most read")
+    return data
 
 
 def load_pair(cert_path: str, key_path: str, files: Files, now: datetime) -> CertificatePair:
