@@ -1,18 +1,19 @@
 #!/usr/bin/env python
 """The access log's cost: proxied throughput with LB_ACCESS_LOG off, on (text) and on (json);
 and the request ids' cost on the proxy route: off versus a build that does not make them
-(bench/variant_noids.py).
+(bench/_noids.py).
 
 Three 1-worker load balancers in front of one nginx, identical but for the access log
 (on: one line per request written to the process's stdout, a pipe read by this script
 into a file, as a container runtime would). Interleaved one-at-a-time runs (medians), then
 each "on" case side by side with "off" (both loaded at once on the load balancer's core, so
 the ratio is their cost ratio). Request ids are on in the service, so "off" includes them;
-"no request ids" is the same with a constant id instead (bench/variant_noids.py).
+"no request ids" is the same with a constant id instead (bench/_noids.py).
 
 How it measures (wrk, pinning, CPU per request, other load, results): bench/harness.py.
 
     .venv/bin/python bench/access_log_cost.py [--duration 5] [--repeats 3] [--pair-repeats 2]
+        [--smoke]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from bench.harness import (
     start_nginx,
 )
 
-SERVICE, NO_IDS = "service.app:app", "bench.variant_noids:app"
+SERVICE, NO_IDS = "service.app:app", "bench._noids:app"
 CONFIGS = (
     ("access log off", SERVICE, {"LB_ACCESS_LOG": "false"}),
     ("access log on, text", SERVICE, {"LB_ACCESS_LOG": "true", "LB_LOG_FORMAT": "text"}),
@@ -126,7 +127,8 @@ def bench_access_log(args: argparse.Namespace, procs: Processes, tmp: Path, stam
 def main() -> int:
     parser = bench_parser(__doc__ or "")
     add_run_options(parser, duration=5.0, repeats=3, what="case")
-    return run_bench("access-log", parser.parse_args(), bench_access_log)
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2}
+    return run_bench("access-log", parser.parse_args(), bench_access_log, smoke)
 
 
 if __name__ == "__main__":

@@ -45,15 +45,18 @@ from bench.harness import (
     URL_VARS,
     Case,
     LoadBalancer,
+    Mode,
     Processes,
     add_run_options,
     bench_env,
     bench_parser,
     get_json,
     interleaved,
+    control_wanted,
     launch_lb,
     machine_load,
     median,
+    micro_calls,
     parse_wrk,
     print_pairs,
     print_runs_table,
@@ -63,6 +66,7 @@ from bench.harness import (
     save,
     side_by_side,
     start_nginx,
+    warm,
     wrk_argv,
 )
 from tests.support import REPO
@@ -124,7 +128,7 @@ def admit_micro() -> dict[str, float]:
             if decided is not None:
                 decided.release()
 
-        number = 50_000
+        number = micro_calls(50_000)
         runs = timeit.repeat(decide, number=number, repeat=5, timer=time.process_time)
         out[label] = min(runs) / number * 1e6  # CPU time: robust to a busy machine
     return out
@@ -142,13 +146,10 @@ def bench_cost(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[st
         procs, name="one-limit-no-fields", app="service.app:app",
         env=bench_env(urls, {**ONE_LIMIT, "LB_RATE_LIMIT_HEADERS": "false"}),
     )  # fmt: skip
-    again = launch_lb(procs, name="off-again", app="service.app:app", env=bench_env(urls))
-    cases = [
-        Case("limits off", off),
-        Case("one limit on", on),
-        Case("one limit, no fields", quiet),
-        Case("limits off, A/A control", again),
-    ]
+    cases = [Case("limits off", off), Case("one limit on", on), Case("one limit, no fields", quiet)]
+    if control_wanted(args.no_control):
+        again = launch_lb(procs, name="off-again", app="service.app:app", env=bench_env(urls))
+        cases.append(Case("limits off, A/A control", again))
     print(
         f"\nnginx upstream; wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.repeats} "
         f"repeats interleaved, 1 worker, pinning {'on' if procs.pin else 'off'}; {machine_load()}"
@@ -223,6 +224,13 @@ def bench_workers(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any]
     return out
 
 
+def shared_workers() -> int:
+    """Workers of the replicas' and the keys' load balancers: 2, so the limits are shared in
+    memory as in production; 1 in a smoke run, which only proves the code path runs (what
+    they measure is across replicas and under many keys; 3. is the exactness across workers)."""
+    return 1 if Mode.smoke else 2
+
+
 def bench_replicas(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any]:
     redis = RedisServer()
     try:
@@ -232,10 +240,12 @@ def bench_replicas(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any
         env = bench_env(
             urls, {"LB_RATE_LIMIT": f"{rate}/s burst={burst}", "LB_CLUSTER_REDIS_URL": redis.url}
         )
-        a = launch_lb(procs, name="replica-a", app="service.app:app", workers=2, env=env)
-        b = launch_lb(procs, name="replica-b", app="service.app:app", workers=2, env=env)
+        a, b = (
+            launch_lb(procs, name=name, app="service.app:app", workers=shared_workers(), env=env)
+            for name in ("replica-a", "replica-b")
+        )
         print(
-            f"\nexactness across replicas: 2 replicas x 2 workers on one Redis, "
+            f"\nexactness across replicas: 2 replicas x {shared_workers()} workers on one Redis, "
             f"LB_RATE_LIMIT={rate}/s burst={burst}; one client at 2x the rate for {seconds:g} s"
         )
         out = {}
@@ -260,7 +270,7 @@ def bench_replicas(procs: Processes, tmp: Path, seconds: float) -> dict[str, Any
             out[label] = {"admitted": admitted, "expected": expected}
         redis.stop()
         time.sleep(1.0)
-        alone = flood(a.url, "127.0.0.20", "/api/x", rate=2 * rate, seconds=5, connections=2)
+        alone = flood(a.url, "127.0.0.20", "/api/x", rate=2 * rate, seconds=seconds, connections=2)
         expected = burst + rate / 2 * alone.span_s
         mode = stats_limits(a)["cluster"]
         print(
@@ -288,18 +298,16 @@ def bench_keys(procs: Processes, tmp: Path, seconds: float, pin: bool) -> dict[s
         'per = "header:X-Api-Key"\nroutes = ["api-gateway"]\n'
     )
     lb = launch_lb(
-        procs, name="keys", app="service.app:app", workers=2,
+        procs, name="keys", app="service.app:app", workers=shared_workers(),
         env=bench_env(urls, {"LB_CONFIG": str(config)}),
     )  # fmt: skip
-    run_wrk(lb.url + "/api/x", 2, 16, pin)  # warm-up: pools, first-request costs
+    warm(lb.url + "/api/x", 16, pin)  # warm-up: pools, first-request costs
     rss_before, pss_before = lb.rss_kib(), pss_kib(lb.proc.pid)
     script = tmp / "keys.lua"
     script.write_text(KEYS_LUA)
-    argv = wrk_argv(lb.url + "/api/k", seconds, 64, pin)
-    argv[argv.index("-t1")] = "-t2"
-    argv[-1:-1] = ["-s", str(script)]
+    argv = wrk_argv(lb.url + "/api/k", seconds, 64, pin, threads=2, script=str(script))
     print(
-        f"\nkeys: 2 workers, limit per X-Api-Key {rate}/s burst {burst}, table "
+        f"\nkeys: {shared_workers()} workers, limit per X-Api-Key {rate}/s burst {burst}, table "
         f"{stats_limits(lb)['table']['keys']:,} keys; wrk -t2 -c64 -d{seconds:g}s, a new key per "
         "request; one heavy key at 5x its rate meanwhile"
     )
@@ -313,12 +321,14 @@ def bench_keys(procs: Processes, tmp: Path, seconds: float, pin: bool) -> dict[s
 
     thread = threading.Thread(target=heavy_hitter)
     started = time.monotonic()
-    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wrk = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     time.sleep(1.0)
     thread.start()
     samples = []
     while wrk.poll() is None:
-        time.sleep(5)
+        time.sleep(min(5.0, seconds / 3))
         samples.append((time.monotonic() - started, lb.rss_kib()))
     output = wrk.stdout.read() if wrk.stdout else ""
     thread.join()
@@ -451,9 +461,9 @@ def bench_admission(args: argparse.Namespace, procs: Processes, tmp: Path, stamp
         document["cost"] = bench_cost(args, procs, tmp)
     document["workers"] = bench_workers(procs, tmp, args.exact_seconds)
     if args.replicas:
-        document["replicas"] = bench_replicas(procs, tmp, 10.0)
+        document["replicas"] = bench_replicas(procs, tmp, args.replica_seconds)
     if args.keys:
-        document["keys_in_process"] = million_keys_in_process()
+        document["keys_in_process"] = million_keys_in_process(micro_calls(1_000_000))
         document["keys"] = bench_keys(procs, tmp, args.keys_seconds, procs.pin)
     save("admission", stamp, document)
 
@@ -462,11 +472,18 @@ def main() -> int:
     parser = bench_parser(__doc__)
     add_run_options(parser, duration=5.0, repeats=3, what="case")
     parser.add_argument("--skip-cost", action="store_true", help="skip the throughput runs")
+    parser.add_argument("--no-control", action="store_true", help="skip the A/A control")
     parser.add_argument("--exact-seconds", type=float, default=5.0, help="wrk flood length (5)")
     parser.add_argument("--replicas", action="store_true", help="also two replicas on Redis")
     parser.add_argument("--keys", action="store_true", help="also the flood of distinct keys")
     parser.add_argument("--keys-seconds", type=float, default=60.0, help="its length (60)")
-    return run_bench("admission", parser.parse_args(), bench_admission)
+    parser.add_argument(
+        "--replica-seconds", type=float, default=10.0, help="each replicas' flood (10)"
+    )
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
+             "exact_seconds": 1.0, "replicas": True, "replica_seconds": 1.0, "keys": True,
+             "keys_seconds": 2.5}  # fmt: skip
+    return run_bench("admission", parser.parse_args(), bench_admission, smoke)
 
 
 if __name__ == "__main__":

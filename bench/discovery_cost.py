@@ -39,6 +39,7 @@ from bench.harness import (
     add_run_options,
     bench_env,
     bench_parser,
+    control_wanted,
     launch_lb,
     machine_load,
     print_pairs,
@@ -78,10 +79,12 @@ def _bench(
     resolved = launch_lb(
         procs, name="resolved", app="service.app:app", env=bench_env(urls, resolved_env)
     )
-    static2 = launch_lb(procs, name="static2", app="service.app:app", env=bench_env(urls))
     base = Case("static pool (1 target)", static)
     discovered = Case("resolved pool (1 address)", resolved)
-    control = Case("static pool (A/A)", static2)
+    controls = []
+    if control_wanted():
+        static2 = launch_lb(procs, name="static2", app="service.app:app", env=bench_env(urls))
+        controls.append(Case("static pool (A/A)", static2))
     print(
         f"nginx upstream; wrk -t1 -c{args.connections}; 1 worker each, pinning "
         f"{'on' if procs.pin else 'off'}; {machine_load()}"
@@ -90,10 +93,10 @@ def _bench(
     if args.repeats:
         print(f"\none at a time, interleaved, {args.repeats} repeats of {args.duration:g} s:")
         runs = interleaved(
-            [base, discovered, control], repeats=args.repeats, duration=args.duration,
+            [base, discovered, *controls], repeats=args.repeats, duration=args.duration,
             connections=args.connections, pin=procs.pin, nginx=nginx,
         )  # fmt: skip
-        print_runs_table([base, discovered, control], runs, base.label, "static")
+        print_runs_table([base, discovered, *controls], runs, base.label, "static")
         results["runs"] = {k: [vars(r) for r in v] for k, v in runs.items()}
     if args.pair_repeats:
         print(
@@ -102,12 +105,13 @@ def _bench(
             f"{args.pair_repeats} repeats"
         )
         pairs = side_by_side(
-            base, [control, discovered], repeats=args.pair_repeats,
+            base, [*controls, discovered], repeats=args.pair_repeats,
             duration=args.pair_duration, connections=args.connections, pin=procs.pin,
         )  # fmt: skip
-        print_pairs(base, [control, discovered], pairs)
+        print_pairs(base, [*controls, discovered], pairs)
         results["pairs"] = {k: vars(v) for k, v in pairs.items()}
-    for lb in (static, resolved, static2):  # the CPU is the DNS-change runs' now
+    # the CPU is the DNS-change runs' now
+    for lb in (static, resolved, *(case.lb for case in controls)):
         lb.stop()
     results["dns_change"] = {}
     for valid in args.valid:
@@ -185,7 +189,9 @@ def main() -> int:
         "--valid", type=float, nargs="+", default=[5.0, 1.0],
         help="LB_RESOLVER_VALID values to time DNS changes with (5 1)",
     )  # fmt: skip
-    return run_bench("discovery", parser.parse_args(), bench_discovery)
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
+             "changes": 1, "ttl": 1, "valid": [1.0]}  # fmt: skip
+    return run_bench("discovery", parser.parse_args(), bench_discovery, smoke)
 
 
 if __name__ == "__main__":

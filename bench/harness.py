@@ -1,8 +1,8 @@
-"""What the benchmarks share: processes, nginx, the load balancer, wrk, /proc accounting, py-spy.
+"""What the benchmarks share: processes, nginx, the load balancer, wrk, /proc accounting, py-spy,
+and the ``--smoke`` mode.
 
-Used by ``bench/proxy_bench.py``, ``bench/record_cost.py``, ``bench/stats_latency.py``,
-``bench/sustained.py`` and ``bench/pool_cost.py``. The load-balancer process, free ports, the
-/proc helpers and the stdlib upstream servers are the tests' own (:mod:`tests.support`).
+Used by every script in bench/. The load-balancer process, free ports, the /proc helpers and
+the stdlib upstream servers are the tests' own (:mod:`tests.support`).
 Everything listens on 127.0.0.1 on ephemeral ports; every process started through
 :class:`Processes` (or :func:`launch_lb`) runs in its own session and is stopped (SIGTERM,
 then SIGKILL of the whole session) by ``close``.
@@ -10,11 +10,17 @@ then SIGKILL of the whole session) by ``close``.
 CPU pinning (``taskset``, 2 cores): a 1-worker load balancer on :data:`LB_CPUS`, nginx and
 wrk on :data:`LOAD_CPUS`.
 
-How the four benchmark scripts (record_cost, stats_latency, sustained, pool_cost) measure:
-wrk with one thread, 32 keep-alive connections, ``--latency``; the 1-worker load balancer on
-CPU 0, nginx, wrk and the script's own servers on CPU 1. Each run also records the serving
-process tree's CPU µs per request and the "other load" (CPUs busy with processes outside the
-run). Why side by side: bench/README.md. Results go to bench/results/ as JSON.
+How the benchmarks measure: wrk with one thread, 32 keep-alive connections, ``--latency``;
+the 1-worker load balancer on CPU 0, nginx, wrk and the script's own servers on CPU 1. Each
+run also records the serving process tree's CPU µs per request and the "other load" (CPUs
+busy with processes outside the run). Why side by side: bench/README.md. Results go to
+bench/results/ as JSON.
+
+Smoke runs (``--smoke``, what tests/test_bench.py runs): seconds, tiny sizes, every code path
+of the script. A peer that is not installed (nginx, wrk, py-spy) is reported as absent and
+replaced where the run needs one (``bench/_upstream.py`` for nginx, ``bench/_wrk.py`` for wrk)
+or skipped (py-spy); in a full run a missing peer is an error. What the script starts itself
+(the load balancer, Redis, dnsmasq) must start either way.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -37,7 +44,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests import support
 from tests.support import REPO, children, clean_env, cpu_ticks, free_port
@@ -46,6 +53,55 @@ RESULTS = REPO / "bench" / "results"
 BIN = Path(sys.executable).parent
 URL_VARS = tuple(support.URL_VARS.values())  # the environment variables of the upstreams' URLs
 LB_CPUS, LOAD_CPUS = "0", "1"
+
+
+# ------------------------------------------------------------------------ smoke, peers
+
+
+class Mode:
+    """Whether this process is a smoke run: set once by :func:`run_bench`, before any peer is
+    asked for (a benchmark process is one run, so this is process-wide on purpose)."""
+
+    smoke: ClassVar[bool] = False
+    absent: ClassVar[set[str]] = set()
+    results: ClassVar[Path] = RESULTS  # a smoke run's go to its temporary folder
+
+
+def require(peer: str) -> bool:
+    """Whether the program ``peer`` is installed. Absent: an error in a full run; in a smoke
+    run, reported once and False (the caller uses its stand-in or skips that part)."""
+    if shutil.which(peer) or (BIN / peer).exists():
+        return True
+    if not Mode.smoke:
+        raise RuntimeError(f"{peer} is not installed (bench/README.md says where to get it)")
+    if peer not in Mode.absent:
+        Mode.absent.add(peer)
+        print(f"peer {peer}: absent (smoke run: a stand-in or that part skipped)", flush=True)
+    return False
+
+
+def micro_calls(calls: int) -> int:
+    """Calls per timing of an in-process micro-benchmark: a thousandth in a smoke run."""
+    return max(calls // 1000, 10) if Mode.smoke else calls
+
+
+def control_wanted(no_control: bool = False) -> bool:
+    """Whether to run the A/A control (the noise floor: the base twice): not in a smoke run,
+    where figures mean nothing and each load balancer costs a start (it says so)."""
+    if Mode.smoke:
+        print("control: skipped (smoke)", flush=True)
+        return False
+    return not no_control
+
+
+def warm(url: str, connections: int, pin: bool) -> None:
+    """2 s of wrk (0.1 s in a smoke run): pools filled, first-request costs paid."""
+    run_wrk(url, 0.1 if Mode.smoke else 2, connections, pin)
+
+
+def peer_path(peer: str) -> str:
+    return shutil.which(peer) or str(BIN / peer)
+
 
 NGINX_HEAD = """\
 worker_processes 1;
@@ -188,7 +244,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) ->
                 if response.status == 200:
                     return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
@@ -213,11 +269,30 @@ def start_nginx_ports(
         (tmp / "www" / "api" / "body" / name).write_bytes(content)
     servers = "".join(NGINX_SERVER.format(port=port, tmp=tmp) for port in ports)
     conf.write_text(NGINX_HEAD.format(tmp=tmp) + servers + "}\n")
-    proc = procs.start("nginx", ["nginx", "-p", str(tmp), "-c", str(conf)], cpus=LOAD_CPUS)
+    files = {"/api/body/": tmp / "www" / "api" / "body"}
+    proc = start_upstream(procs, "nginx", conf, ports, files, cpus=LOAD_CPUS)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     for url in urls:
         wait_http(url + "/", proc)
     return urls, proc
+
+
+def start_upstream(
+    procs: Processes,
+    name: str,
+    conf: Path,
+    ports: list[int],
+    files: Mapping[str, Path],
+    *,
+    cpus: str | None,
+) -> subprocess.Popen[bytes]:
+    """nginx with ``conf``; in a smoke run without nginx, its stand-in (bench/_upstream.py)
+    on ``ports``, serving ``files`` (URL prefix -> folder) as the configuration does."""
+    if require("nginx"):
+        return procs.start(name, ["nginx", "-p", str(conf.parent), "-c", str(conf)], cpus=cpus)
+    argv = [sys.executable, "-m", "bench._upstream"]
+    argv += [f"--files={prefix}={folder}" for prefix, folder in files.items()]
+    return procs.start(name, [*argv, *map(str, ports)], cpus=cpus)
 
 
 def start_nginx(procs: Processes, tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
@@ -290,20 +365,33 @@ def launch_lb(
     repo: Path = REPO,
 ) -> LoadBalancer:
     """``sanic <app>`` on an ephemeral port, no access logs; a 1-worker one is pinned to
-    LB_CPUS. Its output goes to ``lb-<name>.log`` in ``procs.logs``; ``procs.close`` stops it."""
-    lb = LoadBalancer(
-        env,
-        workers=workers,
-        app=app,
-        name=name,
-        cpus=LB_CPUS if workers == 1 and procs.pin else None,
-        args=["--no-access-logs"],
-        ready=tuple(ready),
-        log=procs.logs / f"lb-{name}.log",
-        timeout=30.0,
-        repo=repo,
-    )
-    return procs.adopt(lb)
+    LB_CPUS. Its output goes to ``lb-<name>.log`` in ``procs.logs``; ``procs.close`` stops it.
+
+    In a smoke run a 1-worker load balancer runs ``--single-process`` (one Python process
+    to start instead of two: half the CPU, and the same request path); one whose port was
+    taken meanwhile by another process (:func:`free_port` closes it before Sanic binds) is
+    started again, once, on another port."""
+    for attempt in (1, 2):
+        try:
+            lb = LoadBalancer(
+                env,
+                workers=None if Mode.smoke and workers == 1 else workers,
+                app=app,
+                name=name,
+                cpus=LB_CPUS if workers == 1 and procs.pin else None,
+                args=["--no-access-logs"],
+                ready=tuple(ready),
+                log=procs.logs / f"lb-{name}.log",
+                timeout=30.0,
+                repo=repo,
+            )
+        except RuntimeError:
+            log = (procs.logs / f"lb-{name}.log").read_text(errors="replace")
+            if attempt == 2 or "Address already in use" not in log:
+                raise
+            continue
+        return procs.adopt(lb)
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------- wrk
@@ -354,15 +442,20 @@ def parse_wrk(output: str) -> WrkRun:
     )
 
 
-def wrk_argv(url: str, duration: float, connections: int, pin: bool) -> list[str]:
+def wrk_argv(
+    url: str, duration: float, connections: int, pin: bool, *, threads: int = 1, script: str = ""
+) -> list[str]:
+    """wrk's command line; in a smoke run without wrk, its stand-in's (bench/_wrk.py)."""
+    wrk = ["wrk"] if require("wrk") else [sys.executable, "-m", "bench._wrk"]
     argv = [
-        "wrk",
-        "-t1",
+        *wrk,
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{duration:g}s",
         "--latency",
         "--timeout",
         "5s",
+        *(["-s", script] if script else []),
         url,
     ]
     return ["taskset", "-c", LOAD_CPUS, *argv] if pin else argv
@@ -370,7 +463,9 @@ def wrk_argv(url: str, duration: float, connections: int, pin: bool) -> list[str
 
 def run_wrk(url: str, duration: float, connections: int, pin: bool) -> WrkRun:
     argv = wrk_argv(url, duration, connections, pin)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration + 30, check=True, cwd=REPO
+    )
     return parse_wrk(done.stdout)
 
 
@@ -391,6 +486,7 @@ def measure_side_by_side(
     procs = [
         subprocess.Popen(
             wrk_argv(url, duration, connections, pin),
+            cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -504,7 +600,7 @@ def interleaved(
 ) -> dict[str, list[WrkRun]]:
     """Every case once per repeat, the order rotated each repeat; medians are taken later."""
     for case in cases if warm_up else ():  # pools filled, first-request costs paid
-        run_wrk(case.url, 2, connections, pin)
+        warm(case.url, connections, pin)
     results: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
     for rep in range(repeats):
         shift = rep % len(cases)
@@ -554,6 +650,11 @@ class Pairs:
     errors: int = 0
 
 
+def ratio(a: float, b: float) -> float:
+    """a / b; NaN for b 0 (a smoke run's few requests may cost less than one CPU tick)."""
+    return a / b if b else math.nan
+
+
 def side_by_side(
     base: Case,
     others: list[Case],
@@ -581,8 +682,8 @@ def side_by_side(
                 by = {first.label: runs[0], second.label: runs[1]}
                 x, b = by[case.label], by[base.label]
                 pair = pairs[case.label]
-                pair.ratios.append(x.rps / b.rps)
-                pair.cpu_ratios.append(b.server_cpu_us / x.server_cpu_us)
+                pair.ratios.append(ratio(x.rps, b.rps))
+                pair.cpu_ratios.append(ratio(b.server_cpu_us, x.server_cpu_us))
                 pair.rps.append((b.rps, x.rps))
                 pair.errors += x.errors + b.errors
             print(
@@ -614,9 +715,9 @@ def print_pairs(base: Case, others: list[Case], pairs: dict[str, Pairs]) -> None
 
 
 def save(kind: str, stamp: str, document: dict[str, Any]) -> None:
-    out = RESULTS / f"stats-bench-{kind}-{stamp}.json"
+    out = Mode.results / f"stats-bench-{kind}-{stamp}.json"
     out.write_text(json.dumps(document, indent=2, default=str))
-    print(f"raw results: {out.relative_to(REPO)}")
+    print(f"raw results: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -625,9 +726,26 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+def check_frames(frames: Mapping[str, str]) -> None:
+    """Fail loudly if a profile filter names a file or a function that is not in the checkout
+    (a filter gone stale would otherwise read 0 %). Each part is ``function (path`` as
+    :func:`frame_name` spells a frame; every script calls this at its start, smoke runs too."""
+    for name, part in frames.items():
+        match = re.fullmatch(r"(?:\w*\.)?(\w+) \((\S+\.py)", part)
+        if match is None:
+            raise ValueError(f"profile filter {name!r}: {part!r} is not 'function (path.py'")
+        function, path = match.groups()
+        source = REPO / path
+        if not source.is_file():
+            raise ValueError(f"profile filter {name!r} names {path}, which does not exist")
+        if not re.search(rf"\bdef {function}\b", source.read_text()):
+            raise ValueError(f"profile filter {name!r}: {path} has no function {function}")
+
+
 def frame_shares(raw: Path, frames: dict[str, str]) -> dict[str, float]:
     """Inclusive share (%) of a py-spy profile's samples per frame; ``frames``: name -> part of
     the frame as :func:`bench.harness.frame_name` spells it (``[Class.]function (path``)."""
+    check_frames(frames)
     total, _own, inclusive = read_profile(raw)
     out = {
         name: 100 * sum(n for frame, n in inclusive.items() if part in frame) / total
@@ -649,6 +767,10 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="seconds, tiny sizes, no peer required: does the benchmark still run end to end",
+    )  # fmt: skip
     return parser
 
 
@@ -672,14 +794,22 @@ def add_run_options(
 Bench = Callable[[argparse.Namespace, Processes, Path, str], None]
 
 
-def run_bench(kind: str, args: argparse.Namespace, bench: Bench) -> int:
+def run_bench(kind: str, args: argparse.Namespace, bench: Bench, smoke: Mapping[str, Any]) -> int:
     """``bench(args, procs, tmp, stamp)`` with every process it starts stopped at the end,
-    on error, Ctrl-C or SIGTERM; the exit status."""
+    on error, Ctrl-C or SIGTERM; the exit status. With ``--smoke``, ``smoke`` overrides the
+    arguments (short runs, small sizes, every optional part on), pinning is off (the
+    machine is someone else's too) and results go to the temporary folder."""
     interrupt_on_signals()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    if unknown := set(smoke) - set(vars(args)):
+        raise ValueError(f"{kind}: smoke settings for options it does not have: {unknown}")
+    Mode.smoke = args.smoke
+    if args.smoke:
+        vars(args).update({"no_pin": True, **smoke})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
+        Mode.results = Path(tmp) / "results" if args.smoke else RESULTS
+        Mode.results.mkdir(parents=True, exist_ok=True)
         procs = Processes(can_pin(args.no_pin), Path(tmp))
         try:
             bench(args, procs, Path(tmp), stamp)
@@ -710,26 +840,29 @@ def record_profile(
     pin: bool,
     native: bool,
     formats: tuple[str, ...] = ("raw", "flamegraph"),
-) -> Path:
-    """Sample the busiest worker with py-spy while wrk loads it; returns the raw profile.
+) -> Path | None:
+    """Sample the busiest worker with py-spy while wrk loads it; returns the raw profile
+    (None in a smoke run without py-spy).
 
     One recording per format, each under its own wrk load (collapsed stacks to rank frames,
     an SVG to look at).
     """
+    if not require("py-spy"):
+        return None
     target = lb.url + "/api/x"
-    run_wrk(target, 2, connections, pin)  # warm-up, and makes a worker busiest
+    warm(target, connections, pin)  # and makes a worker busiest
     pid = lb.busiest_worker()
-    spy = [str(BIN / "py-spy"), "record", "--pid", str(pid), "--duration", str(seconds),
+    spy = [peer_path("py-spy"), "record", "--pid", str(pid), "--duration", str(seconds),
            "--rate", "250", *(["--native"] if native else ["--nonblocking"])]  # fmt: skip
-    raw = RESULTS / f"profile-{label}-{stamp}.txt"
+    raw = Mode.results / f"profile-{label}-{stamp}.txt"
     for fmt in formats:
-        out = raw if fmt == "raw" else RESULTS / f"profile-{label}-{stamp}.svg"
+        out = raw if fmt == "raw" else Mode.results / f"profile-{label}-{stamp}.svg"
         spy_proc = procs.start(f"py-spy-{fmt}", [*spy, "--format", fmt, "-o", str(out)], cpus=None)
         time.sleep(1.0)
         run = run_wrk(target, seconds, connections, pin)
         if spy_proc.wait(seconds + 30) != 0 or not out.exists():
             raise RuntimeError(f"py-spy failed (exit {spy_proc.returncode})")
-        print(f"  py-spy {fmt}: {out.relative_to(REPO)}  (under load {run.rps:,.0f} req/s)")
+        print(f"  py-spy {fmt}: {out}  (under load {run.rps:,.0f} req/s)")
     return raw
 
 
@@ -779,7 +912,7 @@ def frame_name(frame: str) -> str:
     if not match:
         return frame
     function, path = match.groups()
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", f"{REPO}/", "lib/python3"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break

@@ -35,20 +35,22 @@ from bench.harness import (
     add_run_options,
     bench_env,
     bench_parser,
+    check_frames,
     frame_shares,
     get_json,
     interleaved,
     launch_lb,
     machine_load,
     median,
+    micro_calls,
     print_pairs,
     print_runs_table,
     record_profile,
     run_bench,
-    run_wrk,
     save,
     side_by_side,
     start_nginx_ports,
+    warm,
 )
 
 
@@ -81,7 +83,7 @@ def pool_micro() -> dict[str, float]:
             pool.started(target)
             pool.finished(target, 0.004, failed=False)
 
-        number = 50_000
+        number = micro_calls(50_000)
         out[label] = min(timeit.repeat(decide, number=number, repeat=5)) / number * 1e6
     return out
 
@@ -91,7 +93,19 @@ def targets_of(lb: LoadBalancer) -> list[dict[str, Any]]:
     return document["load-balancer"]["upstreams"]["api-gateway"]["targets"]
 
 
+# py-spy frames of balancing: name -> ``[Class].function (path`` (checked at start-up)
+PROFILE_FRAMES = {
+    "Pool.choose": "Pool.choose (service/pools/pool.py",
+    "pick": ".pick (service/pools/balancing.py",
+    "  _usable (available targets)": "_usable (service/pools/balancing.py",
+    "  LeastRequest._two (random draws)": "_two (service/pools/balancing.py",
+    "Pool.started": "Pool.started (service/pools/pool.py",
+    "Pool.finished": "Pool.finished (service/pools/pool.py",
+}
+
+
 def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
+    check_frames(PROFILE_FRAMES)
     print("in-process cost of one balancing decision, choose + started + finished (best of 5):")
     micro = pool_micro()
     for name, us in micro.items():
@@ -108,7 +122,7 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
         ("pool 3, round_robin, w 3,1,1", f"{a};weight=3,{b},{c}", "round_robin", (3, 1, 1)),
     ]
     cases, weights = [], {}
-    for i, (label, pool, balance, w) in enumerate(configs):
+    for i, (label, pool, balance, w) in enumerate(configs[: 1 + args.pools]):
         extra = {"API_GATEWAY_URL": pool}
         if balance:
             extra["API_GATEWAY_BALANCE"] = balance
@@ -121,7 +135,7 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
         f"interleaved, 1 worker, pinning {'on' if procs.pin else 'off'}; {machine_load()}"
     )
     for case in cases:  # warm-up here, so that the /stats counts below cover measured runs only
-        run_wrk(case.url, 2, args.connections, procs.pin)
+        warm(case.url, args.connections, procs.pin)
     before = {case.label: targets_of(case.lb) for case in cases}
     results = interleaved(
         cases, repeats=args.repeats, duration=args.duration, connections=args.connections,
@@ -166,14 +180,7 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
         print_pairs(cases[0], cases[1:], pairs)
     shares: dict[str, dict[str, float]] = {}
     if args.profile:
-        frames = {
-            "Pool.choose": "Pool.choose (service/pool.py",
-            "pick": ".pick (service/balancing.py",
-            "  _usable (available targets)": "_usable (service/balancing.py",
-            "  LeastRequest._two (random draws)": "_two (service/balancing.py",
-            "Pool.started": "Pool.started (service/pool.py",
-            "Pool.finished": "Pool.finished (service/pool.py",
-        }
+        frames = PROFILE_FRAMES
         for case in (cases[0], cases[1]):
             print(f"\nprofile of {case.label}, 1 worker (py-spy, Python frames):")
             raw = record_profile(
@@ -181,6 +188,8 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
                 seconds=max(int(args.duration), 5), connections=args.connections, pin=procs.pin,
                 native=False, formats=("raw",),
             )  # fmt: skip
+            if raw is None:
+                continue
             shares[case.label] = frame_shares(raw, frames)
             print(
                 f"  {shares[case.label]['samples']:.0f} samples; inclusive share of the worker's "
@@ -219,7 +228,12 @@ def main() -> int:
     parser.add_argument(
         "--profile", action="store_true", help="then py-spy the single-target and pool LBs"
     )
-    return run_bench("pools", parser.parse_args(), bench_pools)
+    parser.add_argument(
+        "--pools", type=int, default=4, help="pool cases measured against the single target (4)"
+    )
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
+             "profile": True, "pools": 1}  # fmt: skip
+    return run_bench("pools", parser.parse_args(), bench_pools, smoke)
 
 
 if __name__ == "__main__":

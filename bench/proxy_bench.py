@@ -29,16 +29,17 @@ CPU 0, nginx and wrk on CPU 1. The 2-worker load balancer is not pinned: two wor
 core would measure nothing, so in (c) they share the machine with wrk and nginx.
 
     .venv/bin/python bench/proxy_bench.py [--duration S] [--repeats N] [--bodies x,16k,1m,sse]
-        [--baseline PATH] [--transport service,httpcore,aiohttp] [--profile] [--no-w2]
+        [--baseline PATH] [--profile [--native]] [--no-w2] [--smoke]
+
+(The transport comparisons, ``--transport`` and bench/variant*.py, were retired once their
+figures were recorded in bench/README.md.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,13 +51,11 @@ from bench.harness import (
     LB_CPUS,
     LOAD_CPUS,
     REPO,
-    RESULTS,
     URL_VARS,
     LoadBalancer,
     Processes,
     WrkRun,
-    can_pin,
-    interrupt_on_signals,
+    bench_parser,
     launch_lb,
     lb_env,
     measure_wrk,
@@ -64,26 +63,26 @@ from bench.harness import (
     print_profile,
     pss_kib,
     record_profile,
-    run_wrk,
+    run_bench,
+    save,
     start_nginx,
+    warm,
 )
 
 
-def start_lb(
-    procs: Processes, variant: str, workers: int, upstream: str, repo: Path = REPO
-) -> LoadBalancer:
-    env = lb_env({var: upstream for var in URL_VARS}, {"BENCH_VARIANT": variant}, repo)
-    app = "bench.variant:app" if repo == REPO else "service.app:app"
-    tag = "" if repo == REPO else " baseline"
+def start_lb(procs: Processes, workers: int, upstream: str, repo: Path = REPO) -> LoadBalancer:
+    env = lb_env({var: upstream for var in URL_VARS}, repo=repo)
+    variant = "service" if repo == REPO else "service baseline"
     lb = launch_lb(
-        procs, name=f"{variant}{tag}-w{workers}", app=app, env=env, workers=workers, repo=repo
-    )
-    lb.variant = variant + tag
+        procs, name=f"{variant.replace(' ', '-')}-w{workers}", app="service.app:app", env=env,
+        workers=workers, repo=repo,
+    )  # fmt: skip
+    lb.variant = variant
     return lb
 
 
 def _tag(lb: LoadBalancer) -> str:
-    return f"{lb.variant} w{lb.workers}"
+    return f"{lb.variant} w{lb.workers or 1}"  # a smoke run's: --single-process
 
 
 BODY_PATHS = {"x": "/api/x", "16k": "/api/body/16k", "1m": "/api/body/1m", "sse": "/api/body/sse"}
@@ -92,15 +91,6 @@ BODY_PATHS = {"x": "/api/x", "16k": "/api/body/16k", "1m": "/api/body/1m", "sse"
 def measure(case: Case, duration: float, connections: int, pin: bool, nginx: Case) -> WrkRun:
     """One wrk run, with the server's CPU per request and the machine's foreign load."""
     return measure_wrk(case.url, case.server, [nginx.server], duration, connections, pin)
-
-
-def profile(procs: Processes, lb: LoadBalancer, args: argparse.Namespace, stamp: str) -> None:
-    """Sample the busiest worker with py-spy while wrk loads it; print the top frames."""
-    raw = record_profile(
-        procs, lb, label=lb.variant, stamp=stamp, seconds=max(int(args.duration), 5),
-        connections=args.connections, pin=not args.no_pin, native=args.native,
-    )  # fmt: skip
-    print_profile(raw, args.top)
 
 
 # --------------------------------------------------------------------------------- main
@@ -136,20 +126,85 @@ def print_table(cases: list[Case], results: dict[str, list[WrkRun]], ceiling: st
     )
 
 
+def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
+    pin = procs.pin
+    nginx, nginx_proc = start_nginx(procs, tmp)
+    direct = Case("(d) nginx direct", nginx + "/api/x", nginx_proc)
+    cases = [direct]
+    lbs: list[LoadBalancer] = []
+    trees = [REPO] + ([Path(args.baseline).resolve()] if args.baseline else [])
+    for i, repo in enumerate(trees):
+        lb1 = start_lb(procs, 1, nginx, repo)
+        lbs.append(lb1)
+        if i == 0:
+            cases.insert(0, Case("(a) lb-health w1", lb1.url + "/lb-health", lb1.proc))
+        pair = [("(b) proxy w1", lb1)]
+        if not args.no_w2:
+            lb2 = start_lb(procs, 2, nginx, repo)
+            lbs.append(lb2)
+            pair.append(("(c) proxy w2", lb2))
+        for body in args.bodies:
+            for label, lb in pair:
+                cases.append(
+                    Case(f"{label} {body} {lb.variant}", lb.url + BODY_PATHS[body], lb.proc)
+                )
+    time.sleep(1.0)
+    idle_pss = {_tag(lb): pss_kib(lb.proc.pid) for lb in lbs}
+    pinning = f"LB w1 on CPU {LB_CPUS}, nginx+wrk on CPU {LOAD_CPUS}" if pin else "off"
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency, "
+        f"{args.repeats} repeats, pinning {pinning}"
+    )
+    for case in cases:  # warm-up: pools filled, first-request costs paid
+        warm(case.url, args.connections, pin)
+    results: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
+    for rep in range(args.repeats):
+        for case in cases:
+            run = measure(case, args.duration, args.connections, pin, direct)
+            results[case.label].append(run)
+            print(
+                f"  rep {rep + 1}/{args.repeats} {case.label:<28} {run.rps:>9,.0f} req/s "
+                f"{run.server_cpu_us:6.0f} µs CPU/req  other load {run.other_load:4.2f} CPU",
+                flush=True,
+            )
+    print_table(cases, results, cases[0].label)
+    ceiling = median(results[cases[0].label], "rps")
+    for case in cases[2:]:
+        if case.label.startswith("(b) proxy w1 x "):
+            ratio = median(results[case.label], "rps") / ceiling
+            print(f"ratio (b)/(a), 11-byte body, {case.label[15:]}: {ratio:.3f}")
+    if args.baseline:
+        print("\nthis checkout against the baseline (req/s ratio, CPU µs/req ratio):")
+        for case in cases[2:]:
+            other = results.get(case.label + " baseline")
+            if other is None or case.label.endswith("baseline"):
+                continue
+            rps = median(results[case.label], "rps") / median(other, "rps")
+            cpu = median(results[case.label], "server_cpu_us") / median(other, "server_cpu_us")
+            print(f"  {case.label:<34} {rps:6.3f} {cpu:6.3f}")
+    print("\nmemory, PSS of the process tree (main process and workers), MiB:")
+    for lb in lbs:
+        after, idle = pss_kib(lb.proc.pid), idle_pss[_tag(lb)]
+        print(f"  {_tag(lb):<24} idle {idle / 1024:7.1f}   after the load {after / 1024:7.1f}")
+    save("proxy", stamp, {
+        "args": vars(args),
+        "pss_idle_kib": idle_pss,
+        "results": {k: [asdict(r) for r in v] for k, v in results.items()},
+    })  # fmt: skip
+    if args.profile:
+        print(f"\nprofile of (b) {lbs[0].variant}, 1 worker:")
+        raw = record_profile(
+            procs, lbs[0], label=lbs[0].variant, stamp=stamp, seconds=max(int(args.duration), 5),
+            connections=args.connections, pin=pin, native=args.native,
+        )  # fmt: skip
+        if raw is not None:
+            print_profile(raw, args.top)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; medians shown (3)")
-    parser.add_argument(
-        "--connections", type=int, default=32, help="wrk keep-alive connections (32)"
-    )
-    parser.add_argument(
-        "--transport",
-        default="service",
-        help="comma-separated variants (bench/variant.py) measured in (b) and (c): service "
-        "(as shipped), <transport>, <transport>@httpx; "
-        "default: service",
-    )
     parser.add_argument("--no-w2", action="store_true", help="skip (c), the 2-worker runs")
     parser.add_argument(
         "--bodies",
@@ -159,118 +214,17 @@ def main() -> int:
     parser.add_argument(
         "--baseline", default="", help="another checkout: its (b) and (c) run alongside"
     )
-    parser.add_argument("--profile", action="store_true", help="then py-spy the first variant")
+    parser.add_argument("--profile", action="store_true", help="then py-spy the 1-worker proxy")
     parser.add_argument(
         "--native", action="store_true", help="--profile with C frames (syscalls) too"
     )
     parser.add_argument("--top", type=int, default=25, help="frames shown by --profile (25)")
-    parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     args = parser.parse_args()
-    variants = [v.strip() for v in args.transport.split(",") if v.strip()]
-    bodies = [b.strip() for b in args.bodies.split(",") if b.strip()]
-    if unknown := set(bodies) - set(BODY_PATHS):
+    args.bodies = [b.strip() for b in args.bodies.split(",") if b.strip()]
+    if unknown := set(args.bodies) - set(BODY_PATHS):
         parser.error(f"unknown bodies {sorted(unknown)}; known: {sorted(BODY_PATHS)}")
-
-    interrupt_on_signals()
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    pin = can_pin(args.no_pin)
-    args.no_pin = not pin
-    with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
-        procs = Processes(pin, Path(tmp))
-        try:
-            nginx, nginx_proc = start_nginx(procs, Path(tmp))
-            direct = Case("(d) nginx direct", nginx + "/api/x", nginx_proc)
-            cases = [direct]
-            lbs: list[LoadBalancer] = []
-            trees = [(variant, REPO) for variant in variants]
-            if args.baseline:
-                trees.append(("service", Path(args.baseline).resolve()))
-            for i, (variant, repo) in enumerate(trees):
-                lb1 = start_lb(procs, variant, 1, nginx, repo)
-                lbs.append(lb1)
-                if i == 0:
-                    cases.insert(0, Case("(a) lb-health w1", lb1.url + "/lb-health", lb1.proc))
-                pair = [("(b) proxy w1", lb1)]
-                if not args.no_w2:
-                    lb2 = start_lb(procs, variant, 2, nginx, repo)
-                    lbs.append(lb2)
-                    pair.append(("(c) proxy w2", lb2))
-                for body in bodies:
-                    for label, lb in pair:
-                        cases.append(
-                            Case(f"{label} {body} {lb.variant}", lb.url + BODY_PATHS[body], lb.proc)
-                        )
-            time.sleep(1.0)
-            idle_pss = {_tag(lb): pss_kib(lb.proc.pid) for lb in lbs}
-            pinning = f"LB w1 on CPU {LB_CPUS}, nginx+wrk on CPU {LOAD_CPUS}" if pin else "off"
-            print(
-                f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency, "
-                f"{args.repeats} repeats, pinning {pinning}"
-            )
-            for case in cases:  # warm-up: pools filled, first-request costs paid
-                run_wrk(case.url, 2, args.connections, pin)
-            results: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
-            for rep in range(args.repeats):
-                for case in cases:
-                    run = measure(case, args.duration, args.connections, pin, direct)
-                    results[case.label].append(run)
-                    print(
-                        f"  rep {rep + 1}/{args.repeats} {case.label:<28} {run.rps:>9,.0f} req/s "
-                        f"{run.server_cpu_us:6.0f} µs CPU/req  "
-                        f"other load {run.other_load:4.2f} CPU",
-                        flush=True,
-                    )
-            print_table(cases, results, cases[0].label)
-            ceiling = median(results[cases[0].label], "rps")
-            for case in cases[2:]:
-                if case.label.startswith("(b) proxy w1 x "):
-                    ratio = median(results[case.label], "rps") / ceiling
-                    print(f"ratio (b)/(a), 11-byte body, {case.label[15:]}: {ratio:.3f}")
-            if args.baseline:
-                print("\nthis checkout against the baseline (req/s ratio, CPU µs/req ratio):")
-                for case in cases[2:]:
-                    other = results.get(case.label + " baseline")
-                    if other is None or case.label.endswith("baseline"):
-                        continue
-                    rps = median(results[case.label], "rps") / median(other, "rps")
-                    cpu = median(results[case.label], "server_cpu_us") / median(
-                        other, "server_cpu_us"
-                    )
-                    print(f"  {case.label:<34} {rps:6.3f} {cpu:6.3f}")
-            print("\nmemory, PSS of the process tree (main process and workers), MiB:")
-            for lb in lbs:
-                after = pss_kib(lb.proc.pid)
-                idle = idle_pss[_tag(lb)]
-                print(
-                    f"  {lb.name:<24} idle {idle / 1024:7.1f}   after the load {after / 1024:7.1f}"
-                )
-            out = RESULTS / f"proxy-bench-{stamp}.json"
-            out.write_text(
-                json.dumps(
-                    {
-                        "args": vars(args),
-                        "pss_idle_kib": idle_pss,
-                        "results": {k: [asdict(r) for r in v] for k, v in results.items()},
-                    },
-                    indent=2,
-                )
-            )
-            print(f"raw results: {out.relative_to(REPO)}")
-            if args.profile:
-                print(f"\nprofile of (b) {lbs[0].variant}, 1 worker:")
-                profile(procs, lbs[0], args, stamp)
-        except KeyboardInterrupt as exc:
-            print(f"interrupted ({exc}), cleaning up", file=sys.stderr)
-            return 130
-        except (RuntimeError, subprocess.SubprocessError, ValueError, OSError) as exc:
-            print(f"proxy_bench: {exc}", file=sys.stderr)
-            procs.print_logs()
-            return 1
-        finally:
-            procs.close()
-    return 0
+    smoke = {"duration": 0.2, "repeats": 1, "profile": True}
+    return run_bench("proxy", args, bench, smoke)
 
 
 if __name__ == "__main__":

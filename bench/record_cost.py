@@ -2,7 +2,7 @@
 """Metrics recording cost: proxied /api/x throughput with recording ON and OFF, one invocation.
 
 Proxied /api/x throughput, 1 worker, metrics recording ON (the service) versus OFF and
-amplified (bench/variant_norecord.py: store, sample, times11) and an A/A control; one app at a
+amplified (bench/_norecord.py: store, sample, times11) and an A/A control; one app at a
 time (interleaved repeats, medians) and side by side (each variant loaded together with ON on
 the same core); plus the in-process cost of one recording step and, with --profile, py-spy's
 share of it.
@@ -10,7 +10,7 @@ share of it.
 How it measures (wrk, pinning, CPU per request, other load, results): bench/harness.py.
 
     /work/venv/bin/python bench/record_cost.py
-        [--duration 5] [--repeats 5] [--pair-repeats 2] [--profile]
+        [--duration 5] [--repeats 5] [--pair-repeats 2] [--profile] [--smoke]
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ from bench.harness import (
     add_run_options,
     bench_env,
     bench_parser,
+    check_frames,
     frame_shares,
     get_json,
     interleaved,
+    control_wanted,
     launch_lb,
     machine_load,
     median,
+    micro_calls,
     print_pairs,
     print_runs_table,
     record_profile,
@@ -81,24 +84,21 @@ def record_micro() -> dict[str, float]:
     }
     out = {}
     for name, fn in cases.items():
-        number = 100_000
+        number = micro_calls(100_000)
         best = min(timeit.repeat(fn, number=number, repeat=5))
         out[name] = best / number * 1e6
     return out
 
 
-def profile_share(raw: Path) -> dict[str, float]:
-    """Inclusive share of the worker's samples spent in the recording step."""
-    return frame_shares(
-        raw,
-        {
-            "SharedMemoryStore.record": "record (service/shared_store.py",
-            "RequestSample.of": "of (service/metrics.py",
-        },
-    )
+# py-spy frames of the recording step: name -> ``function (path`` (checked at start-up)
+PROFILE_FRAMES = {
+    "SharedMemoryStore.record": "record (service/metrics/shared.py",
+    "RequestSample.of": "of (service/metrics/sample.py",
+}
 
 
 def bench_record(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
+    check_frames(PROFILE_FRAMES)
     print("in-process cost of the recording step (best of 5 × 100,000 calls):")
     micro = record_micro()
     for name, us in micro.items():
@@ -113,8 +113,8 @@ def bench_record(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
         else:
             what = {"store": "record() no-op", "sample": "no sample either"}[mode]
             label = f"OFF {mode} ({what})"
-        variants.append((label, "bench.variant_norecord:app", {"BENCH_NORECORD": mode}))
-    if not args.no_control:
+        variants.append((label, "bench._norecord:app", {"BENCH_NORECORD": mode}))
+    if control_wanted(args.no_control):
         variants.append(("ON  again (A/A control)", "service.app:app", {}))
     cases = []
     for i, (label, app, extra) in enumerate(variants):
@@ -153,6 +153,8 @@ def bench_record(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
     print("\n/stats total_requests at the end (OFF: 0; xN: N times as many as ON):")
     for label, count in counted.items():
         print(f"  {label:<30} {count:>10,}")
+    if stale := [label for label, count in counted.items() if label.startswith("OFF") and count]:
+        raise RuntimeError(f"recording was not switched off in {stale}: bench/_norecord.py")
 
     shares = {}
     if args.profile:
@@ -161,7 +163,8 @@ def bench_record(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
             procs, on.lb, label="record-on", stamp=stamp, seconds=max(int(args.duration), 5),
             connections=args.connections, pin=procs.pin, native=False, formats=("raw",),
         )  # fmt: skip
-        shares = profile_share(raw)
+        shares = frame_shares(raw, PROFILE_FRAMES) if raw else {}
+    if shares:
         print(
             f"  {shares['samples']:.0f} samples: SharedMemoryStore.record "
             f"{shares['SharedMemoryStore.record']:.1f} %, RequestSample.of "
@@ -234,12 +237,14 @@ def main() -> int:
     add_run_options(parser, duration=5.0, repeats=5, what="variant")
     parser.add_argument(
         "--modes", default="store,sample,times11",
-        help="variants of bench/variant_norecord.py: store, sample, times<N> "
+        help="variants of bench/_norecord.py: store, sample, times<N> "
         "(default: store,sample,times11)",
     )  # fmt: skip
     parser.add_argument("--no-control", action="store_true", help="skip the A/A control (ON twice)")
     parser.add_argument("--profile", action="store_true", help="then py-spy the ON worker")
-    return run_bench("record", parser.parse_args(), bench_record)
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
+             "modes": "sample,times2", "profile": True}  # fmt: skip
+    return run_bench("record", parser.parse_args(), bench_record, smoke)
 
 
 if __name__ == "__main__":

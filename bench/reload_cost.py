@@ -42,15 +42,16 @@ from bench.harness import (
     Processes,
     bench_env,
     bench_parser,
+    control_wanted,
     launch_lb,
     machine_load,
     percentile,
     print_pairs,
     run_bench,
-    run_wrk,
     save,
     side_by_side,
     start_nginx_ports,
+    warm,
 )
 from tests.support import UpstreamServer, open_fds, rss_kib
 
@@ -202,7 +203,7 @@ def reloads_in_a_row(
     took = []
     names = ("new", "old")
     try:
-        for i in range(20):
+        for i in range(min(20, reloads)):  # warm-up
             generation += 1
             reload(lb, path, files[names[i % 2]], generation, 2)
         time.sleep(1.0)
@@ -286,7 +287,8 @@ def bench_reload(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
             api="max_fails = 3",
         )
         cases = []
-        labels = ["no reload", "reloaded every 1 s"] + ["no reload (A/A)"] * args.control
+        labels = ["no reload", "reloaded every 1 s"]
+        labels += ["no reload (A/A)"] if control_wanted(not args.control) else []
         for label in labels:
             file = tmp / f"{label.split()[0]}-{len(cases)}.toml"
             file.write_text(steady)
@@ -296,7 +298,7 @@ def bench_reload(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
             )  # fmt: skip
             cases.append((Case(label, balancer), file))
         for case, _ in cases:
-            run_wrk(case.url, 2, args.connections, procs.pin)  # warm-up
+            warm(case.url, args.connections, procs.pin)  # warm-up
         (base, _), (reloaded, reloaded_file) = cases[0], cases[1]
         stop = threading.Event()
 
@@ -343,7 +345,8 @@ def main() -> int:
     parser.add_argument("--pair-repeats", type=int, default=2, help="side-by-side repeats (2)")
     parser.add_argument("--reloads", type=int, default=200, help="reloads in a row, 0: skip (200)")
     parser.add_argument("--control", action="store_true", help="add an A/A pair (no reloads)")
-    return run_bench("reload", parser.parse_args(), bench_reload)
+    smoke = {"switches": 2, "duration": 0.2, "pair_repeats": 1, "reloads": 2}
+    return run_bench("reload", parser.parse_args(), bench_reload, smoke)
 
 
 if __name__ == "__main__":

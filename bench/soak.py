@@ -38,14 +38,16 @@ from bench.harness import (
     bench_parser,
     launch_lb,
     parse_wrk,
+    start_upstream,
+    wrk_argv,
     run_bench,
     save,
     wait_http,
 )
-from tests.support import URL_VARS, free_port, rss_kib
+from tests.support import REPO, URL_VARS, free_port, rss_kib
 
 SIZES = {"s": 200, "m": 16 * 1024, "l": 256 * 1024}
-SEGMENT_S = 10  # also the RSS sampling period
+SEGMENT_S = 10  # also the RSS sampling period (a smoke run's are 0.5 s)
 READY = ("/lb-health", "/api/s")
 
 WRK_SCRIPT = """
@@ -93,7 +95,7 @@ def start_target(procs: Processes, tmp: Path, name: str, port: int) -> subproces
     (home / "logs").mkdir(parents=True, exist_ok=True)
     conf = home / "nginx.conf"
     conf.write_text(NGINX_HEAD.format(tmp=home) + NGINX_SITE.format(port=port, www=tmp / "www"))
-    proc = procs.start(name, ["nginx", "-p", str(home), "-c", str(conf)], cpus=None)
+    proc = start_upstream(procs, name, conf, [port], {"/api/": tmp / "www"}, cpus=None)
     wait_http(f"http://127.0.0.1:{port}/api/s", proc)
     return proc
 
@@ -116,12 +118,12 @@ def roles(lb: LoadBalancer) -> dict[str, int]:
     return named
 
 
-def slope(samples: list[int]) -> float:
-    """Least-squares slope of ``samples`` (one every SEGMENT_S), KiB per minute."""
+def slope(samples: list[int], segment_s: float) -> float:
+    """Least-squares slope of ``samples`` (one every ``segment_s``), KiB per minute."""
     points = samples[1:]  # the first segment is the warm-up
     if len(points) < 2:
         return 0.0
-    xs = [i * SEGMENT_S / 60 for i in range(len(points))]
+    xs = [i * segment_s / 60 for i in range(len(points))]
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(points)
     num = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, points, strict=True))
     den = sum((x - mean_x) ** 2 for x in xs)
@@ -135,17 +137,9 @@ def run_phase(
     script.write_text(WRK_SCRIPT)
     started = time.monotonic()
     while phase.requests < args.requests and time.monotonic() - started < args.max_seconds:
-        argv = [
-            "wrk",
-            "-t1",
-            f"-c{args.connections}",
-            f"-d{SEGMENT_S}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-        ]
-        run = parse_wrk(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+        argv = wrk_argv(url, args.segment, args.connections, pin=False, script=str(script))
+        done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO)
+        run = parse_wrk(done.stdout)
         phase.requests += run.requests
         phase.non_2xx += run.non_2xx
         phase.socket_errors += run.socket_errors
@@ -159,7 +153,9 @@ def run_phase(
         )
     phase.seconds = time.monotonic() - started
     phase.errors = phase.non_2xx + phase.socket_errors
-    phase.slope_kib_per_min = {pid: round(slope(v), 1) for pid, v in phase.rss_kib.items()}
+    phase.slope_kib_per_min = {
+        pid: round(slope(v, args.segment), 1) for pid, v in phase.rss_kib.items()
+    }
 
 
 def bench_soak(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
@@ -223,7 +219,14 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=20.0, help="seconds (20)")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="per phase (1800)")
     parser.add_argument("--phase", choices=("both", "steady", "kill"), default="both")
-    return run_bench("soak", parser.parse_args(), bench_soak)
+    parser.add_argument(
+        "--segment",
+        type=float,
+        default=SEGMENT_S,
+        help=f"seconds of load per RSS sample ({SEGMENT_S})",
+    )
+    smoke = {"requests": 50, "kill_every": 1.0, "max_seconds": 3.0, "segment": 0.5}
+    return run_bench("soak", parser.parse_args(), bench_soak, smoke)
 
 
 if __name__ == "__main__":

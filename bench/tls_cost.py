@@ -33,6 +33,7 @@ from bench.harness import (
     URL_VARS,
     Case,
     LoadBalancer,
+    Mode,
     Processes,
     add_run_options,
     bench_env,
@@ -45,6 +46,7 @@ from bench.harness import (
     run_bench,
     save,
     side_by_side,
+    require,
     start_nginx,
     wait_http,
 )
@@ -133,7 +135,8 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
     def balancer(name: str, tls: bool) -> LoadBalancer:
         extra = {"LB_TLS_CERT": cert, "LB_TLS_KEY": key} if tls else {}
         lb = LoadBalancer(
-            {**env, **extra}, workers=1, name=name, args=["--no-access-logs"],
+            {**env, **extra}, workers=None if Mode.smoke else 1, name=name,
+            args=["--no-access-logs"],
             cpus=LB_CPUS if procs.pin else None, ready=("/lb-health", "/api/x"),
             log=procs.logs / f"lb-{name}.log", timeout=30.0, tls=trust if tls else None,
         )  # fmt: skip
@@ -141,11 +144,13 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
 
     plain = Case("lb http", balancer("http", tls=False))
     secure = Case("lb https", balancer("https", tls=True))
-    nginx_tls, nginx_plain = start_nginx_front(procs, tmp, upstream, cert, key)
-    fronts = [Case("nginx https", nginx_tls), Case("nginx http", nginx_plain)]  # type: ignore[arg-type]
+    fronts = []
+    print(f"lb https: {negotiated(secure.lb.url, trust)}")
+    if require("nginx"):  # a smoke run without nginx measures the load balancer alone
+        nginx_tls, nginx_plain = start_nginx_front(procs, tmp, upstream, cert, key)
+        fronts = [Case("nginx https", nginx_tls), Case("nginx http", nginx_plain)]  # type: ignore[arg-type]
+        print(f"nginx https: {negotiated(nginx_tls.url, trust)}")
     cases = [plain, secure, *fronts]
-    print(f"lb https: {negotiated(secure.lb.url, trust)}; nginx https: "
-          f"{negotiated(nginx_tls.url, trust)}")  # fmt: skip
 
     print(f"\n{args.repeats} interleaved runs of {args.duration:g} s, /api/x (11 bytes), "
           f"{args.connections} keep-alive connections:")  # fmt: skip
@@ -173,13 +178,14 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
             plain, [secure], repeats=args.pair_repeats, duration=args.pair_duration,
             connections=args.connections, pin=procs.pin,
         ))  # fmt: skip
-        pairs.update(side_by_side(
-            fronts[0], [Case("lb https vs nginx", secure.lb)],  # type: ignore[list-item]
-            repeats=args.pair_repeats, duration=args.pair_duration,
-            connections=args.connections, pin=procs.pin,
-        ))  # fmt: skip
         print_pairs(plain, [secure], pairs)
-        print_pairs(fronts[0], [Case("lb https vs nginx", secure.lb)], pairs)
+        if fronts:
+            pairs.update(side_by_side(
+                fronts[0], [Case("lb https vs nginx", secure.lb)],  # type: ignore[list-item]
+                repeats=args.pair_repeats, duration=args.pair_duration,
+                connections=args.connections, pin=procs.pin,
+            ))  # fmt: skip
+            print_pairs(fronts[0], [Case("lb https vs nginx", secure.lb)], pairs)
     save("tls", stamp, {
         "load": machine_load(),
         "runs": {label: [asdict(r) for r in runs] for label, runs in results.items()},
@@ -190,7 +196,8 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
 def main() -> int:
     parser = bench_parser(__doc__ or "")
     add_run_options(parser, duration=5.0, repeats=3, what="front")
-    return run_bench("tls", parser.parse_args(), bench)
+    smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2}
+    return run_bench("tls", parser.parse_args(), bench, smoke)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The upstream clients: one ``httpx.AsyncClient`` per upstream per worker.
 
 Under each client is ``service.transport.h1.H1Transport``, chosen by measurement over
-httpx's own pool (httpcore) and aiohttp's (``bench/aiohttp_transport.py``, kept for the
-comparison): per proxied request on one worker it costs the least CPU of the three
-(figures and the command in bench/README.md). ``build_client(..., transport=...)`` takes
+httpx's own pool (httpcore) and aiohttp's (``bench/aiohttp_transport.py``, retired;
+figures in bench/README.md): per proxied request on one worker it costs the least CPU of
+the three (figures and the command in bench/README.md). ``build_client(..., transport=...)`` takes
 another one, for the benchmarks.
 """
 

@@ -123,7 +123,7 @@ class LoadBalancer:
                         break
                 except httpx.TransportError:
                     pass
-                time.sleep(0.1)
+                time.sleep(0.05)
         # With several workers, the first one answering is not enough: until the main process
         # has seen every worker's start-up ack (it polls every 0.1 s), a SIGTERM makes Sanic
         # 25.12 spin forever in WorkerManager.wait_for_ack instead of shutting down.

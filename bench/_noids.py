@@ -1,5 +1,5 @@
 """The load balancer without generating request ids on the proxy route, for benchmarks
-only: ``sanic bench.variant_noids:app``.
+only: ``sanic bench._noids:app``.
 
 ``service.blueprints.proxy.begin_request`` is replaced by one that sets the constant id
 ``-`` (no client header read, no generation, no context variable) and ``_with_id`` by the
@@ -24,6 +24,6 @@ def constant_id(request: Request, ids: RequestIds) -> str:
 
 
 proxy.begin_request = constant_id  # type: ignore[assignment]
-proxy._with_id = lambda response, request_id: response  # type: ignore[assignment]
+proxy._with_id = lambda response, *_: response  # type: ignore[assignment]
 
 __all__ = ["app"]

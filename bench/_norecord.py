@@ -1,12 +1,11 @@
 """The load balancer with its metrics recording switched off, for benchmarks only.
 
-``sanic bench.variant_norecord:app`` with ``BENCH_NORECORD=<mode>`` in the environment:
+``sanic bench._norecord:app`` with ``BENCH_NORECORD=<mode>`` in the environment:
 
 - ``store`` (default): ``app.ctx.metrics`` is wrapped, in a ``before_server_start`` listener
   registered after the app's own (so it runs after ``metrics_setup.open_store`` has claimed
   the worker's row), by :class:`NoRecordStore`, whose ``record`` does nothing. Every other
-  method (``heartbeat``, ``socket_opened``, ``socket_closed``, ``snapshot``) and ``row_index``
-  (which the pools use) are the real store's, so ``/stats`` still answers; its
+  attribute is the real store's, so ``/stats`` still answers; its
   ``total_requests`` stays 0, which is how ``bench/record_cost.py`` checks the swap worked.
 - ``sample``: the same, and the proxy handler no longer builds the ``RequestSample`` either
   (``service.blueprints.proxy.RequestSample.of`` returns None): all of the handler's recording
@@ -26,39 +25,32 @@ import os
 from typing import Any
 
 from service.blueprints import proxy
-from service.metrics import RequestSample
-from service.metrics import SharedMemoryStore
+from service.metrics import MetricsStore, RequestSample
 
 MODES = ("store", "sample", "times<N>")
 
 
 class NoRecordStore:
-    """A metrics store that drops every request sample and delegates the rest."""
+    """A metrics store that drops every request sample and delegates the rest.
 
-    def __init__(self, real: SharedMemoryStore) -> None:
+    Everything but ``record`` goes to the real store through ``__getattr__``, so a method the
+    store gains later is delegated too (naming them one by one is how this file once broke).
+    """
+
+    def __init__(self, real: MetricsStore) -> None:
         self._real = real
-        self.row_index = real.row_index
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
 
     def record(self, sample: RequestSample | None) -> None:
         pass
-
-    def heartbeat(self) -> None:
-        self._real.heartbeat()
-
-    def socket_opened(self) -> None:
-        self._real.socket_opened()
-
-    def socket_closed(self) -> None:
-        self._real.socket_closed()
-
-    def snapshot(self, *, history: bool = False) -> Any:
-        return self._real.snapshot(history=history)
 
 
 class AmplifiedStore(NoRecordStore):
     """Records every sample ``times`` times."""
 
-    def __init__(self, real: SharedMemoryStore, times: int) -> None:
+    def __init__(self, real: MetricsStore, times: int) -> None:
         super().__init__(real)
         self._times = range(times)
 
@@ -91,7 +83,7 @@ class _NoSample:
 mode = os.environ.get("BENCH_NORECORD", "store")
 times = int(mode[5:]) if mode.startswith("times") and mode[5:].isdigit() else 0
 if mode not in ("store", "sample") and times < 1:
-    raise SystemExit(f"bench.variant_norecord: BENCH_NORECORD={mode!r}, expected one of {MODES}")
+    raise SystemExit(f"bench._norecord: BENCH_NORECORD={mode!r}, expected one of {MODES}")
 if mode == "sample":
     proxy.RequestSample = _NoSample  # type: ignore[misc,assignment]
 if times:
