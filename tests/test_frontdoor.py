@@ -329,9 +329,12 @@ def test_a_stalled_worker_is_killed_and_replaced_and_totals_are_kept(
         assert wait_for(lambda: outcomes["ok_after_mark"] >= 20, timeout=10)  # the other serves
         wait_for(lambda: _gone(victim), timeout=30, step=0.05)
         killed_after = time.monotonic() - stopped_at
-        # its last stamp was up to a stamp interval (1 s) before the stop; the main process
-        # looks every 0.1 s
-        assert STALL_TIMEOUT_S - 1.0 <= killed_after < STALL_TIMEOUT_S + 2.0, killed_after
+        # Its last stamp was up to a stamp interval (1 s) before the stop, and the main
+        # process looks every 0.1 s: about STALL_TIMEOUT_S. On a loaded machine a look can
+        # come more than 2 s after the last, which counts as the main process having been
+        # stopped itself and gives every worker the timeout again (StallWatch): so up to
+        # about twice the timeout, still well under the default's 10 s.
+        assert STALL_TIMEOUT_S - 1.0 <= killed_after < 3 * STALL_TIMEOUT_S, killed_after
 
         def replaced() -> set[int]:
             figures = _stats(balancer)
@@ -342,7 +345,7 @@ def test_a_stalled_worker_is_killed_and_replaced_and_totals_are_kept(
         replaced_after = time.monotonic() - stopped_at
         # killed, then a new worker started and served (the load's next request to it)
         print(f"stalled worker killed after {killed_after:.2f} s, replaced {replaced_after:.2f}")
-        assert STALL_TIMEOUT_S <= replaced_after < killed_after + 8, (killed_after, replaced_after)
+        assert STALL_TIMEOUT_S <= replaced_after < killed_after + 10, (killed_after, replaced_after)
         assert new_pid in children(balancer.process.pid)
         assert victim not in children(balancer.process.pid)  # killed, not left stopped
         after = _stats(balancer)
