@@ -30,7 +30,7 @@ from service.admission.check import check_lines
 from service.admission.endpoints import admitted
 from service.admission.gate import Admission, Gate
 from service.admission.housekeeping import SWEEP_EVERY_S, Housekeeping
-from service.admission.layout import IN_FLIGHT, LOCK_WAIT_S, PER_POOL, AdmissionLayout
+from service.admission.layout import IN_FLIGHT, LOCK_NAME, LOCK_WAIT_S, PER_POOL, AdmissionLayout
 from service.admission.policy import compile_limits, route_plans
 from service.admission.report import AdmissionView
 from service.admission.restart import RESTART_ONLY
@@ -103,7 +103,7 @@ def startup(app: Sanic) -> None:
         block, row = lb.row.block, lb.row
         mem = block.mem
         raw_bytes = mem.cast("B")
-        lock = block.lock(layout.lock, "admission host", LOCK_WAIT_S)
+        lock = block.lock(layout.lock, LOCK_NAME, LOCK_WAIT_S)
         table = RateTable(mem, raw_bytes, layout)
         table.touch()
         clients = ClientTable(mem, raw_bytes, layout)

@@ -54,6 +54,7 @@ MODE_OFF, MODE_STARTING, MODE_OK, MODE_DEGRADED = 0.0, 1.0, 2.0, 3.0
 # holder stopped) goes on without it (fails open) and the miss is counted: a limit that is
 # briefly inexact beats a proxy that stalls.
 LOCK_WAIT_S = 0.05
+LOCK_NAME = "admission host"
 
 LIMITED_CAP = 256  # keys in a limited episode at once that are listed (and logged)
 DIRTY_CAP = 4096  # slots with unshared admissions listed between two publications
@@ -90,7 +91,7 @@ class AdmissionLayout:
         self.window = window_ring(PER_LIMIT * counted)
         self.remote_window = window_ring(PER_LIMIT * max(limits, 1))
         # shared
-        self.lock = plan.lock()
+        self.lock = plan.lock(LOCK_NAME)
         self.lease = plan.shared(LEASE_WIDTH)
         self.state = plan.shared(CLUSTER_WIDTH)
         # the other replicas' lifetime counts per limit, then this host's as last published,

@@ -51,6 +51,7 @@ from service.sharedmem.lock import WRITER_TIMEOUT_S
 
 SPARE_SLOTS = 16  # targets beyond the configured ones, for changes while serving
 SPARE_POOLS = 8  # pools beyond the configured ones (a reload may add some)
+LOCK_NAME = "slot table"
 
 # the table's header (shared)
 _GENERATION, _SEEDED, _DRAINING = range(3)
@@ -105,7 +106,7 @@ class SlotLayout:
 
     def __init__(self, plan: Plan, *, slots: int, pools: int) -> None:
         self.slots, self.pools = slots, pools
-        self.lock = plan.lock()
+        self.lock = plan.lock(LOCK_NAME)
         self.header = plan.shared(_HEADER)
         self.directory = plan.shared(pools * _POOL_WIDTH)
         self.table = plan.shared(slots * _SLOT_WIDTH)
@@ -123,7 +124,7 @@ class SlotTable:
         self.layout = layout
         self._mem = block.mem
         self._texts = Texts(block.mem)
-        self._lock = lock or block.lock(layout.lock, "slot table", WRITER_TIMEOUT_S)
+        self._lock = lock or block.lock(layout.lock, LOCK_NAME, WRITER_TIMEOUT_S)
         self._gen_at = layout.header.at + _GENERATION
         self._seq = Seqlock(block.mem, self._gen_at, self._lock)
         self._pool_ids: dict[str, int] = {}  # directory entries never move: cached

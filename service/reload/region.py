@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 MAX_TEXT_BYTES = 64 * 1024  # the largest file a reload takes (a ConfigMap is usually < 4 KiB)
 MAX_NOTE_BYTES = 1024  # the last error, the pending-restart note: cut beyond this
+LOCK_NAME = "configuration region"
 
 # header fields
 (
@@ -75,7 +76,7 @@ class ConfigLayout:
     """The region's place in the block, reserved on ``plan`` when the app is built."""
 
     def __init__(self, plan: Plan) -> None:
-        self.lock = plan.lock()
+        self.lock = plan.lock(LOCK_NAME)
         self.shared = plan.shared(_WIDTH)
         self.applied = plan.per_worker(1)
 
@@ -92,7 +93,7 @@ class ConfigRegion:
         self._mem = block.mem
         self._texts = Texts(block.mem)
         self._at = layout.shared.at
-        self._lock = lock or block.lock(layout.lock, "configuration region", WRITER_TIMEOUT_S)
+        self._lock = lock or block.lock(layout.lock, LOCK_NAME, WRITER_TIMEOUT_S)
         self._seq = Seqlock(block.mem, self._at + _SEQ, self._lock)
 
     # -- reading (any process, no lock) --------------------------------------------------

@@ -38,6 +38,7 @@ from service.sharedmem.lock import LOCK_WIDTH, SharedLock, initialise
 # Rows for worker processes; a restarted worker reuses its predecessor's row.
 MAX_WORKER_ROWS = 16
 CLAIM_TIMEOUT_S = 2.0  # a row is claimed in microseconds; only a live, stuck holder waits
+CLAIM_LOCK_NAME = "row claim"
 
 # the block's own shared fields: start times, the host's secret, the row-claim lock
 _STARTED_MONOTONIC, _STARTED_WALL = range(2)
@@ -63,17 +64,18 @@ class Plan:
         self.rows = rows
         self._shared_size = _HEADER
         self._row_size = 1  # owner pid
-        self._locks = [Region(_CLAIM_LOCK, LOCK_WIDTH)]
+        self.locks = {CLAIM_LOCK_NAME: Region(_CLAIM_LOCK, LOCK_WIDTH)}  # every lock, by name
 
     def shared(self, width: int) -> Region:
         region = Region(self._shared_size, width)
         self._shared_size += width
         return region
 
-    def lock(self) -> Region:
+    def lock(self, name: str) -> Region:
         """Room for one :class:`SharedLock`, made a free lock by :meth:`allocate`."""
-        region = self.shared(LOCK_WIDTH)
-        self._locks.append(region)
+        if name in self.locks:
+            raise ValueError(f"the block already has a lock named {name!r}")
+        region = self.locks[name] = self.shared(LOCK_WIDTH)
         return region
 
     def per_worker(self, width: int) -> Region:
@@ -101,7 +103,7 @@ class Plan:
         raw_bytes = memoryview(raw).cast("B")
         start = _SECRET * 8
         raw_bytes[start : start + SECRET_BYTES] = secrets.token_bytes(SECRET_BYTES)
-        for region in self._locks:
+        for region in self.locks.values():
             initialise(raw_bytes, region.at * 8)
         return raw
 
@@ -123,7 +125,7 @@ class SharedBlock:
         self.mem = memoryview(raw).cast("B").cast("d")
         self.plan = plan
         self._bytes = self.mem.cast("B")
-        self._claim_lock = self.lock(Region(_CLAIM_LOCK, LOCK_WIDTH), "row claim", CLAIM_TIMEOUT_S)
+        self.claim_lock = self.lock(plan.locks[CLAIM_LOCK_NAME], CLAIM_LOCK_NAME, CLAIM_TIMEOUT_S)
 
     def lock(self, region: Region, name: str, timeout: float) -> SharedLock:
         """The lock at ``region`` (reserved with :meth:`Plan.lock`)."""
@@ -168,7 +170,7 @@ class SharedBlock:
         :class:`~service.sharedmem.lock.LockTimeout` if a live holder keeps it past
         :data:`CLAIM_TIMEOUT_S` (a dead one's is taken back at once).
         """
-        with self._claim_lock.held():
+        with self.claim_lock.held():
             return self._claim(pid or os.getpid())
 
     def _claim(self, pid: int) -> WorkerRow:
