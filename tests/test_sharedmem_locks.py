@@ -265,7 +265,7 @@ def test_readers_racing_a_writer_in_another_process_see_only_whole_texts() -> No
     host = _prepared("configuration region")
     region = host.region()
     texts = {OLD_TEXT, NEW_TEXT}
-    writer = SPAWN.Process(target=_rewrite, args=(host.raw, 2000))
+    writer = SPAWN.Process(target=_rewrite, args=(host.raw, 300))
     writer.start()
     seen = set()
     while writer.is_alive():
