@@ -46,10 +46,6 @@ _TEXT = _NOTE + MAX_NOTE_BYTES // 8
 _WIDTH = _TEXT + MAX_TEXT_BYTES // 8
 
 
-class RegionBusy(RuntimeError):
-    """A read found a writer at work every time it tried (try again on the next turn)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Published:
     """One generation of the configuration: its text, when it was published, its SHA-256."""
@@ -70,6 +66,10 @@ class Outcomes:
     failed: int
     last_error: str | None  # cleared by the next reload that succeeds
     last_error_at: float | None  # wall clock
+
+
+class RegionBusy(RuntimeError):
+    """A read found a writer at work every time it tried (try again on the next turn)."""
 
 
 class ConfigLayout:
