@@ -16,15 +16,13 @@ import pytest
 from service.admission import reserve
 from service.admission.gate import Gate
 from service.frontdoor.client import ClientAddresses, parse_address
-from service.admission.layout import NEIGHBOURHOOD, TAT, AdmissionLayout
-from service.admission.lock import HostLock
+from service.admission.layout import LOCK_WAIT_S, NEIGHBOURHOOD, TAT, AdmissionLayout
 from service.admission.policy import compile_limits, key_hash, policy_item, route_plans
 from service.admission.table import ClientTable, RateTable
 from service.errors import RateLimited
 from service.settings import SettingsError, load_settings
 from service.settings.model import STATS_ROUTE
-from service.sharedmem import Plan, SharedBlock
-from service.sharedmem.block import process_alive
+from service.sharedmem import Plan, SharedBlock, SharedLock
 from tests.support import REPO
 
 TOML = (REPO / "config" / "defaults.toml").read_text()
@@ -285,24 +283,30 @@ def test_rate_limit_policy_item() -> None:
 # ---------------------------------------------------------------------- the host lock
 
 
-def _die_holding(raw_lock: object, raw: object) -> None:
-    mem = memoryview(raw).cast("B").cast("d")  # type: ignore[arg-type]
-    assert HostLock(raw_lock, mem, 0, process_alive).acquire()
+def _admission_lock(block: SharedBlock, layout: AdmissionLayout) -> SharedLock:
+    return block.lock(layout.lock, "admission host", LOCK_WAIT_S)
+
+
+def _die_holding(block: SharedBlock, layout: AdmissionLayout) -> None:
+    assert _admission_lock(block, layout).acquire()
     os._exit(0)  # dead while holding it, as far as anyone can tell
 
 
-def test_a_lock_whose_holder_died_is_taken_back() -> None:
+def test_a_lock_whose_holder_died_is_taken_back(caplog: pytest.LogCaptureFixture) -> None:
     context = multiprocessing.get_context("fork")
-    raw = context.RawArray("d", 4)
-    mem = memoryview(raw).cast("B").cast("d")
-    raw_lock = context.Lock()
-    lock = HostLock(raw_lock, mem, 0, process_alive)
-    child = context.Process(target=_die_holding, args=(raw_lock, raw))
+    plan = Plan()
+    layout = AdmissionLayout(plan, limits=1, pools=1, keys=64, client_slots=0, cluster=False)
+    block = SharedBlock(plan.allocate(), plan)
+    lock = _admission_lock(block, layout)
+    child = context.Process(target=_die_holding, args=(block, layout))
     child.start()
     child.join()
-    assert mem[0] == child.pid  # it died holding the lock
+    assert child.exitcode == 0
     started = time.monotonic()
-    assert lock.acquire()  # freed, then had
+    assert lock.acquire()  # taken back, and had
     assert time.monotonic() - started < 1.0
+    assert lock.recovered == 1  # it died holding the lock
+    assert "died holding it" in caplog.text
     lock.release()
-    assert mem[0] == 0.0
+    assert lock.acquire(0) and lock.recovered == 1  # free again: an ordinary acquisition
+    lock.release()

@@ -19,7 +19,7 @@ import httpx
 from service.frontdoor.liveness import STARTUP_ALLOWANCE
 from tests.support import LoadBalancer, UpstreamServer, children, env_for, wait_for
 from tests.support.rawws import frame, open_websocket, read_close_code
-from tests.support.shm import shm_semaphores
+from tests.support.shm import left_in_shm, shm_mapped, shm_semaphores
 
 SLOW_HEAD = b"GET /api/slow HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 200
 
@@ -187,6 +187,7 @@ def test_readiness_is_503_while_draining_and_in_flight_requests_complete(
         thread.start()
         assert wait_for(lambda: server.hits["/api/slow"] > before, step=0.02)
         semaphores = shm_semaphores(balancer.process.pid)
+        mapped = shm_mapped([balancer.process.pid])
         balancer.process.send_signal(signal.SIGTERM)
         seen: dict[str, object] = {}
 
@@ -206,8 +207,9 @@ def test_readiness_is_503_while_draining_and_in_flight_requests_complete(
         thread.join(20)
         assert result.get("status") == 200, result
         assert balancer.process.wait(20) == 0
-        assert semaphores  # the shared block's lock...
-        assert not any(os.path.exists(path) for path in semaphores)  # ...unlinked at exit
+        assert mapped  # the shared block (its locks are robust mutexes inside it)...
+        assert not any(os.path.exists(path) for path in semaphores)  # ...no semaphore left
+        assert not left_in_shm(mapped)  # ...and the block unlinked
     finally:
         balancer.stop(signal.SIGKILL)
 
