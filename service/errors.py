@@ -254,9 +254,13 @@ def sanic_error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": error, "detail": message}
 
 
-def error_response(error: LoadBalancerError) -> HTTPResponse:
-    """The load balancer's own answer for ``error``: its status and its JSON body."""
-    return json(error.body(), status=error.status, headers=error.headers())
+def error_response(error: LoadBalancerError, trace_id: str = "") -> HTTPResponse:
+    """The load balancer's own answer for ``error``: its status and its JSON body, with
+    the request's ``trace_id`` (``service.tracing``) so that a report leads to its trace."""
+    body: dict[str, str] = error.body()
+    if trace_id:
+        body["trace_id"] = trace_id
+    return json(body, status=error.status, headers=error.headers())
 
 
 def startup(app: Sanic) -> None:
@@ -268,11 +272,20 @@ def startup(app: Sanic) -> None:
         status = getattr(exc, "status_code", 500) or 500
         message = str(exc) if status < 500 else "the load balancer could not answer"
         headers = {**(exc.headers or {}), HEADER: request_id_of(request)}
-        return json(sanic_error_body(status, message), status=status, headers=headers)
+        body = _with_trace(sanic_error_body(status, message), request)
+        return json(body, status=status, headers=headers)
 
     @app.exception(Exception)
     async def unexpected(request: Request, exc: Exception) -> HTTPResponse:
         headers = {HEADER: request_id_of(request)}
         log.exception("unexpected error on %s %s", request.method, request.path)
-        body = sanic_error_body(500, "the load balancer could not answer")
+        body = _with_trace(sanic_error_body(500, "the load balancer could not answer"), request)
         return json(body, status=500, headers=headers)
+
+
+def _with_trace(body: dict[str, Any], request: Request) -> dict[str, Any]:
+    """A proxied request's trace id on an error Sanic raised while serving it."""
+    trace = getattr(request.ctx, "trace", None)
+    if trace is not None:
+        body["trace_id"] = trace.trace_id
+    return body
