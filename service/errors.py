@@ -3,6 +3,7 @@
 ::
 
     LoadBalancerError            the answer's status, and {"error", "detail"} as its body
+                                 (+ "trace_id", but for the 400, 403 and 413 of ClientError)
     ├── ClientError         4xx  the request cannot be served as sent
     │   ├── BadRequest      400  malformed request ("bad request")
     │   │   └── BadPath     400  a path that cannot be routed safely
@@ -54,6 +55,10 @@ log = logging.getLogger("service.errors")
 class LoadBalancerError(Exception):
     status: int = 500
     error: str = "internal error"
+    # whether the body names the request's trace ("trace_id"): answers about the way through
+    # the load balancer do (429, 502, 503, 504); a request refused as sent (400, 403, 413)
+    # answers in the shape Sanic's own refusals have, whoever refuses it
+    traced: bool = True
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -69,6 +74,7 @@ class LoadBalancerError(Exception):
 
 class ClientError(LoadBalancerError):
     status = 400
+    traced = False
 
 
 class BadRequest(ClientError):
@@ -97,6 +103,7 @@ class RateLimited(ClientError):
 
     status = 429
     error = "rate_limited"
+    traced = True
 
     def __init__(self, limit: str, retry_after: int, fields: dict[str, str] | None = None) -> None:
         super().__init__(f"over the limit {limit!r}; retry in {retry_after} s")
@@ -258,7 +265,7 @@ def error_response(error: LoadBalancerError, trace_id: str = "") -> HTTPResponse
     """The load balancer's own answer for ``error``: its status and its JSON body, with
     the request's ``trace_id`` (``service.tracing``) so that a report leads to its trace."""
     body: dict[str, str] = error.body()
-    if trace_id:
+    if trace_id and error.traced:
         body["trace_id"] = trace_id
     return json(body, status=error.status, headers=error.headers())
 
@@ -272,20 +279,11 @@ def startup(app: Sanic) -> None:
         status = getattr(exc, "status_code", 500) or 500
         message = str(exc) if status < 500 else "the load balancer could not answer"
         headers = {**(exc.headers or {}), HEADER: request_id_of(request)}
-        body = _with_trace(sanic_error_body(status, message), request)
-        return json(body, status=status, headers=headers)
+        return json(sanic_error_body(status, message), status=status, headers=headers)
 
     @app.exception(Exception)
     async def unexpected(request: Request, exc: Exception) -> HTTPResponse:
         headers = {HEADER: request_id_of(request)}
         log.exception("unexpected error on %s %s", request.method, request.path)
-        body = _with_trace(sanic_error_body(500, "the load balancer could not answer"), request)
+        body = sanic_error_body(500, "the load balancer could not answer")
         return json(body, status=500, headers=headers)
-
-
-def _with_trace(body: dict[str, Any], request: Request) -> dict[str, Any]:
-    """A proxied request's trace id on an error Sanic raised while serving it."""
-    trace = getattr(request.ctx, "trace", None)
-    if trace is not None:
-        body["trace_id"] = trace.trace_id
-    return body

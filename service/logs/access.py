@@ -11,8 +11,8 @@ comes first, and when the worker stops (nginx's ``access_log ... buffer= flush=`
 worker killed outright loses at most that last fraction of a second of access lines.
 
 Both formats end with the request's ``trace_id`` and ``span_id`` (the load balancer's
-span, ``service.tracing``; ``-``/null on a local endpoint's line), after the fields that
-were there before them.
+span, ``service.tracing``) when it is a proxied request's, after the fields that were there
+before them; a local endpoint's line has no trace and no such fields.
 
 The proxy-error line goes through :mod:`logging` (``service.proxy``, WARNING): it is rare
 and must not wait for a flush.
@@ -101,11 +101,11 @@ class AccessLog:
                 f'"request_id":"{request_id}","client":{_json(client)},'
                 f'"method":"{request.method}","path":{_json(path)},"route":"{route}",'
                 f'"target":{_json(target)},"status":{status},"bytes":{size},'
-                f'"duration_ms":{duration_ms},'
+                f'"duration_ms":{duration_ms}'
                 + (
-                    f'"trace_id":"{trace.trace_id}","span_id":"{trace.span_id}"}}'
+                    f',"trace_id":"{trace.trace_id}","span_id":"{trace.span_id}"}}'
                     if trace is not None
-                    else '"trace_id":null,"span_id":null}'
+                    else "}"
                 )
             ).encode("utf-8", "backslashreplace")
         else:
@@ -113,11 +113,11 @@ class AccessLog:
                 f"{stamp} INFO worker={self._pid} {LOGGER}: client={_text(client)} "
                 f"method={request.method} path={_text(request.path)} route={route} "
                 f"target={_text(target)} status={status} bytes={size} "
-                f"duration_ms={duration_ms} request_id={request_id or '-'} "
+                f"duration_ms={duration_ms} request_id={request_id or '-'}"
                 + (
-                    f"trace_id={trace.trace_id} span_id={trace.span_id}"
+                    f" trace_id={trace.trace_id} span_id={trace.span_id}"
                     if trace is not None
-                    else "trace_id=- span_id=-"
+                    else ""
                 )
             ).encode("utf-8", "backslashreplace")
         self._lines.append(line)
