@@ -56,7 +56,7 @@ def _value(value: str | int) -> AnyValue:
 class Encoder:
     """Spans of one service (its resource) into request bodies."""
 
-    def __init__(self, resource: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, resource: Sequence[tuple[str, str | int]]) -> None:
         attributes = [KeyValue(key=key, value=_value(value)) for key, value in resource]
         # a ResourceSpans with its resource only, and a ScopeSpans with its scope only: the
         # spans' encodings are appended to them

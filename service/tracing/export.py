@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import httpx
 
@@ -47,11 +48,13 @@ class Counters:
         self._mem[self._at + which] += count
 
 
-def resource_of(settings: TracingSettings) -> list[tuple[str, str]]:
+def resource_of(settings: TracingSettings) -> list[tuple[str, str | int]]:
     """The resource's attributes: OTEL_RESOURCE_ATTRIBUTES, with OTEL_SERVICE_NAME's
-    ``service.name`` over any given there (the specification's precedence)."""
-    pairs = dict(settings.resource_attributes)
+    ``service.name`` over any given there (the specification's precedence), and the
+    worker's ``process.pid`` (each worker exports its own spans)."""
+    pairs: dict[str, str | int] = dict(settings.resource_attributes)
     pairs["service.name"] = settings.service_name
+    pairs["process.pid"] = os.getpid()
     return sorted(pairs.items())
 
 
