@@ -135,11 +135,16 @@ def bench_tracing(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: 
     if exports == 0:
         raise RuntimeError("the exporting load balancer exported nothing")
     first = median(results[baseline], "rps")
-    print(f"\nthroughput / {baseline} (medians of {args.repeats}):")
+    cpu = median(results[baseline], "server_cpu_us")
+    print(f"\nagainst {baseline} (medians of {args.repeats}; on a busy machine read CPU):")
     for case in cases:
         if case.label != baseline:
             ratio = median(results[case.label], "rps") / first
-            print(f"  {case.label:<26} {ratio:.3f} (cost {100 * (1 - ratio):+5.1f} %)")
+            more = median(results[case.label], "server_cpu_us") / cpu - 1 if cpu else 0.0
+            print(
+                f"  {case.label:<26} throughput {ratio:.3f} (cost {100 * (1 - ratio):+5.1f} %), "
+                f"CPU per request {100 * more:+5.1f} %"
+            )
     save(
         "tracing",
         stamp,
