@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.features import Gatekeeper, Lookups, RestartOnly, Show
+from service.features import Gatekeeper, Lookups, RestartOnly, Show, Traces
 from service.frontdoor.client import ClientAddresses
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
@@ -58,6 +58,8 @@ class WorkerContext:
     # check is then one attribute test)
     gate: Gatekeeper | None = None
     retry_budget: RetryBudget = field(init=False)
+    # each proxied request's trace context, and its spans when exported (service.tracing)
+    tracing: Traces = field(init=False)
     aggregator: StatsAggregator = field(init=False)
     # the block's region of the ;resolve entries (service.discovery), and their lookups
     # (None without any)

@@ -3,6 +3,7 @@
 ::
 
     LoadBalancerError            the answer's status, and {"error", "detail"} as its body
+                                 (+ "trace_id", but for the 400, 403 and 413 of ClientError)
     ├── ClientError         4xx  the request cannot be served as sent
     │   ├── BadRequest      400  malformed request ("bad request")
     │   │   └── BadPath     400  a path that cannot be routed safely
@@ -54,6 +55,10 @@ log = logging.getLogger("service.errors")
 class LoadBalancerError(Exception):
     status: int = 500
     error: str = "internal error"
+    # whether the body names the request's trace ("trace_id"): answers about the way through
+    # the load balancer do (429, 502, 503, 504); a request refused as sent (400, 403, 413)
+    # answers in the shape Sanic's own refusals have, whoever refuses it
+    traced: bool = True
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -69,6 +74,7 @@ class LoadBalancerError(Exception):
 
 class ClientError(LoadBalancerError):
     status = 400
+    traced = False
 
 
 class BadRequest(ClientError):
@@ -97,6 +103,7 @@ class RateLimited(ClientError):
 
     status = 429
     error = "rate_limited"
+    traced = True
 
     def __init__(self, limit: str, retry_after: int, fields: dict[str, str] | None = None) -> None:
         super().__init__(f"over the limit {limit!r}; retry in {retry_after} s")
@@ -254,9 +261,13 @@ def sanic_error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": error, "detail": message}
 
 
-def error_response(error: LoadBalancerError) -> HTTPResponse:
-    """The load balancer's own answer for ``error``: its status and its JSON body."""
-    return json(error.body(), status=error.status, headers=error.headers())
+def error_response(error: LoadBalancerError, trace_id: str = "") -> HTTPResponse:
+    """The load balancer's own answer for ``error``: its status and its JSON body, with
+    the request's ``trace_id`` (``service.tracing``) so that a report leads to its trace."""
+    body: dict[str, str] = error.body()
+    if trace_id and error.traced:
+        body["trace_id"] = trace_id
+    return json(body, status=error.status, headers=error.headers())
 
 
 def startup(app: Sanic) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from sanic import Sanic
 
 from service import admission, blueprints, cluster, discovery, errors, frontdoor, logs, metrics
-from service import pools, reload, sharedmem, stats, tls, transport
+from service import pools, reload, sharedmem, stats, tls, tracing, transport
 from service.context import WorkerContext
 from service.frontdoor import ClientAddresses
 from service.proxying import Router, response_timeout
@@ -33,6 +33,7 @@ FEATURES = (
     admission,  # rate limits and caps, at one gate
     errors,  # Sanic's own errors in the proxy's JSON shape
     frontdoor,  # strict heads, client limits, worker supervision, the drain
+    tracing,  # W3C trace context on every proxied request; with an OTLP endpoint, spans
     blueprints,  # the local endpoints, then the proxy's catch-all route
     logs,  # the access log; request ids on the local routes (the proxy's own)
     reload,  # last: SIGHUP and LB_CONFIG_WATCH swap what the features above built

@@ -82,6 +82,13 @@ class Gatekeeper(Protocol):
     def replan(self, settings: Settings) -> None: ...
 
 
+class Traces(Protocol):
+    """W3C Trace Context and span export (``service.tracing.Tracing``): each proxied
+    request's trace, begun once at its start."""
+
+    def begin(self, request: Request) -> Any: ...
+
+
 class Lookups(Protocol):
     """This worker's DNS lookups (``service.discovery.Discovery``)."""
 

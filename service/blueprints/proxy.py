@@ -27,6 +27,7 @@ from service.proxying import exchange, websocket_tunnel
 from service.proxying.relay import ProxiedResponse, relay
 from service.proxying.routing import Redirect
 from service.settings import ProxySettings
+from service.tracing import RequestTrace, error_type_of
 
 bp = Blueprint("proxy")
 
@@ -42,17 +43,24 @@ async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     """Measure the whole exchange once, whatever its outcome."""
     started = time.perf_counter()
     outcome = Outcome()
-    request_id = begin_request(request, request.app.ctx.lb.request_ids)
+    lb = request.app.ctx.lb
+    request_id = begin_request(request, lb.request_ids)
+    trace = request.ctx.trace = lb.tracing.begin(request)
     try:
-        return _with_id(await _exchange(request, outcome), request_id, outcome)
+        return _with_id(await _exchange(request, outcome, trace), request_id, outcome)
     except LoadBalancerError as error:
         outcome.proxy_error = isinstance(error, UpstreamError)
         if isinstance(error, UpstreamError):
             outcome.error_reason, outcome.target = error.reason, error.target or ""
-        return _with_id(_local(outcome, error_response(error)), request_id, outcome)
+        response = error_response(error, trace.trace_id)
+        return _with_id(_local(outcome, response), request_id, outcome)
     finally:
         duration = time.perf_counter() - started
-        lb = request.app.ctx.lb
+        trace.finish(
+            request,
+            outcome.status,
+            error_type_of(outcome.error_reason) if outcome.error_reason else "",
+        )
         if outcome.admission is not None:
             outcome.admission.release()
         if lb.access_log is not None or outcome.error_reason:
@@ -85,7 +93,7 @@ class Outcome:
     admission: Admission | None = None
 
 
-async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
+async def _exchange(request: Request, outcome: Outcome, trace: RequestTrace) -> HTTPResponse | None:
     """Route, forward and stream one request.
 
     Returns a response for Sanic to send (small, locally made ones, and HEAD answers), or
@@ -100,6 +108,7 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     if isinstance(decision, Redirect):
         return _local(outcome, redirect(decision.location, status=308))
     outcome.route = decision.route.upstream
+    trace.route = decision.route.prefix
     if lb.gate is not None:  # admission control: raises 429/503 before any upstream is chosen
         outcome.admission = lb.gate.admit(request, outcome.route)
     limit = proxy.max_body_size
@@ -110,13 +119,14 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     pool: Pool = pools[decision.route.upstream]
     if websocket_tunnel.is_upgrade(request):
         outcome.tunnel = True
-        return await _tunnel(request, pool, outcome, proxy, clients.ssl_context)
+        return await _tunnel(request, pool, outcome, proxy, clients.ssl_context, trace)
     body = exchange.body_of(request)
     client = clients[pool.name]
 
     def send(target: Target) -> Awaitable[httpx.Response]:
         return exchange.send(
             request, upstream=pool.name, target=target, client=client, proxy=proxy, body=body,
+            trace=trace,
         )  # fmt: skip
 
     attempt = await pool.attempt(
@@ -156,6 +166,7 @@ async def _tunnel(
     outcome: Outcome,
     proxy: ProxySettings,
     ssl_context: ssl.SSLContext | None,
+    trace: RequestTrace,
 ) -> HTTPResponse | None:
     """Hand a WebSocket upgrade to a target and relay bytes until either side closes."""
     lb = request.app.ctx.lb
@@ -164,7 +175,8 @@ async def _tunnel(
         return websocket_tunnel.open_tunnel(
             request, upstream=pool.name, target_url=target.url,
             connect_timeout=proxy.connect_timeout, read_timeout=proxy.read_timeout,
-            ssl_context=ssl_context, server_hostname=target.origin or None,
+            trace=trace, target=target, ssl_context=ssl_context,
+            server_hostname=target.origin or None,
         )  # fmt: skip
 
     attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, lb.retry_budget)

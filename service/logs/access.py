@@ -10,6 +10,10 @@ written in one piece every ``flush_interval`` seconds or ``max_lines`` lines, wh
 comes first, and when the worker stops (nginx's ``access_log ... buffer= flush=``). A
 worker killed outright loses at most that last fraction of a second of access lines.
 
+Both formats end with the request's ``trace_id`` and ``span_id`` (the load balancer's
+span, ``service.tracing``) when it is a proxied request's, after the fields that were there
+before them; a local endpoint's line has no trace and no such fields.
+
 The proxy-error line goes through :mod:`logging` (``service.proxy``, WARNING): it is rare
 and must not wait for a flush.
 """
@@ -82,6 +86,8 @@ class AccessLog:
         now = time.time()
         stamp = self._timestamp(now)
         request_id = getattr(request.ctx, "request_id", "")
+        # a proxied request's trace (service.tracing); a local endpoint's line has none
+        trace = getattr(request.ctx, "trace", None)
         duration_ms = round(duration_s * 1000.0, 3)
         client = self._client(request) if self._client is not None else request.ip
         if self._json:
@@ -95,7 +101,12 @@ class AccessLog:
                 f'"request_id":"{request_id}","client":{_json(client)},'
                 f'"method":"{request.method}","path":{_json(path)},"route":"{route}",'
                 f'"target":{_json(target)},"status":{status},"bytes":{size},'
-                f'"duration_ms":{duration_ms}}}'
+                f'"duration_ms":{duration_ms}'
+                + (
+                    f',"trace_id":"{trace.trace_id}","span_id":"{trace.span_id}"}}'
+                    if trace is not None
+                    else "}"
+                )
             ).encode("utf-8", "backslashreplace")
         else:
             line = (
@@ -103,6 +114,11 @@ class AccessLog:
                 f"method={request.method} path={_text(request.path)} route={route} "
                 f"target={_text(target)} status={status} bytes={size} "
                 f"duration_ms={duration_ms} request_id={request_id or '-'}"
+                + (
+                    f" trace_id={trace.trace_id} span_id={trace.span_id}"
+                    if trace is not None
+                    else ""
+                )
             ).encode("utf-8", "backslashreplace")
         self._lines.append(line)
         if len(self._lines) >= self._max_lines:

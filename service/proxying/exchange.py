@@ -19,6 +19,7 @@ from service.errors import BodyTooLarge, classify
 from service.pools import Target
 from service.proxying.headers import upstream_request_fields
 from service.settings import ProxySettings
+from service.tracing import RequestTrace, error_type_of
 from service.transport import seam
 
 _CHUNKED = (b"Transfer-Encoding", b"transfer-encoding", b"chunked")
@@ -53,16 +54,24 @@ def body_of(request: Request) -> RequestBody | None:
 
 
 def outgoing(
-    request: Request, target: Target, proxy: ProxySettings, body: RequestBody | None
+    request: Request,
+    target: Target,
+    proxy: ProxySettings,
+    body: RequestBody | None,
+    traceparent: bytes | None = None,
+    tracestate: bytes | None = None,
 ) -> httpx.Request:
     """The request for ``target``: the client's method, path, query and end-to-end headers,
-    X-Forwarded-* from what the connection knows, and the body's framing."""
+    X-Forwarded-* from what the connection knows, the attempt's trace context, and the
+    body's framing."""
     fields = upstream_request_fields(
         request.head,
         client_ip=client_address(request).encode(),
         scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
         host=None if proxy.keep_host else target.authority,
         request_id=request.ctx.request_id.encode(),
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
     if body is not None and "content-length" not in request.headers:
         fields.append(_CHUNKED)  # the client's chunked body goes on chunked
@@ -93,15 +102,26 @@ async def send(
     client: httpx.AsyncClient,
     proxy: ProxySettings,
     body: RequestBody | None,
+    trace: RequestTrace,
 ) -> httpx.Response:
-    """Send ``request`` to ``target``; the streamed response, or UpstreamError."""
+    """Send ``request`` to ``target`` as one attempt of ``trace``; the streamed response,
+    or UpstreamError."""
+    traceparent = trace.attempt(target, upstream, request.method)
     try:
-        return await client.send(outgoing(request, target, proxy, body), stream=True)
+        response = await client.send(
+            outgoing(request, target, proxy, body, traceparent, trace.tracestate), stream=True
+        )
     except PayloadTooLarge as exc:
+        trace.failed("body_too_large")
         raise BodyTooLarge(proxy.max_body_size) from exc
     except httpx.HTTPError as exc:
         if body is not None and body.too_large:
             # The client's (chunked) body went over the limit while it was being sent: the
             # transport reports that as a failed send, but it is the client's fault.
+            trace.failed("body_too_large")
             raise BodyTooLarge(proxy.max_body_size) from exc
-        raise classify(upstream, exc) from exc
+        error = classify(upstream, exc)
+        trace.failed(error_type_of(error.reason))
+        raise error from exc
+    trace.answered(response.status_code)
+    return response

@@ -25,7 +25,10 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-_SET_BY_US = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# the client's trace context is replaced by the load balancer's (service.tracing)
+_SET_BY_US = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"traceparent", b"tracestate"}
+)
 _OWS = b" \t"
 
 
@@ -47,6 +50,8 @@ def upstream_request_fields(
     scheme: bytes,
     host: bytes | None,
     request_id: bytes | None = None,
+    traceparent: bytes | None = None,
+    tracestate: bytes | None = None,
 ) -> list[Triple]:
     """The headers sent upstream, from the request head as Sanic received it (request line
     first): end-to-end ones, then X-Forwarded-For/-Proto/-Host.
@@ -56,6 +61,8 @@ def upstream_request_fields(
     ``host`` replaces the client's ``Host`` when the proxy does not keep it; ``request_id``
     replaces the client's ``X-Request-ID`` (it is the client's when sane). One pass over
     the head; a second over the kept fields only when ``Connection`` names other headers.
+    The client's ``traceparent`` and ``tracestate`` are never passed on as they came: the
+    load balancer sends its own (``traceparent``), and ``tracestate`` when it was valid.
     """
     out: list[Triple] = []
     forwarded_for: list[bytes] = []
@@ -91,6 +98,10 @@ def upstream_request_fields(
         out.append((b"X-Forwarded-Host", b"x-forwarded-host", client_host))
     if request_id is not None:
         out.append((b"X-Request-ID", b"x-request-id", request_id))
+    if traceparent is not None:
+        out.append((b"traceparent", b"traceparent", traceparent))
+        if tracestate is not None:
+            out.append((b"tracestate", b"tracestate", tracestate))
     return out
 
 

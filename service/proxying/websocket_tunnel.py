@@ -25,7 +25,9 @@ from sanic.compat import Header
 from sanic.response import HTTPResponse
 
 from service.frontdoor.client import client_address
+from service.pools import Target
 from service.errors import classify
+from service.tracing import RequestTrace, error_type_of
 from service.proxying.headers import (
     client_response_fields,
     response_head_fields,
@@ -63,13 +65,17 @@ async def open_tunnel(
     target_url: str,
     connect_timeout: float,
     read_timeout: float,
+    trace: RequestTrace,
+    target: Target,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
 ) -> Opened:
     """Connect to the target and exchange the handshake; raise UpstreamError on failure.
     ``ssl_context``: how an https target is verified (the upstream clients' context);
     ``server_hostname``: the name verified and sent as SNI when it is not the URL's host (a
-    resolved target: connect to the address, verify the name)."""
+    resolved target: connect to the address, verify the name). The handshake carries the
+    attempt's ``traceparent`` (``trace``)."""
+    traceparent = trace.attempt(target, upstream, "GET")
     parts = urlsplit(target_url)
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
@@ -84,11 +90,15 @@ async def open_tunnel(
             connect_timeout,
         )
     except (TimeoutError, OSError) as exc:
-        raise classify(upstream, exc, connected=False) from None
-    writer.write(_request_head(request))
+        error = classify(upstream, exc, connected=False)
+        trace.failed(error_type_of(error.reason))
+        raise error from None
+    writer.write(_request_head(request, traceparent, trace.tracestate))
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
-        return reader, writer, Handshake(head)
+        handshake = Handshake(head)
+        trace.answered(handshake.status)
+        return reader, writer, handshake
     except (
         TimeoutError,
         asyncio.IncompleteReadError,
@@ -98,16 +108,20 @@ async def open_tunnel(
         OSError,
     ) as exc:
         writer.close()
-        raise classify(upstream, exc) from None
+        error = classify(upstream, exc)
+        trace.failed(error_type_of(error.reason))
+        raise error from None
 
 
-def _request_head(request: Request) -> bytes:
+def _request_head(request: Request, traceparent: bytes, tracestate: bytes | None) -> bytes:
     fields = upstream_request_fields(
         request.head,
         client_ip=client_address(request).encode(),
         scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
         host=None,
         request_id=request.ctx.request_id.encode(),
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
     fields += [(b"Connection", b"connection", b"Upgrade"), (b"Upgrade", b"upgrade", b"websocket")]
     query = request.query_string

@@ -24,6 +24,7 @@ from service.settings.model import (
     StatsSettings,
     TargetSpec,
     TlsSettings,
+    TracingSettings,
     Upstream,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "StatsSettings",
     "TargetSpec",
     "TlsSettings",
+    "TracingSettings",
     "Upstream",
     "load_settings",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from service.settings import model, shapes
 from service.settings.limits import LimitError, parse_limits, parse_shorthand, with_stats
@@ -36,6 +36,7 @@ SECTIONS: dict[str, type] = {
     "resolver": model.ResolverSettings,
     "tls": model.TlsSettings,
     "admission": model.AdmissionSettings,
+    "tracing": model.TracingSettings,
 }
 # The model part every VARIABLES section names: the scalar sections, and each upstream's.
 MODELS: dict[str, type] = {
@@ -77,6 +78,11 @@ EXPECTED = {
     "stall_timeout": "a number of seconds of at least 2 (workers stamp every second)",
     "rate_limit": "N/s or N/min, then optionally burst=N and dry_run=true: 50/s burst=100",
     "limit_keys": "a whole number from 64 to 4194304",
+    "otlp_url": "an http:// or https:// URL with a host",
+    "otel_pairs": "a comma-separated list of key=value (values percent-encoded)",
+    "service_name": "a name of 1 to 255 printable characters",
+    "sampler": f"one of {', '.join(model.SAMPLERS)}",
+    "ratio": "a number from 0 to 1",
 }
 
 
@@ -86,6 +92,8 @@ def _parse(kind: str, name: str, raw: Any) -> Any:
         return _PARSERS[kind](raw, str(raw).strip())
     except (ValueError, TypeError):  # TypeError: a TOML value of a type no parser expects
         shown = _hide_password(str(raw)) if kind == "redis_url" else raw
+        if name == "OTEL_EXPORTER_OTLP_HEADERS":  # credentials, as a rule: never echoed
+            shown = "<hidden>"
         raise SettingsError(f"{name}={shown!r} is not valid: expected {EXPECTED[kind]}") from None
 
 
@@ -240,6 +248,47 @@ def _file(raw: Any, text: str) -> str:
     return text
 
 
+def _otlp_url(raw: Any, text: str) -> str:
+    """Empty: unset. Otherwise an http(s) URL with a host, checked here, not at export."""
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    parts.port  # noqa: B018 - raises ValueError on a bad port
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+        raise ValueError
+    return text
+
+
+def _otel_pairs(raw: Any, text: str) -> tuple[tuple[str, str], ...]:
+    """``key=value,key2=value2`` (OTEL_EXPORTER_OTLP_HEADERS, OTEL_RESOURCE_ATTRIBUTES: the
+    W3C Baggage format, values percent-decoded); an item without a key or ``=`` is refused."""
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), unquote(value.strip())
+        if not sep or not key or any(c.isspace() for c in key):
+            raise ValueError
+        if any(ord(c) < 32 or ord(c) == 127 for c in key + value):
+            raise ValueError
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _service_name(raw: Any, text: str) -> str:
+    if not 1 <= len(text) <= 255 or not text.isprintable():
+        raise ValueError
+    return text
+
+
+def _ratio(raw: Any, text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise ValueError
+    return value
+
+
 _PARSERS = {
     "bool": _bool,
     "port": _whole(1, 65535),
@@ -264,6 +313,11 @@ _PARSERS = {
     "stall_timeout": _stall_timeout,
     "rate_limit": lambda raw, text: parse_shorthand(text),
     "limit_keys": _whole(64, 4 * 1024 * 1024),
+    "otlp_url": _otlp_url,
+    "otel_pairs": _otel_pairs,
+    "service_name": _service_name,
+    "sampler": _choice(model.SAMPLERS),
+    "ratio": _ratio,
 }
 
 

@@ -227,6 +227,41 @@ class TlsSettings:
         return bool(self.cert or self.key)
 
 
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TracingSettings:
+    """Span export over OTLP/HTTP (``service.tracing``), read from the variables every
+    OpenTelemetry SDK reads. No endpoint: trace context is still propagated, nothing is
+    recorded or exported (and the exporter's code is never imported)."""
+
+    endpoint: str = ""  # OTEL_EXPORTER_OTLP_ENDPOINT: the base, /v1/traces appended
+    traces_endpoint: str = ""  # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: the URL as it is
+    headers: tuple[tuple[str, str], ...] = ()
+    service_name: str = "load-balancer"
+    sampler: str = "parentbased_always_on"
+    sampler_arg: float = 1.0  # the ratio of the *traceidratio samplers
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def export_url(self) -> str:
+        """Where spans are posted; "" when export is off. The signal's own variable wins;
+        the base gets ``v1/traces`` appended to its path, as the specification says."""
+        if self.traces_endpoint:
+            return self.traces_endpoint
+        if self.endpoint:
+            return self.endpoint.rstrip("/") + "/v1/traces"
+        return ""
+
+
 LIMIT_KEYS = ("client", "header", "all")  # what a rate limit counts per ("header:<Name>")
 STATS_ROUTE = "stats"  # the route name of GET /stats, for a limit's ``routes``
 
@@ -298,6 +333,7 @@ class Settings:
     resolver: ResolverSettings = field(default_factory=ResolverSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     limits: tuple[LimitSpec, ...] = ()  # the [[limits]] tables of the TOML file
     config_watch: bool = False  # reload when the LB_CONFIG file's content changes
     source: ConfigSource | None = field(default=None, compare=False, repr=False)
@@ -369,6 +405,13 @@ VARIABLES = (
     Variable("LB_RATE_LIMIT_HEADERS", "admission", "rate_limit_headers", "bool", "send the RateLimit-Policy and RateLimit fields on responses a limit covers"),
     Variable("LB_MAX_CLIENT_REQUESTS", "admission", "max_client_requests", "size", "requests one client may have in flight across the host (then 429); 0: no limit"),
     Variable("LB_LIMIT_KEYS", "admission", "limit_keys", "limit_keys", "rate-limit keys tracked at once per host (a fixed table in shared memory)"),
+    Variable("OTEL_EXPORTER_OTLP_ENDPOINT", "tracing", "endpoint", "otlp_url", "OTLP/HTTP base URL spans are exported to (v1/traces appended); unset: no export, trace context only"),
+    Variable("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "tracing", "traces_endpoint", "otlp_url", "OTLP/HTTP URL for spans, used as it is (wins over OTEL_EXPORTER_OTLP_ENDPOINT)"),
+    Variable("OTEL_EXPORTER_OTLP_HEADERS", "tracing", "headers", "otel_pairs", "headers sent with every export, key=value,key2=value2 (values percent-encoded)"),
+    Variable("OTEL_SERVICE_NAME", "tracing", "service_name", "service_name", "service.name of the exported spans"),
+    Variable("OTEL_TRACES_SAMPLER", "tracing", "sampler", "sampler", "which traces are recorded: always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"),
+    Variable("OTEL_TRACES_SAMPLER_ARG", "tracing", "sampler_arg", "ratio", "the ratio of the traceidratio samplers, from 0 to 1"),
+    Variable("OTEL_RESOURCE_ATTRIBUTES", "tracing", "resource_attributes", "otel_pairs", "resource attributes of the exported spans, key=value,key2=value2 (values percent-encoded)"),
     Variable("{PREFIX}_MAX_FAILS", "passive", "max_fails", "positive_int", "failures within fail_timeout that eject a target"),
     Variable("{PREFIX}_FAIL_TIMEOUT", "passive", "fail_timeout", "seconds", "window for counting failures, and the first ejection's length"),
     Variable("{PREFIX}_MAX_EJECTION", "passive", "max_ejection", "seconds", "longest ejection (each repeated ejection doubles)"),
