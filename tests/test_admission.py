@@ -177,8 +177,8 @@ def take(table: RateTable, mem: memoryview, at: int, now: float, interval: float
 
 
 def gate_of(settings, clock) -> Gate:
-    """The gate as a worker opens it (``service.admission.startup``), alone in this process
-    (no host lock), reading ``clock``."""
+    """The gate as a worker opens it (``service.admission.startup``), alone in this process,
+    reading ``clock``."""
     plan = Plan()
     layout = reserve(plan, settings)
     assert layout is not None
@@ -187,7 +187,7 @@ def gate_of(settings, clock) -> Gate:
     mem = block.mem
     limits = compile_limits(settings)
     return Gate(
-        mem=mem, layout=layout, lock=HostLock(None, mem, layout.lock_holder.at, process_alive),
+        mem=mem, layout=layout, lock=_admission_lock(block, layout),
         table=RateTable(mem, mem.cast("B"), layout),
         clients=ClientTable(mem, mem.cast("B"), layout),
         plans=route_plans(settings, limits), limits=limits,
