@@ -14,10 +14,9 @@ import httpx
 from sanic import Request
 from sanic.exceptions import PayloadTooLarge
 
-from service.frontdoor.client import client_address
 from service.errors import BodyTooLarge, classify
 from service.pools import Target
-from service.proxying.headers import upstream_request_fields
+from service.proxying.forwarding import upstream_fields
 from service.settings import ProxySettings
 from service.transport import seam
 
@@ -57,13 +56,7 @@ def outgoing(
 ) -> httpx.Request:
     """The request for ``target``: the client's method, path, query and end-to-end headers,
     X-Forwarded-* from what the connection knows, and the body's framing."""
-    fields = upstream_request_fields(
-        request.head,
-        client_ip=client_address(request).encode(),
-        scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
-        host=None if proxy.keep_host else target.authority,
-        request_id=request.ctx.request_id.encode(),
-    )
+    fields = upstream_fields(request, None if proxy.keep_host else target.authority)
     if body is not None and "content-length" not in request.headers:
         fields.append(_CHUNKED)  # the client's chunked body goes on chunked
     if "host" not in request.headers:

@@ -24,13 +24,9 @@ from sanic import Request
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from service.frontdoor.client import client_address
 from service.errors import classify
-from service.proxying.headers import (
-    client_response_fields,
-    response_head_fields,
-    upstream_request_fields,
-)
+from service.proxying.forwarding import upstream_fields
+from service.proxying.headers import client_response_fields, response_head_fields
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
@@ -102,13 +98,7 @@ async def open_tunnel(
 
 
 def _request_head(request: Request) -> bytes:
-    fields = upstream_request_fields(
-        request.head,
-        client_ip=client_address(request).encode(),
-        scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
-        host=None,
-        request_id=request.ctx.request_id.encode(),
-    )
+    fields = upstream_fields(request, None)
     fields += [(b"Connection", b"connection", b"Upgrade"), (b"Upgrade", b"upgrade", b"websocket")]
     query = request.query_string
     target_line = request.path + ("?" + query if query else "")

@@ -77,6 +77,8 @@ EXPECTED = {
     "stall_timeout": "a number of seconds of at least 2 (workers stamp every second)",
     "rate_limit": "N/s or N/min, then optionally burst=N and dry_run=true: 50/s burst=100",
     "limit_keys": "a whole number from 64 to 4194304",
+    "underscores": f"one of {model.UNDERSCORES}",
+    "ipv6_prefix": "a prefix length from 1 to 128",
 }
 
 
@@ -264,6 +266,8 @@ _PARSERS = {
     "stall_timeout": _stall_timeout,
     "rate_limit": lambda raw, text: parse_shorthand(text),
     "limit_keys": _whole(64, 4 * 1024 * 1024),
+    "underscores": _choice(model.UNDERSCORES),
+    "ipv6_prefix": _whole(1, 128),
 }
 
 
