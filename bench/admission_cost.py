@@ -32,7 +32,6 @@ import threading
 import time
 import timeit
 from dataclasses import asdict
-from multiprocessing import Lock
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -90,20 +89,19 @@ end
 
 def admit_micro() -> dict[str, float]:
     """µs per ``Gate.admit`` + ``release`` of one request, one per-client limit, in this
-    process: with no lock (one process alone) and with a real ``multiprocessing.Lock``."""
+    process, the host lock (the block's robust mutex) included."""
     from service import admission
     from service.frontdoor.client import ClientAddresses
-    from service.admission.lock import HostLock
+    from service.admission.layout import LOCK_WAIT_S
     from service.admission.policy import compile_limits, route_plans
     from service.admission.table import ClientTable, RateTable
     from service.settings import load_settings
     from service.sharedmem import Plan, SharedBlock
-    from service.sharedmem.block import process_alive
 
     settings = load_settings(env=ONE_LIMIT)
     limits = compile_limits(settings)
     out = {}
-    for label, lock in (("no lock (one process)", None), ("multiprocessing.Lock", Lock())):
+    for label in ("SharedLock (robust mutex)",):
         plan = Plan()
         layout = admission.reserve(plan, settings)
         assert layout is not None
@@ -112,7 +110,7 @@ def admit_micro() -> dict[str, float]:
         raw_bytes = block.mem.cast("B")
         gate = admission.Gate(
             mem=block.mem, layout=layout,
-            lock=HostLock(lock, block.mem, layout.lock_holder.at, process_alive),
+            lock=block.lock(layout.lock, "admission host", LOCK_WAIT_S),
             table=RateTable(block.mem, raw_bytes, layout),
             clients=ClientTable(block.mem, raw_bytes, layout),
             plans=route_plans(settings, limits), limits=limits,
@@ -369,13 +367,12 @@ def million_keys_in_process(keys: int = 1_000_000, seconds: float = 60.0) -> dic
     shared 2-core machine in a minute, the data structure is shown to take here."""
     from service import admission
     from service.frontdoor.client import ClientAddresses
-    from service.admission.lock import HostLock
+    from service.admission.layout import LOCK_WAIT_S
     from service.admission.policy import compile_limits, route_plans
     from service.admission.table import ClientTable, RateTable
     from service.errors import RateLimited
     from service.settings import load_settings
     from service.sharedmem import Plan, SharedBlock
-    from service.sharedmem.block import process_alive
     from tests.support import rss_kib
 
     logging.getLogger("service.admission").setLevel(logging.ERROR)  # its one line, not here
@@ -399,7 +396,7 @@ def million_keys_in_process(keys: int = 1_000_000, seconds: float = 60.0) -> dic
     table.touch()
     gate = admission.Gate(
         mem=block.mem, layout=layout,
-        lock=HostLock(Lock(), block.mem, layout.lock_holder.at, process_alive), table=table,
+        lock=block.lock(layout.lock, "admission host", LOCK_WAIT_S), table=table,
         clients=ClientTable(block.mem, raw_bytes, layout), plans=route_plans(settings, limits),
         limits=limits, pool_names=[u.name for u in settings.upstreams],
         client_addresses=ClientAddresses(()), row_at=row.at, column=row.index,

@@ -17,7 +17,7 @@ busy with processes outside the run). Why side by side: bench/README.md. Results
 bench/results/ as JSON.
 
 Smoke runs (``--smoke``, what tests/test_bench.py runs): seconds, tiny sizes, every code path
-of the script. A peer that is not installed (nginx, wrk, py-spy) is reported as absent and
+of the script. A peer (nginx, wrk, py-spy) is never used, installed or not: it is reported and
 replaced where the run needs one (``bench/_upstream.py`` for nginx, ``bench/_wrk.py`` for wrk)
 or skipped (py-spy); in a full run a missing peer is an error. What the script starts itself
 (the load balancer, Redis, dnsmasq) must start either way.
@@ -68,15 +68,17 @@ class Mode:
 
 
 def require(peer: str) -> bool:
-    """Whether the program ``peer`` is installed. Absent: an error in a full run; in a smoke
-    run, reported once and False (the caller uses its stand-in or skips that part)."""
-    if shutil.which(peer) or (BIN / peer).exists():
-        return True
+    """Whether to use the program ``peer``. A full run needs it installed (an error if not).
+    A smoke run never uses it, installed or not, so that it runs the same on every machine
+    (the stand-ins take short durations that wrk refuses): reported once, and False (the
+    caller uses its stand-in or skips that part)."""
     if not Mode.smoke:
+        if shutil.which(peer) or (BIN / peer).exists():
+            return True
         raise RuntimeError(f"{peer} is not installed (bench/README.md says where to get it)")
     if peer not in Mode.absent:
         Mode.absent.add(peer)
-        print(f"peer {peer}: absent (smoke run: a stand-in or that part skipped)", flush=True)
+        print(f"peer {peer}: not used (smoke run: a stand-in or that part skipped)", flush=True)
     return False
 
 

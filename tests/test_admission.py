@@ -9,18 +9,20 @@ import multiprocessing
 import os
 import time
 from ipaddress import ip_network
+from types import SimpleNamespace
 
 import pytest
 
+from service.admission import reserve
+from service.admission.gate import Gate
 from service.frontdoor.client import ClientAddresses, parse_address
-from service.admission.layout import NEIGHBOURHOOD, TAT, AdmissionLayout
-from service.admission.lock import HostLock
+from service.admission.layout import LOCK_WAIT_S, NEIGHBOURHOOD, TAT, AdmissionLayout
 from service.admission.policy import compile_limits, key_hash, policy_item, route_plans
-from service.admission.table import RateTable
+from service.admission.table import ClientTable, RateTable
+from service.errors import RateLimited
 from service.settings import SettingsError, load_settings
 from service.settings.model import STATS_ROUTE
-from service.sharedmem import Plan, SharedBlock
-from service.sharedmem.block import process_alive
+from service.sharedmem import Plan, SharedBlock, SharedLock
 from tests.support import REPO
 
 TOML = (REPO / "config" / "defaults.toml").read_text()
@@ -165,12 +167,65 @@ def table_of(keys: int, limits: int = 1) -> tuple[RateTable, memoryview]:
 
 
 def take(table: RateTable, mem: memoryview, at: int, now: float, interval: float, burst: int):
-    """One GCRA decision, as the gate makes it: True if admitted."""
+    """A slot's state moved as a GCRA decision would (the table's tests use it to make keys
+    busy; the gate's own decisions are tested through the gate, below)."""
     tat = max(mem[at + TAT], now)
     if tat + interval - now > burst * interval + 1e-9:
         return False
     mem[at + TAT] = tat + interval
     return True
+
+
+def gate_of(settings, clock) -> Gate:
+    """The gate as a worker opens it (``service.admission.startup``), alone in this process
+    (no host lock), reading ``clock``."""
+    plan = Plan()
+    layout = reserve(plan, settings)
+    assert layout is not None
+    block = SharedBlock(plan.allocate(), plan)
+    row = block.claim(os.getpid())
+    mem = block.mem
+    limits = compile_limits(settings)
+    return Gate(
+        mem=mem, layout=layout, lock=HostLock(None, mem, layout.lock_holder.at, process_alive),
+        table=RateTable(mem, mem.cast("B"), layout),
+        clients=ClientTable(mem, mem.cast("B"), layout),
+        plans=route_plans(settings, limits), limits=limits,
+        pool_names=[u.name for u in settings.upstreams], client_addresses=ClientAddresses(()),
+        row_at=row.at, column=row.index, row_offsets=list(block.rows()),
+        max_client_requests=settings.admission.max_client_requests, send_fields=True, clock=clock,
+    )  # fmt: skip
+
+
+def test_the_gate_admits_the_burst_then_one_request_per_interval(tmp_path) -> None:
+    """GCRA as the gate decides it, on a clock the test moves: 10/s with a burst of 3."""
+    limit = '[[limits]]\nname = "api"\nrate = "10/s"\nburst = 3\nroutes = ["api-gateway"]\n'
+    now = [100.0]
+    gate = gate_of(settings_with(tmp_path, limit), lambda: now[0])
+
+    def ask(client: str = "127.0.0.2") -> str:
+        """The request's RateLimit field if admitted, else ``429 <Retry-After>``."""
+        request = SimpleNamespace(
+            ip=client, method="GET", path="/api/x", headers={}, ctx=SimpleNamespace()
+        )
+        try:
+            admission = gate.admit(request, "api-gateway")  # type: ignore[arg-type]
+        except RateLimited as refused:
+            return f"429 {refused.retry_after}"
+        assert admission is not None
+        return admission.fields["ratelimit"]
+
+    # the burst at once, then refusals that consume nothing
+    assert [ask() for _ in range(5)] == [
+        '"api";r=2;t=1', '"api";r=1;t=1', '"api";r=0;t=1', "429 1", "429 1",
+    ]  # fmt: skip
+    assert ask("127.0.0.3") == '"api";r=2;t=1'  # another client: a budget of its own
+    now[0] = 100.1  # one interval later: one more, and no more
+    assert [ask(), ask()] == ['"api";r=0;t=1', "429 1"]
+    now[0] = 100.4  # the whole burst back
+    assert [ask() for _ in range(4)] == [
+        '"api";r=2;t=1', '"api";r=1;t=1', '"api";r=0;t=1', "429 1",
+    ]  # fmt: skip
 
 
 def test_a_key_keeps_its_slot_and_its_state() -> None:
@@ -179,9 +234,8 @@ def test_a_key_keeps_its_slot_and_its_state() -> None:
     at = table.find(0, fp, "client-a", now=100.0)
     assert table.find(0, fp, "client-a", now=100.0) == at
     assert table.key_at(at) == "client-a"
-    admitted = [take(table, mem, at, 100.0, 0.1, 3) for _ in range(5)]
-    assert admitted == [True, True, True, False, False]  # the burst, then the rate
-    assert take(table, mem, at, 100.1, 0.1, 3)  # one interval later: one more
+    mem[at + TAT] = 123.0
+    assert table.find(0, fp, "client-a", now=100.0) == at and mem[at + TAT] == 123.0
 
 
 def test_a_flood_of_new_keys_never_evicts_a_heavy_hitter() -> None:
@@ -229,24 +283,30 @@ def test_rate_limit_policy_item() -> None:
 # ---------------------------------------------------------------------- the host lock
 
 
-def _die_holding(raw_lock: object, raw: object) -> None:
-    mem = memoryview(raw).cast("B").cast("d")  # type: ignore[arg-type]
-    assert HostLock(raw_lock, mem, 0, process_alive).acquire()
+def _admission_lock(block: SharedBlock, layout: AdmissionLayout) -> SharedLock:
+    return block.lock(layout.lock, "admission host", LOCK_WAIT_S)
+
+
+def _die_holding(block: SharedBlock, layout: AdmissionLayout) -> None:
+    assert _admission_lock(block, layout).acquire()
     os._exit(0)  # dead while holding it, as far as anyone can tell
 
 
-def test_a_lock_whose_holder_died_is_taken_back() -> None:
+def test_a_lock_whose_holder_died_is_taken_back(caplog: pytest.LogCaptureFixture) -> None:
     context = multiprocessing.get_context("fork")
-    raw = context.RawArray("d", 4)
-    mem = memoryview(raw).cast("B").cast("d")
-    raw_lock = context.Lock()
-    lock = HostLock(raw_lock, mem, 0, process_alive)
-    child = context.Process(target=_die_holding, args=(raw_lock, raw))
+    plan = Plan()
+    layout = AdmissionLayout(plan, limits=1, pools=1, keys=64, client_slots=0, cluster=False)
+    block = SharedBlock(plan.allocate(), plan)
+    lock = _admission_lock(block, layout)
+    child = context.Process(target=_die_holding, args=(block, layout))
     child.start()
     child.join()
-    assert mem[0] == child.pid  # it died holding the lock
+    assert child.exitcode == 0
     started = time.monotonic()
-    assert lock.acquire()  # freed, then had
+    assert lock.acquire()  # taken back, and had
     assert time.monotonic() - started < 1.0
+    assert lock.recovered == 1  # it died holding the lock
+    assert "died holding it" in caplog.text
     lock.release()
-    assert mem[0] == 0.0
+    assert lock.acquire(0) and lock.recovered == 1  # free again: an ordinary acquisition
+    lock.release()

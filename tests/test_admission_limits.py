@@ -10,6 +10,7 @@ each uses its own client addresses or keys, so no test sees another's budget.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -49,7 +50,7 @@ burst = 2
 routes = ["dashboard-ui"]
 dry_run = true
 """
-TABLE_KEYS = 256  # small, so that a few thousand keys fill it
+TABLE_KEYS = 128  # small, so that a few thousand keys fill it, even on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,7 @@ def test_trusted_proxies_name_the_client(lb: LoadBalancer) -> None:
 
 def test_many_keys_keep_memory_flat_and_the_heavy_hitter_limited(lb: LoadBalancer) -> None:
     rss_before = lb.rss_kib()
+    untracked_before = limits_of(lb)["table"]["untracked_requests"]
 
     def heavy() -> Any:
         return flood(
@@ -198,6 +200,13 @@ def test_many_keys_keep_memory_flat_and_the_heavy_hitter_limited(lb: LoadBalance
     assert hitter.count(429) > 0
     table = limits_of(lb)["table"]
     assert table["keys"] == TABLE_KEYS and table["in_use"] <= TABLE_KEYS
+    # The table did fill up: a key is busy for 0.5 s after its one request (1 / KEY_RATE),
+    # so with more than TABLE_KEYS requests sent within 0.5 s (about 500 at the flood's full
+    # rate) some new keys found no slot and went to the limit's overflow bucket.
+    sent = sorted(at for at, _ in many.answers)
+    peak = max(bisect_right(sent, at + 1 / KEY_RATE) - n for n, at in enumerate(sent))
+    assert peak > 1.2 * TABLE_KEYS, peak  # the flood itself was over what the table holds
+    assert table["untracked_requests"] > untracked_before, table
     assert lb.rss_kib() - rss_before < 8 * 1024
 
 

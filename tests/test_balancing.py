@@ -228,4 +228,12 @@ def test_least_request_picker_uses_weights_for_ties() -> None:
     pool, _ = make_pool([9, 1])
     counts = Counter(picker.pick(pool.targets).position for _ in range(2000))
     assert counts[0] > 0.85 * 2000
-    assert isinstance(RoundRobin().pick(pool.targets).position, int)
+
+
+def test_round_robin_follows_the_weights_smoothly() -> None:
+    """Weights 3:1 (nginx's smooth weighted round robin): three picks of the first target
+    to one of the second in every run of four, the second never twice in a row."""
+    pool, _ = make_pool([3, 1], balance="round_robin")
+    picker = RoundRobin()
+    order = [picker.pick(pool.targets).position for _ in range(12)]
+    assert order == [0, 0, 1, 0] * 3

@@ -5,8 +5,8 @@ profile filter names a file that moved, and the next person to measure finds it 
 each script in bench/ (every ``bench/*.py`` but ``harness.py``, ``__init__.py`` and the
 ``_*.py`` helpers, found here rather than listed, so a new script is covered at once) runs
 with ``--smoke``: it starts what it starts itself (the load balancer, Redis, dnsmasq), sends
-a few requests through its real code path, and prints its tables. A peer that is not
-installed (nginx, wrk, py-spy) is replaced by a stand-in or reported as absent. A script
+a few requests through its real code path, and prints its tables. A peer (nginx, wrk,
+py-spy) is never used in a smoke run, installed or not: a stand-in or that part skipped. A script
 without ``--smoke`` fails here (argparse rejects the option).
 
 The scripts run a few at a time, each in its own process group, stopped if the test ends

@@ -25,7 +25,7 @@ from tests.support import (
     free_port,
     wait_for,
 )
-from tests.support.shm import group_members, shm_names, shm_semaphores
+from tests.support.shm import group_members, left_in_shm, shm_mapped, shm_names, shm_semaphores
 
 
 def test_two_workers_serve_and_drain_on_sigterm(upstreams: dict[str, UpstreamServer]) -> None:
@@ -103,10 +103,13 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], work
         # The worker process exists (spawned after the manager) but is not serving yet.
         assert wait_for(lambda: len(_spawned(process.pid)) >= 2, timeout=20, step=0.02)
         semaphores = shm_semaphores(process.pid)
+        mapped = shm_mapped([process.pid])
         process.send_signal(signal.SIGTERM)
         assert process.wait(GRACEFUL_SHUTDOWN_S) == 0
-        assert semaphores, "the main process maps the shared block's lock"
+        # the shared block (its locks are robust mutexes inside it: no named semaphore)
+        assert mapped, "the main process maps the shared block"
         assert wait_for(lambda: not any(os.path.exists(path) for path in semaphores), timeout=5)
+        assert not left_in_shm(mapped)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -143,6 +146,7 @@ def _stop_the_group(
     /dev/shm."""
     pids = [process.pid, *children(process.pid)]
     held = shm_names(pids)
+    mapped = shm_mapped(pids)
     result: dict[str, object] = {}
 
     def in_flight() -> None:
@@ -166,8 +170,9 @@ def _stop_the_group(
     assert result == {"status": 200}  # the request in flight finished
     assert returncode == 0
     assert wait_for(lambda: not group_members(process.pid), timeout=10)
-    assert any("/dev/shm/sem." in path for path in held), held  # the shared block's lock...
-    assert not [path for path in held if os.path.exists(path)]  # ...and all else unlinked
+    assert mapped, "the group maps the shared block (its locks are inside it)"
+    assert not [path for path in held if os.path.exists(path)]  # nothing named is left...
+    assert not left_in_shm(mapped)  # ...the block included
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3])

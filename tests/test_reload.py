@@ -479,3 +479,54 @@ def _connections_to(port: int) -> int:
             if remote_port == port and fields[3] == "01":
                 count += 1
     return count
+
+
+def test_sighup_to_the_whole_process_group_makes_one_reload(
+    reloading: Reloading, servers: dict[str, Any]
+) -> None:
+    """``kill -HUP -PGID`` (systemd's ``KillMode=control-group``, a terminal's hangup) reaches
+    the main process, both workers and Sanic's sync manager at once: one generation step,
+    one line, every process still running."""
+    reloading.sighup(config(servers))  # a known starting point
+    before = reloading.generation()
+    pids = reloading.lb.pids()
+    applied = reloading.stats()["config"]["reloads"]["applied"]
+    told = len(reloading.lines("configuration reloaded (SIGHUP)"))
+    reloading.write(config(servers, routes=(("/group", "blog-service"),)))
+    os.killpg(reloading.lb.process.pid, signal.SIGHUP)
+    wait_for(lambda: reloading.runs_everywhere(before + 1), timeout=5, step=0.01)
+    time.sleep(1.0)  # room for a second (wrong) reload to show
+    assert reloading.generation() == before + 1
+    assert len(reloading.lines("configuration reloaded (SIGHUP)")) == told + 1
+    assert reloading.stats()["config"]["reloads"]["applied"] == applied + 1
+    assert reloading.stats()["config"]["generation"] == before + 1
+    assert reloading.lb.pids() == pids and reloading.lb.process.poll() is None
+    for _ in range(6):
+        assert get(reloading.lb, "/group/x").json()["upstream"] == "blog"
+    reloading.running = reloading.path.read_text()
+
+
+def test_a_reload_whose_leader_dies_is_applied_by_the_other_worker(
+    reloading: Reloading, servers: dict[str, Any]
+) -> None:
+    """The leader killed as the reload is asked for: the other worker takes the lease (its
+    term is 2 s) and applies the file, and the replacement worker runs it too."""
+    reloading.sighup(config(servers, routes=(("/before-failover", "blog-service"),)))
+    leader = int(
+        re.search(r"worker=(\d+)", reloading.lines("configuration reloaded (SIGHUP)")[-1]).group(1)
+    )
+    before = reloading.generation()
+    survivor = next(int(p) for p in reloading.pids_running(before) if int(p) != leader)
+    reloading.write(config(servers, routes=(("/failover", "blog-service"),)))
+    os.kill(leader, signal.SIGKILL)
+    os.kill(reloading.lb.process.pid, signal.SIGHUP)
+    took = wait_for(lambda: str(survivor) in reloading.pids_running(before + 1), timeout=8)
+    assert took.elapsed < 4.0  # the lease's term, and the reload itself
+    line = reloading.lines("configuration reloaded (SIGHUP)")[-1]
+    assert f"worker={survivor}" in line and f"generation {before + 1}" in line
+    # the replacement of the dead leader runs it too, and nothing ran it twice
+    wait_for(lambda: len(reloading.pids_running(before + 1) - {str(leader)}) == 2, timeout=10)
+    assert reloading.generation() == before + 1
+    for _ in range(6):
+        assert get(reloading.lb, "/failover/x").json()["upstream"] == "blog"
+    reloading.running = reloading.path.read_text()

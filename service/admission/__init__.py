@@ -4,7 +4,7 @@ the front door's: ``service.frontdoor.client``).
 - ``policy``: the limits compiled once (``[[limits]]``, ``LB_RATE_LIMIT``), per route;
 - ``gate``: the one check on a request's path (GCRA rate limits, ``LB_MAX_CLIENT_REQUESTS``,
   pools' ``max_requests``), exact across the host's workers: the state lives in the shared
-  block (``layout``, ``table``) and is changed under one host lock (``lock``); ``endpoints``
+  block (``layout``, ``table``) and is changed under one host lock (a ``SharedLock``); ``endpoints``
   puts it in front of ``/stats``; ``episodes`` writes the lines when a key starts and stops
   being limited;
 - ``housekeeping``: one worker per host ends limited episodes and, with
@@ -21,7 +21,6 @@ nothing is reserved, ``lb.gate`` stays None and the proxy's check is one attribu
 
 from __future__ import annotations
 
-import multiprocessing
 from dataclasses import dataclass
 
 from sanic import Sanic
@@ -31,8 +30,7 @@ from service.admission.check import check_lines
 from service.admission.endpoints import admitted
 from service.admission.gate import Admission, Gate
 from service.admission.housekeeping import SWEEP_EVERY_S, Housekeeping
-from service.admission.layout import IN_FLIGHT, PER_POOL, AdmissionLayout
-from service.admission.lock import HostLock
+from service.admission.layout import IN_FLIGHT, LOCK_NAME, LOCK_WAIT_S, PER_POOL, AdmissionLayout
 from service.admission.policy import compile_limits, route_plans
 from service.admission.report import AdmissionView
 from service.admission.restart import RESTART_ONLY
@@ -99,20 +97,13 @@ def startup(app: Sanic) -> None:
 
         return
 
-    @app.main_process_start
-    async def make_lock(app: Sanic) -> None:
-        app.shared_ctx.admission_lock = multiprocessing.Lock()
-
     @app.before_server_start
     async def open_gate(app: Sanic) -> None:
         lb = app.ctx.lb
         block, row = lb.row.block, lb.row
         mem = block.mem
         raw_bytes = mem.cast("B")
-        lock = HostLock(
-            getattr(app.shared_ctx, "admission_lock", None), mem, layout.lock_holder.at,
-            process_alive,
-        )  # fmt: skip
+        lock = block.lock(layout.lock, LOCK_NAME, LOCK_WAIT_S)
         table = RateTable(mem, raw_bytes, layout)
         table.touch()
         clients = ClientTable(mem, raw_bytes, layout)

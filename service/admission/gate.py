@@ -38,7 +38,6 @@ from service.admission.layout import (
     AdmissionLayout,
 )
 from service.admission.episodes import log_start
-from service.admission.lock import HostLock
 from service.admission.policy import (
     CLIENT_LIMIT,
     HASH_CACHE,
@@ -50,6 +49,7 @@ from service.admission.policy import (
 from service.admission.table import ClientTable, RateTable
 from service.errors import Overloaded, RateLimited
 from service.settings import Settings
+from service.sharedmem import SharedLock
 
 _EPSILON = 1e-9  # float slack: a request exactly at the budget's edge fits
 ANSWERS = 4096  # shared fields-only admissions kept per limit
@@ -85,7 +85,7 @@ class Gate:
         *,
         mem: memoryview,
         layout: AdmissionLayout,
-        lock: HostLock,
+        lock: SharedLock,
         table: RateTable,
         clients: ClientTable,
         plans: dict[str, RoutePlan],
@@ -120,7 +120,8 @@ class Gate:
         self._answers: list[dict[int, Admission]] = [{} for _ in range(layout.limits)]
         self._homes: list[dict[str, tuple[int, int]]] = [{} for _ in range(layout.limits)]
         self._client_hashes: dict[str, int] = {}
-        self._raw_lock, self._holder_at, self._pid = lock.raw, layout.lock_holder.at, lock.pid
+        self._try_lock, self._unlock = lock.fast_path()
+        self._mutex = lock.mutex
         self._epoch = -1
         self._bucket = 0
 
@@ -267,14 +268,12 @@ class Gate:
         if self._shared:
             interval *= mem[self._factor_at] or 1.0
         capacity = limit.burst * interval + _EPSILON
-        # The host lock, its uncontended case inline (HostLock.acquire has the rest).
-        raw = self._raw_lock
-        if raw is not None:
-            if raw.acquire(False):
-                mem[self._holder_at] = self._pid
-            elif not self.lock.acquire():
-                mem[self.misc_at + 1] += 1
-                return None
+        # The host lock, its uncontended case inline (SharedLock.settle has the rest).
+        mutex = self._mutex
+        code = self._try_lock(mutex)
+        if code and not self.lock.settle(code):
+            mem[self.misc_at + 1] += 1  # went on without the lock
+            return None
         started = False
         try:
             # the key is where its hash says most of the time: no search then
@@ -291,9 +290,7 @@ class Gate:
             else:
                 started = self.table.limited(at, now)
         finally:
-            if raw is not None:
-                mem[self._holder_at] = 0.0
-                raw.release()
+            self._unlock(mutex)
         if used > capacity:
             self._refused_one(limit, key, fp, at, now, used - capacity, started)
             return None  # a dry run: served anyway, nothing shown

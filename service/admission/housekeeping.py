@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from service.admission.episodes import describe_key
-from service.admission.lock import HostLock
 from service.admission.policy import Limit
 from service.admission.table import RateTable
-from service.sharedmem import Lease
+from service.sharedmem import Lease, SharedLock
 
 if TYPE_CHECKING:  # only with a cluster
     from service.admission.sync import ClusterSync
@@ -43,7 +42,7 @@ class Housekeeping:
     def __init__(
         self,
         lease: Lease,
-        lock: HostLock,
+        lock: SharedLock,
         table: RateTable,
         limits: Sequence[Limit],
         alive: Callable[[int], bool],

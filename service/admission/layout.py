@@ -1,7 +1,7 @@
 """Where admission keeps its state: its regions of the shared block, reserved at build time.
 
-Shared by the host (one copy, read and written by every worker under the host lock,
-``lock.HostLock``):
+Shared by the host (one copy, read and written by every worker under the host lock, the
+region's :class:`~service.sharedmem.SharedLock`, taken for :data:`LOCK_WAIT_S` at most):
 
 - the **rate table**: one fixed slot per limit (the whole budget of a ``per = "all"`` limit,
   or the *overflow bucket* of a keyed one), then ``LB_LIMIT_KEYS`` hashed slots, each the
@@ -43,10 +43,18 @@ CLIENT_SLOT = C_COUNTS + MAX_WORKER_ROWS
 # ---- the host's state (written by the worker holding the housekeeping lease)
 MODE, FACTOR, REPLICAS, SYNCED_AT, STREAM_MS, STREAM_SEQ, SHARED_KEYS, UNSHARED_KEYS = range(8)
 IN_USE, IN_USE_AT = 8, 9  # keys whose state has not decayed, as last counted, and when (wall)
-REASON_AT = 10  # then REASON_BYTES bytes: why the cluster is degraded
+REASON_LEN = 10  # then REASON_BYTES bytes from REASON_AT: why the cluster is degraded
+REASON_AT = 11
 REASON_BYTES = 120
 CLUSTER_WIDTH = REASON_AT + REASON_BYTES // 8
 MODE_OFF, MODE_STARTING, MODE_OK, MODE_DEGRADED = 0.0, 1.0, 2.0, 3.0
+
+# The host lock is held for a few microseconds (one decision, no I/O, no ``await``), and a
+# dead holder's is taken back at once; a caller that cannot have it within this long (a live
+# holder stopped) goes on without it (fails open) and the miss is counted: a limit that is
+# briefly inexact beats a proxy that stalls.
+LOCK_WAIT_S = 0.05
+LOCK_NAME = "admission host"
 
 LIMITED_CAP = 256  # keys in a limited episode at once that are listed (and logged)
 DIRTY_CAP = 4096  # slots with unshared admissions listed between two publications
@@ -83,7 +91,7 @@ class AdmissionLayout:
         self.window = window_ring(PER_LIMIT * counted)
         self.remote_window = window_ring(PER_LIMIT * max(limits, 1))
         # shared
-        self.lock_holder = plan.shared(1)
+        self.lock = plan.lock(LOCK_NAME)
         self.lease = plan.shared(LEASE_WIDTH)
         self.state = plan.shared(CLUSTER_WIDTH)
         # the other replicas' lifetime counts per limit, then this host's as last published,

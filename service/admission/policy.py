@@ -4,9 +4,10 @@ Each :class:`Limit` knows what it covers (methods, path prefix; routes are resol
 one :class:`RoutePlan` per route name, so a route no limit covers costs one dict lookup),
 what it counts per, its GCRA parameters and its ``RateLimit-Policy`` item, made once.
 
-A key is hashed to 52 bits (BLAKE2b, so that a client cannot aim its keys at another's
-slots by choosing them, and the same on every worker and replica): the hash is both the
-key's fingerprint in the table and where its neighbourhood starts. Each limit remembers the
+A key is hashed to 52 bits (BLAKE2b, the same on every worker and replica): its fingerprint
+in the table, by which the replicas name it to each other. Where its neighbourhood starts is
+a hash of the fingerprint keyed by the host's secret (``table.Placement``), so that a client
+cannot aim its keys at another's slots by choosing them. Each limit remembers the
 hashes of the keys it saw last (at most :data:`HASH_CACHE` of them per worker) so that a
 steady client costs a dict lookup, not a hash.
 """

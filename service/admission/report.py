@@ -13,13 +13,13 @@ from typing import Any
 
 from service.admission.layout import ADMITTED, FACTOR, H_DRY, H_LIMITED, H_OVERLOADED, HISTORY
 from service.admission.layout import IN_FLIGHT, LIMITED, MODE, MODE_DEGRADED, MODE_OK, MODE_STARTING
-from service.admission.layout import OVERLOADED, PER_LIMIT, PER_POOL, REASON_AT, REASON_BYTES
+from service.admission.layout import OVERLOADED, PER_LIMIT, PER_POOL, REASON_AT, REASON_LEN
 from service.admission.layout import REPLICAS, SHARED_KEYS, SYNCED_AT, UNSHARED_KEYS, WINDOW_S
 from service.admission.layout import AdmissionLayout
 from service.admission.policy import Limit
 from service.admission.table import RateTable
 from service.settings import Settings
-from service.sharedmem import SharedBlock
+from service.sharedmem import SharedBlock, Texts
 
 Entry = dict[str, Any]
 TOP_KEYS = 10
@@ -52,7 +52,7 @@ class AdmissionView:
         self.block = block
         self.table = table
         self.clock = clock
-        self._reason_bytes = memoryview(block.mem).cast("B") if block is not None else None
+        self._texts = Texts(block.mem) if block is not None else None
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -144,10 +144,8 @@ class AdmissionView:
             "shared_keys": int(mem[at + SHARED_KEYS]),
             "unshared_keys": int(mem[at + UNSHARED_KEYS]),
         }
-        if mode == MODE_DEGRADED and self._reason_bytes is not None:
-            start = (at + REASON_AT) * 8
-            raw = bytes(self._reason_bytes[start : start + REASON_BYTES]).rstrip(b"\0")
-            entry["reason"] = raw.decode("utf-8", "replace")
+        if mode == MODE_DEGRADED and self._texts is not None:
+            entry["reason"] = self._texts.get(at + REASON_LEN, at + REASON_AT)
         return entry
 
     def limited_keys(self) -> dict[int, list[Entry]]:

@@ -41,6 +41,7 @@ from service.admission.layout import (
     PER_LIMIT,
     REASON_AT,
     REASON_BYTES,
+    REASON_LEN,
     REPLICAS,
     SHARED_KEYS,
     STREAM_MS,
@@ -49,12 +50,12 @@ from service.admission.layout import (
     UNSHARED_KEYS,
     AdmissionLayout,
 )
-from service.admission.lock import HostLock
 from service.admission.policy import Limit
 from service.admission.sync_store import SyncStore
 from service.admission.table import RateTable
 from service.redisconn import RedisUnavailable
 from service.settings import ClusterSettings
+from service.sharedmem import SharedLock, Texts
 
 log = logging.getLogger("service.admission")
 
@@ -71,7 +72,7 @@ class ClusterSync:
         mem: memoryview,
         raw_bytes: memoryview,
         layout: AdmissionLayout,
-        lock: HostLock,
+        lock: SharedLock,
         table: RateTable,
         limits: Sequence[Limit],
         totals: Callable[[], list[tuple[int, int]]],
@@ -82,7 +83,7 @@ class ClusterSync:
         self._settings = settings
         self.replica = replica
         self._mem = mem
-        self._bytes = raw_bytes
+        self._texts = Texts(mem, raw_bytes)
         self._layout = layout
         self._lock = lock
         self._table = table
@@ -243,9 +244,8 @@ class ClusterSync:
         replicas = max(1, int(mem[at + REPLICAS]))
         mem[at + FACTOR] = float(replicas)
         mem[at + MODE] = MODE_DEGRADED
-        data = reason.encode("utf-8", "replace")[:REASON_BYTES].ljust(REASON_BYTES, b"\0")
-        start = (at + REASON_AT) * 8
-        self._bytes[start : start + REASON_BYTES] = data
+        data = reason.encode("utf-8", "replace")[:REASON_BYTES]
+        self._texts.put(at + REASON_LEN, at + REASON_AT, data)
         if self._failing is None:
             log.warning(
                 "admission: cannot share limits through Redis (%s); each limit falls back "

@@ -1,6 +1,13 @@
 """The shared tables: each key's GCRA state (:class:`RateTable`) and each client's requests
 in flight (:class:`ClientTable`). Every method that changes them is called under the host
-lock (``lock.HostLock``), except where said.
+lock (the admission region's ``SharedLock``), except where said.
+
+**Where a key lives is the host's secret.** A key's fingerprint (its 52-bit hash, the same
+on every replica, so that the cluster sync can name it) says *which* key it is; *where* its
+neighbourhood starts is a keyed hash of that fingerprint (:class:`Placement`: a
+strongly universal multiply-add-shift with 256 bits drawn when the host's block was made,
+the same for all its workers). A client can compute any key's fingerprint, but not where
+it lands, so it cannot choose keys that crowd another client's neighbourhood.
 
 **Bounded, and a flood cannot push a heavy hitter out.** A key lives in one of the
 :data:`~service.admission.layout.NEIGHBOURHOOD` slots after the bucket its hash names
@@ -24,6 +31,9 @@ import math
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
+
+from service.sharedmem import Texts
+from service.sharedmem.block import host_secret
 
 from service.admission.layout import (
     C_COUNTS,
@@ -51,10 +61,29 @@ from service.admission.layout import (
 )
 
 PAGE_DOUBLES = 512  # 4 KiB
+_M64 = (1 << 64) - 1
+_M128 = (1 << 128) - 1
 
 
 def _key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "replace")[:KEY_BYTES]
+
+
+class Placement:
+    """The bucket of a fingerprint among ``buckets``, keyed by ``secret`` (32 bytes): the
+    high 64 bits of ``(a * fp + b) mod 2**128`` (``a`` odd), scaled to the buckets. For any
+    two fingerprints, over the choice of the secret, their buckets agree with probability
+    about ``1 / buckets``: as for random keys, whichever keys a client picks."""
+
+    __slots__ = ("_a", "_b", "buckets")
+
+    def __init__(self, secret: bytes, buckets: int) -> None:
+        self._a = int.from_bytes(secret[:16], "little") | 1
+        self._b = int.from_bytes(secret[16:32], "little")
+        self.buckets = buckets
+
+    def __call__(self, fp: int) -> int:
+        return ((((self._a * fp + self._b) & _M128) >> 64) * self.buckets) >> 64
 
 
 class Episode(NamedTuple):
@@ -78,11 +107,11 @@ class Unshared(NamedTuple):
 class RateTable:
     def __init__(self, mem: memoryview, raw_bytes: memoryview, layout: AdmissionLayout) -> None:
         self._mem = mem
-        self._bytes = raw_bytes
+        self._texts = Texts(mem, raw_bytes)
         self.layout = layout
         self._fixed = layout.slots.at
         self._hashed = layout.slots.at + layout.limits * SLOT
-        self._buckets = max(1, layout.keys - NEIGHBOURHOOD + 1)
+        self._place = Placement(host_secret(mem), max(1, layout.keys - NEIGHBOURHOOD + 1))
         self._limited = layout.limited_list.at
         self._dirty = layout.dirty.at if layout.cluster else -1
 
@@ -103,14 +132,14 @@ class RateTable:
 
     def home(self, fp: int) -> int:
         """The first slot of the key's neighbourhood, where it is found most of the time."""
-        return self._hashed + (fp % self._buckets) * SLOT
+        return self._hashed + self._place(fp) * SLOT
 
     def find(self, limit: int, fp: int, key: str, now: float) -> int:
         """The offset of the key's slot: its own, one claimed now, or (the neighbourhood
         being all in use) the limit's overflow bucket."""
         mem = self._mem
         want = float(fp)
-        first = self._hashed + (fp % self._buckets) * SLOT
+        first = self._hashed + self._place(fp) * SLOT
         if mem[first] == want:  # where most keys are: no loop
             return first
         free = -1
@@ -137,16 +166,11 @@ class RateTable:
         mem[at + LIMIT] = limit
         mem[at + TAT] = mem[at + UNSYNCED] = 0.0
         mem[at + LIMITED_SINCE] = mem[at + LAST_LIMITED] = mem[at + EPISODE] = 0.0
-        data = _key_bytes(key)
-        mem[at + KEY_LEN] = len(data)
-        start = (at + KEY_AT) * 8
-        self._bytes[start : start + len(data)] = data
-        mem[at + FP] = fp
+        self._texts.put(at + KEY_LEN, at + KEY_AT, _key_bytes(key))
+        mem[at + FP] = fp  # last: a reader that finds its fingerprint finds its key
 
     def key_at(self, at: int) -> str:
-        length = int(self._mem[at + KEY_LEN])
-        start = (at + KEY_AT) * 8
-        return bytes(self._bytes[start : start + length]).decode("utf-8", "replace")
+        return self._texts.get(at + KEY_LEN, at + KEY_AT)
 
     def label(self, fixed_key: str, at: int) -> str:
         return self.key_at(at) if at >= self._hashed else fixed_key
@@ -280,10 +304,10 @@ class ClientTable:
 
     def __init__(self, mem: memoryview, raw_bytes: memoryview, layout: AdmissionLayout) -> None:
         self._mem = mem
-        self._bytes = raw_bytes
+        self._texts = Texts(mem, raw_bytes)
         self._at = layout.clients.at
         self._slots = layout.client_slots
-        self._buckets = max(1, layout.client_slots - NEIGHBOURHOOD + 1)
+        self._place = Placement(host_secret(mem), max(1, layout.client_slots - NEIGHBOURHOOD + 1))
 
     def clear_column(self, column: int) -> None:
         mem = self._mem
@@ -295,7 +319,7 @@ class ClientTable:
         already has ``cap`` in flight (refused); -2 if it could not be tracked."""
         mem = self._mem
         want = float(fp)
-        first = self._at + (fp % self._buckets) * CLIENT_SLOT
+        first = self._at + self._place(fp) * CLIENT_SLOT
         free = -1
         for at in range(first, first + NEIGHBOURHOOD * CLIENT_SLOT, CLIENT_SLOT):
             held = mem[at + C_FP]
@@ -308,10 +332,7 @@ class ClientTable:
                 free = at
         if free < 0:
             return -2
-        data = _key_bytes(key)
-        mem[free + C_KEY_LEN] = len(data)
-        start = (free + C_KEY_AT) * 8
-        self._bytes[start : start + len(data)] = data
+        self._texts.put(free + C_KEY_LEN, free + C_KEY_AT, _key_bytes(key))
         mem[free + C_FP] = want
         mem[free + C_COUNTS + column] = 1.0
         return free

@@ -67,6 +67,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from multiprocessing.managers import SyncManager
 from typing import Any
 
@@ -108,9 +109,19 @@ def _sync_manager() -> SyncManager:
     """``multiprocessing.Manager()`` (what Sanic calls), its server process ignoring SIGTERM
     as ``multiprocessing`` already has it ignore SIGINT, for the same reason (bpo-36368): a
     signal to the whole group must not take it away before its clients are done. The
-    initializer is a builtin, so the spawned process imports nothing of ours."""
-    manager = SyncManager(ctx=multiprocessing.get_context())
-    manager.start(signal.signal, (signal.SIGTERM, signal.SIG_IGN))
+    initializer is a builtin, so the spawned process imports nothing of ours.
+
+    SIGHUP too: to the whole group it asks for a reload (``service.reload.signals``), but its
+    default action ended the sync manager and ``multiprocessing``'s resource tracker, and
+    the main process then died of ``BrokenPipeError``. Both are started here with SIGHUP
+    ignored, which a new process inherits (through ``exec`` as well)."""
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+        manager = SyncManager(ctx=multiprocessing.get_context())
+        manager.start(signal.signal, (signal.SIGTERM, signal.SIG_IGN))
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
     return manager
 
 

@@ -56,8 +56,7 @@ def startup(app: Sanic) -> None:
     async def open_pools(app: Sanic) -> None:
         lb = app.ctx.lb
         lb.pool_state = PoolState(lb.row, lb.pool_layout)
-        lock = getattr(app.shared_ctx, "block_lock", None)
-        lb.slots = SlotTable(lb.row.block, lb.pool_layout.slots, lock=lock)
+        lb.slots = SlotTable(lb.row.block, lb.pool_layout.slots)
         lb.slots.seed(lb.settings)
         lb.pools = build_pools(
             lb.settings, state=lb.pool_state, table=lb.slots, row=lb.row, clients=lb.clients

@@ -23,13 +23,15 @@ Contract
   of the slot (shared and in every row) is zeroed. Nobody writes a slot after that point,
   which is what makes zeroing other workers' row fields safe.
 - **Writers** change the table only inside ``with table.change() as change:`` (under the
-  block's lock, between processes), which publishes one new *generation* at the end if
-  anything changed. Pools are named in a directory that only grows (capacity:
+  table's :class:`~service.sharedmem.SharedLock`, between processes; a writer that died
+  holding it does not keep the others out), which publishes one new *generation* at the
+  end if anything changed. Pools are named in a directory that only grows (capacity:
   the configured pools and :data:`SPARE_POOLS`).
 - **Readers** (every worker, without a lock) compare :attr:`SlotTable.generation` (one
   read of a double) with the generation they last applied; when it moved, :meth:`snapshot`
-  gives every pool's members as of one generation (a seqlock: the generation is odd while a
-  writer is at work, and a read that saw it move is retried). After rebuilding its pools a
+  gives every pool's members as of one generation (the generation is the table's
+  :class:`~service.sharedmem.Seqlock`: odd while a writer is at work, and a read that saw it
+  move is retried). After rebuilding its pools a
   worker calls :meth:`SlotTable.applied` with that generation (its own row's field).
 - **Start.** :meth:`SlotTable.seed` puts the configured targets in, once per block (the first
   process to get there; later ones find it seeded), in settings order: with no ``resolve``
@@ -38,18 +40,18 @@ Contract
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from service.settings import Settings, Upstream
-from service.sharedmem import Plan, SharedBlock, WorkerRow
+from service.sharedmem import Plan, Seqlock, SharedBlock, SharedLock, Texts, Turn, WorkerRow
+from service.sharedmem.lock import WRITER_TIMEOUT_S
 
 SPARE_SLOTS = 16  # targets beyond the configured ones, for changes while serving
 SPARE_POOLS = 8  # pools beyond the configured ones (a reload may add some)
-LOCK_TIMEOUT_S = 2.0
+LOCK_NAME = "slot table"
 
 # the table's header (shared)
 _GENERATION, _SEEDED, _DRAINING = range(3)
@@ -104,6 +106,7 @@ class SlotLayout:
 
     def __init__(self, plan: Plan, *, slots: int, pools: int) -> None:
         self.slots, self.pools = slots, pools
+        self.lock = plan.lock(LOCK_NAME)
         self.header = plan.shared(_HEADER)
         self.directory = plan.shared(pools * _POOL_WIDTH)
         self.table = plan.shared(slots * _SLOT_WIDTH)
@@ -111,16 +114,19 @@ class SlotLayout:
 
 
 class SlotTable:
-    """A process's view of the slot table. ``lock`` (the block's ``multiprocessing.Lock``)
-    serialises writers of different processes; None where one process is alone."""
+    """A process's view of the slot table. Writers of different processes take the table's
+    lock (``lock``: the one in the block at ``layout.lock`` unless given)."""
 
-    def __init__(self, block: SharedBlock, layout: SlotLayout, *, lock: Any = None) -> None:
+    def __init__(
+        self, block: SharedBlock, layout: SlotLayout, *, lock: SharedLock | None = None
+    ) -> None:
         self.block = block
         self.layout = layout
         self._mem = block.mem
-        self._bytes = block.mem.cast("B")
-        self._lock = lock
+        self._texts = Texts(block.mem)
+        self._lock = lock or block.lock(layout.lock, LOCK_NAME, WRITER_TIMEOUT_S)
         self._gen_at = layout.header.at + _GENERATION
+        self._seq = Seqlock(block.mem, self._gen_at, self._lock)
         self._pool_ids: dict[str, int] = {}  # directory entries never move: cached
 
     # -- reading (any process, no lock) --------------------------------------------------
@@ -133,20 +139,13 @@ class SlotTable:
     def snapshot(self, *, tries: int = 50) -> tuple[int, dict[str, tuple[Member, ...]]] | None:
         """``(generation, {pool: members})`` as of one generation; None if writers kept the
         table busy for ``tries`` attempts (call again later)."""
-        for _ in range(tries):
-            before = self._mem[self._gen_at]
-            if int(before) % 2:
-                time.sleep(0)
-                continue
-            members = self._read_members()
-            if self._mem[self._gen_at] == before:
-                return int(before), members
-        return None
+        return self._seq.read(self._read_members, tries)
 
     def members(self, pool: str) -> tuple[Member, ...]:
         """One pool's members (as of one generation; empty if the pool has none)."""
-        while (snap := self.snapshot()) is None:
-            time.sleep(0.001)
+        snap = self._seq.read(self._read_members, tries=1000)
+        if snap is None:
+            raise TimeoutError("the target slot table was being written throughout the read")
         return snap[1].get(pool, ())
 
     def retired(self, pool: str) -> Retired:
@@ -191,13 +190,8 @@ class SlotTable:
     def change(self) -> Iterator[Change]:
         """A writer's turn: everything done through the :class:`Change` is published as one
         generation when the block ends (none if nothing changed)."""
-        with self._locked():
-            change = Change(self)
-            try:
-                yield change
-            finally:
-                if change.began:
-                    self._mem[self._gen_at] += 1  # even again: published
+        with self._seq.write(eager=False) as turn:
+            yield Change(self, turn)
 
     def seed(self, settings: Settings) -> bool:
         """Put the configured targets in, once per block; True if this call did it."""
@@ -250,18 +244,6 @@ class SlotTable:
                 self._mem[self.layout.header.at + _DRAINING] -= 1
         return freed
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self._lock is None:
-            yield
-            return
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
-            raise TimeoutError("the slot table's lock was not free within 2 s")
-        try:
-            yield
-        finally:
-            self._lock.release()
-
     # -- the layout ------------------------------------------------------------------------
 
     def _slot_at(self, slot: int) -> int:
@@ -284,23 +266,14 @@ class SlotTable:
 
     def _pool_name(self, position: int) -> str:
         at = self._pool_at(position)
-        return self._text(at + _P_NAME, int(self._mem[at + _P_NAME_LEN]))
+        return self._texts.get(at + _P_NAME_LEN, at + _P_NAME)
 
     def _url(self, slot_at: int) -> str:
         return self._key(slot_at)[0]
 
     def _key(self, slot_at: int) -> tuple[str, str]:
-        url, _, origin = self._text(
-            slot_at + _S_KEY, int(self._mem[slot_at + _S_KEY_LEN])
-        ).partition("\n")
+        url, _, origin = self._texts.get(slot_at + _S_KEY_LEN, slot_at + _S_KEY).partition("\n")
         return url, origin
-
-    def _text(self, at: int, length: int) -> str:
-        start = at * 8
-        return bytes(self._bytes[start : start + length]).decode("utf-8", "replace")
-
-    def _put_text(self, at: int, data: bytes) -> None:
-        self._bytes[at * 8 : at * 8 + len(data)] = data
 
     def _read_members(self) -> dict[str, tuple[Member, ...]]:
         mem = self._mem
@@ -330,16 +303,18 @@ class SlotTable:
 class Change:
     """One writer's turn on the table (see :meth:`SlotTable.change`)."""
 
-    def __init__(self, table: SlotTable) -> None:
+    def __init__(self, table: SlotTable, turn: Turn) -> None:
         self._table = table
         self._mem = table._mem
-        self.began = False
+        self._turn = turn
+
+    @property
+    def began(self) -> bool:
+        return self._turn.began
 
     def begin(self) -> None:
         """Mark the table as being written (odd generation), once per change."""
-        if not self.began:
-            self.began = True
-            self._mem[self._table._gen_at] += 1
+        self._turn.begin()
 
     def pool(self, name: str) -> int:
         """The pool's position in the directory, adding it if new."""
@@ -354,8 +329,7 @@ class Change:
             at = table._pool_at(position)
             if not self._mem[at + _P_NAME_LEN]:
                 self.begin()
-                table._put_text(at + _P_NAME, data)
-                self._mem[at + _P_NAME_LEN] = len(data)
+                table._texts.put(at + _P_NAME_LEN, at + _P_NAME, data)
                 table._pool_ids[name] = position
                 return position
         raise SlotsExhausted(f"no room for pool {name!r}: {table.layout.pools} pools at most")
@@ -392,8 +366,7 @@ class Change:
         mem[at + _S_ORDER] = order
         mem[at + _S_RELEASED] = 0
         mem[at + _S_KEY : at + _SLOT_WIDTH] = _zeros(_SLOT_WIDTH - _S_KEY)
-        table._put_text(at + _S_KEY, data)
-        mem[at + _S_KEY_LEN] = len(data)
+        table._texts.put(at + _S_KEY_LEN, at + _S_KEY, data)
         return slot
 
     def release(self, pool: str, url: str) -> bool:

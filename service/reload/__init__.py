@@ -72,7 +72,7 @@ def startup(app: Sanic) -> None:
     async def follow_the_published_configuration(app: Sanic) -> None:
         lb = app.ctx.lb
         block = lb.row.block
-        region = ConfigRegion(block, layout, getattr(app.shared_ctx, "block_lock", None))
+        region = ConfigRegion(block, layout)
         source = lb.settings.source
         path = Path(source.path if source else os.environ.get(CONFIG_ENV) or DEFAULTS_FILE)
         running.reload = ConfigReload(

@@ -6,9 +6,11 @@ text and of the last text a reload looked at, then the last error and the pendin
 note as UTF-8, then the published text itself, at most :data:`MAX_TEXT_BYTES`. Each worker
 row has one more field: the generation that worker runs.
 
-Writers take the block's lock, so one writes at a time (two workers that both believe they
-hold the reload lease cannot interleave). Readers never lock: the sequence number is odd
-while a writer is at work, and a read that saw it move is retried (a seqlock). Workers poll
+Writers take the region's lock (a :class:`~service.sharedmem.SharedLock`: a writer that dies
+holding it does not keep the others out), so one writes at a time (two workers that both
+believe they hold the reload lease cannot interleave). Readers never lock: the region's
+:class:`~service.sharedmem.Seqlock` is odd while a writer is at work, and a read that saw it
+move is retried. Workers poll
 :attr:`ConfigRegion.generation`, one read of a double, and copy the text only when it moved.
 The signal handlers only add one to the request counter: that much is safe in any process,
 at any moment.
@@ -17,16 +19,19 @@ at any moment.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
-from service.sharedmem import Plan, SharedBlock, WorkerRow
+from service.sharedmem import Plan, Seqlock, SharedBlock, SharedLock, Texts, WorkerRow, cut
+from service.sharedmem.lock import WRITER_TIMEOUT_S
+
+T = TypeVar("T")
 
 MAX_TEXT_BYTES = 64 * 1024  # the largest file a reload takes (a ConfigMap is usually < 4 KiB)
 MAX_NOTE_BYTES = 1024  # the last error, the pending-restart note: cut beyond this
-LOCK_TIMEOUT_S = 2.0
+LOCK_NAME = "configuration region"
 
 # header fields
 (
@@ -39,10 +44,6 @@ _ERROR = _ATTEMPTED + 4
 _NOTE = _ERROR + MAX_NOTE_BYTES // 8
 _TEXT = _NOTE + MAX_NOTE_BYTES // 8
 _WIDTH = _TEXT + MAX_TEXT_BYTES // 8
-
-
-class RegionBusy(RuntimeError):
-    """A read found a writer at work every time it tried (try again on the next turn)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,25 +68,33 @@ class Outcomes:
     last_error_at: float | None  # wall clock
 
 
+class RegionBusy(RuntimeError):
+    """A read found a writer at work every time it tried (try again on the next turn)."""
+
+
 class ConfigLayout:
     """The region's place in the block, reserved on ``plan`` when the app is built."""
 
     def __init__(self, plan: Plan) -> None:
+        self.lock = plan.lock(LOCK_NAME)
         self.shared = plan.shared(_WIDTH)
         self.applied = plan.per_worker(1)
 
 
 class ConfigRegion:
-    """A process's view of the region; ``lock`` is the block's (None where one process is
-    alone: ``--single-process``, tests)."""
+    """A process's view of the region; writers take ``lock`` (the region's own in the block,
+    at ``layout.lock``, unless given)."""
 
-    def __init__(self, block: SharedBlock, layout: ConfigLayout, lock: Any = None) -> None:
+    def __init__(
+        self, block: SharedBlock, layout: ConfigLayout, lock: SharedLock | None = None
+    ) -> None:
         self._block = block
         self._layout = layout
         self._mem = block.mem
-        self._bytes = block.mem.cast("B")
+        self._texts = Texts(block.mem)
         self._at = layout.shared.at
-        self._lock = lock
+        self._lock = lock or block.lock(layout.lock, LOCK_NAME, WRITER_TIMEOUT_S)
+        self._seq = Seqlock(block.mem, self._at + _SEQ, self._lock)
 
     # -- reading (any process, no lock) --------------------------------------------------
 
@@ -121,8 +130,11 @@ class ConfigRegion:
         self._mem[self._at + _REQUESTED] += 1
 
     def take_request(self) -> bool:
-        """True, once, for each batch of requests the leader has not yet taken."""
-        with self._locked():
+        """True, once, for each batch of requests the leader has not yet taken (the lock is
+        taken only when there is one: the leader asks ten times a second)."""
+        if self._mem[self._at + _REQUESTED] == self._mem[self._at + _HANDLED]:
+            return False
+        with self._lock.held():
             requested = self._mem[self._at + _REQUESTED]
             if requested == self._mem[self._at + _HANDLED]:
                 return False
@@ -163,9 +175,8 @@ class ConfigRegion:
         """A reload that changed nothing: why, for ``/stats``."""
         with self._writing():
             self._mem[self._at + _FAILED] += 1
-            data = _cut(message.encode("utf-8"), MAX_NOTE_BYTES)
-            self._put_bytes(_ERROR, data)
-            self._mem[self._at + _ERROR_LEN] = len(data)
+            data = cut(message.encode("utf-8"), MAX_NOTE_BYTES)
+            self._texts.put(self._at + _ERROR_LEN, self._at + _ERROR, data)
             self._mem[self._at + _ERROR_AT] = time.time()
 
     def mark_reconciled(self, generation: int) -> None:
@@ -178,49 +189,25 @@ class ConfigRegion:
     # -- the layout ------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self._lock is None:
-            yield
-            return
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
-            raise TimeoutError("the shared block's lock was not free within 2 s")
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    @contextmanager
     def _writing(self) -> Iterator[None]:
-        """Under the lock, with the sequence number odd until the block ends. A writer that
-        died half-way left it odd: the next one starts from there and ends it even."""
-        seq_at = self._at + _SEQ
-        with self._locked():
-            if int(self._mem[seq_at]) % 2 == 0:
-                self._mem[seq_at] += 1
-            try:
-                yield
-            finally:
-                self._mem[seq_at] += 1
+        """A writer's turn of the seqlock (a dead writer's is closed by the next one)."""
+        with self._seq.write():
+            yield
 
-    def _consistent(self, read: Any, tries: int = 1000) -> Any:
+    def _consistent(self, read: Callable[[], T], tries: int = 1000) -> T:
         """``read()`` as of one moment between writers (retried while one is at work);
-        :class:`RegionBusy` if a writer kept at it for ``tries`` attempts."""
-        seq_at = self._at + _SEQ
-        for _ in range(tries):
-            before = self._mem[seq_at]
-            if int(before) % 2 == 0:
-                value = read()
-                if self._mem[seq_at] == before:
-                    return value
-            time.sleep(0)
-        raise RegionBusy("the configuration region was being written throughout the read")
+        :class:`RegionBusy` if a writer kept at it throughout."""
+        found = self._seq.read(read, tries)
+        if found is None:
+            raise RegionBusy("the configuration region was being written throughout the read")
+        return found[1]
 
     def _read_published(self) -> Published:
         at = self._at
-        note = self._text(_NOTE, int(self._mem[at + _NOTE_LEN]))
+        note = self._texts.get(at + _NOTE_LEN, at + _NOTE)
         return Published(
             generation=int(self._mem[at + _GENERATION]),
-            text=self._text(_TEXT, int(self._mem[at + _LENGTH])),
+            text=self._texts.get(at + _LENGTH, at + _TEXT),
             sha256=self._sha(_SHA),
             loaded_at=self._mem[at + _LOADED_AT],
             pending_restart=tuple(note.split(",")) if note else (),
@@ -233,7 +220,7 @@ class ConfigRegion:
             applied=int(self._mem[at + _APPLIED]),
             unchanged=int(self._mem[at + _UNCHANGED]),
             failed=int(self._mem[at + _FAILED]),
-            last_error=self._text(_ERROR, length) if length else None,
+            last_error=self._texts.get(at + _ERROR_LEN, at + _ERROR) if length else None,
             last_error_at=self._mem[at + _ERROR_AT] if length else None,
         )
 
@@ -244,37 +231,19 @@ class ConfigRegion:
         if len(data) > MAX_TEXT_BYTES:
             raise ValueError(f"configuration text over {MAX_TEXT_BYTES} bytes")
         at = self._at
-        self._put_bytes(_TEXT, data)
-        self._mem[at + _LENGTH] = len(data)
+        self._texts.put(at + _LENGTH, at + _TEXT, data)
         self._put_sha(_SHA, sha256)
         self._mem[at + _LOADED_AT] = loaded_at
-        note = _cut(",".join(pending_restart).encode("utf-8"), MAX_NOTE_BYTES)
-        self._put_bytes(_NOTE, note)
-        self._mem[at + _NOTE_LEN] = len(note)
+        note = cut(",".join(pending_restart).encode("utf-8"), MAX_NOTE_BYTES)
+        self._texts.put(at + _NOTE_LEN, at + _NOTE, note)
         self._mem[at + _GENERATION] += 1
 
     def _clear_error(self) -> None:
         self._mem[self._at + _ERROR_LEN] = 0
         self._mem[self._at + _ERROR_AT] = 0
 
-    def _put_bytes(self, field: int, data: bytes) -> None:
-        start = (self._at + field) * 8
-        self._bytes[start : start + len(data)] = data
-
-    def _text(self, field: int, length: int) -> str:
-        start = (self._at + field) * 8
-        return bytes(self._bytes[start : start + length]).decode("utf-8", "replace")
-
     def _put_sha(self, field: int, sha256: str) -> None:
-        self._put_bytes(field, bytes.fromhex(sha256))
+        self._texts.put_raw(self._at + field, bytes.fromhex(sha256))
 
     def _sha(self, field: int) -> str:
-        start = (self._at + field) * 8
-        return bytes(self._bytes[start : start + 32]).hex()
-
-
-def _cut(data: bytes, limit: int) -> bytes:
-    """At most ``limit`` bytes, cut on a character boundary, marked when cut."""
-    if len(data) <= limit:
-        return data
-    return data[: limit - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
+        return self._texts.raw(self._at + field, 32).hex()

@@ -1,4 +1,7 @@
-"""The one shared-memory facility: a block with shared fields, per-worker rows and time rings.
+"""The one shared-memory facility: a block with shared fields, per-worker rows and time rings,
+and the primitives every feature keeps its shared state with: :class:`SharedLock` (the only
+lock in the block; a dead holder's is taken back), :class:`Seqlock` (writers under a lock,
+readers free) and :class:`Texts` (text in the block).
 
 ``startup(app)`` allocates the block in the main process (or, where ``main_process_start``
 never runs — ``--single-process``, sanic-testing — in the worker itself) and claims this
@@ -7,8 +10,6 @@ features when the app was built, so nothing here depends on their listeners.
 """
 
 from __future__ import annotations
-
-import multiprocessing
 
 from sanic import Sanic
 
@@ -21,17 +22,26 @@ from service.sharedmem.block import (
     process_alive,
 )
 from service.sharedmem.lease import LEASE_WIDTH, Lease
+from service.sharedmem.lock import LockTimeout, SharedLock
 from service.sharedmem.rings import TimeRing
+from service.sharedmem.seqlock import Seqlock, Turn
+from service.sharedmem.text import Texts, cut
 
 __all__ = [
     "LEASE_WIDTH",
     "MAX_WORKER_ROWS",
     "Lease",
+    "LockTimeout",
     "Plan",
     "Region",
+    "Seqlock",
     "SharedBlock",
+    "SharedLock",
+    "Texts",
     "TimeRing",
+    "Turn",
     "WorkerRow",
+    "cut",
     "process_alive",
     "startup",
 ]
@@ -40,14 +50,12 @@ __all__ = [
 def startup(app: Sanic) -> None:
     @app.main_process_start
     async def allocate_block(app: Sanic) -> None:
-        app.shared_ctx.block = app.ctx.lb.plan.allocate()
-        app.shared_ctx.block_lock = multiprocessing.Lock()
+        app.shared_ctx.block = app.ctx.lb.plan.allocate()  # its locks and secret with it
 
     @app.before_server_start
     async def claim_row(app: Sanic) -> None:
         lb = app.ctx.lb
         raw = getattr(app.shared_ctx, "block", None)
-        lock = getattr(app.shared_ctx, "block_lock", None)
         if raw is None:
-            raw, lock = lb.plan.allocate(), None
-        lb.row = SharedBlock(raw, lb.plan).claim(lock=lock)
+            raw = lb.plan.allocate()
+        lb.row = SharedBlock(raw, lb.plan).claim()

@@ -9,26 +9,43 @@ the workers through ``app.shared_ctx``.
 
 Each worker claims a row once, at start-up, and from then on is the only writer of its
 per-worker fields, so recording takes no lock and never waits on another worker; readers
-sum every row. A worker that replaces a dead one takes over its row and keeps adding to it,
-so lifetime totals survive worker restarts. The block is a ``multiprocessing.RawArray`` of
+sum every row. Rows are claimed under the block's own lock (a :class:`SharedLock`, as every
+lock in the block is), so a worker that died claiming one cannot keep its replacement out.
+A worker that replaces a dead one takes over its row and keeps adding to it, so lifetime
+totals survive worker restarts. The block is a ``multiprocessing.RawArray`` of
 doubles: exact for integers up to 2**53, and an aligned 8-byte store is never seen half
 written. Memory is fixed at start-up.
+
+The block also holds the host's **secret**: 32 random bytes drawn when the block is
+allocated (in the main process), the same for every worker of the host and unknown outside
+it, for features that must place what clients name where clients cannot predict
+(admission's key table).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import secrets
 import time
 from collections.abc import Callable
 from ctypes import c_double
 from dataclasses import dataclass
 from typing import Any
 
+from service.sharedmem.lock import LOCK_WIDTH, SharedLock, initialise
+
 # Rows for worker processes; a restarted worker reuses its predecessor's row.
 MAX_WORKER_ROWS = 16
+CLAIM_TIMEOUT_S = 2.0  # a row is claimed in microseconds; only a live, stuck holder waits
+CLAIM_LOCK_NAME = "row claim"
 
-_STARTED_MONOTONIC, _STARTED_WALL = range(2)  # the block's own shared fields
+# the block's own shared fields: start times, the host's secret, the row-claim lock
+_STARTED_MONOTONIC, _STARTED_WALL = range(2)
+_SECRET = 2
+SECRET_BYTES = 32
+_CLAIM_LOCK = _SECRET + SECRET_BYTES // 8
+_HEADER = _CLAIM_LOCK + LOCK_WIDTH
 _OWNER = 0  # the first field of every row: the pid of the worker that claimed it
 
 
@@ -45,12 +62,20 @@ class Plan:
 
     def __init__(self, rows: int = MAX_WORKER_ROWS) -> None:
         self.rows = rows
-        self._shared_size = 2  # start times
+        self._shared_size = _HEADER
         self._row_size = 1  # owner pid
+        self.locks = {CLAIM_LOCK_NAME: Region(_CLAIM_LOCK, LOCK_WIDTH)}  # every lock, by name
 
     def shared(self, width: int) -> Region:
         region = Region(self._shared_size, width)
         self._shared_size += width
+        return region
+
+    def lock(self, name: str) -> Region:
+        """Room for one :class:`SharedLock`, made a free lock by :meth:`allocate`."""
+        if name in self.locks:
+            raise ValueError(f"the block already has a lock named {name!r}")
+        region = self.locks[name] = self.shared(LOCK_WIDTH)
         return region
 
     def per_worker(self, width: int) -> Region:
@@ -75,6 +100,11 @@ class Plan:
         raw = multiprocessing.RawArray(c_double, self.size)
         raw[_STARTED_MONOTONIC] = clock()
         raw[_STARTED_WALL] = time.time()
+        raw_bytes = memoryview(raw).cast("B")
+        start = _SECRET * 8
+        raw_bytes[start : start + SECRET_BYTES] = secrets.token_bytes(SECRET_BYTES)
+        for region in self.locks.values():
+            initialise(raw_bytes, region.at * 8)
         return raw
 
 
@@ -94,6 +124,17 @@ class SharedBlock:
     def __init__(self, raw: Any, plan: Plan) -> None:
         self.mem = memoryview(raw).cast("B").cast("d")
         self.plan = plan
+        self._bytes = self.mem.cast("B")
+        self.claim_lock = self.lock(plan.locks[CLAIM_LOCK_NAME], CLAIM_LOCK_NAME, CLAIM_TIMEOUT_S)
+
+    def lock(self, region: Region, name: str, timeout: float) -> SharedLock:
+        """The lock at ``region`` (reserved with :meth:`Plan.lock`)."""
+        return SharedLock(self._bytes, region.at * 8, name=name, timeout=timeout)
+
+    @property
+    def secret(self) -> bytes:
+        """The host's secret (see the module's docstring)."""
+        return host_secret(self.mem)
 
     @property
     def started_at(self) -> float:
@@ -122,16 +163,17 @@ class SharedBlock:
         """Rows whose owner is running: what they hold now (open sockets) is still true."""
         return [at for at in self.claimed_rows() if process_alive(self.owner(at))]
 
-    def claim(self, pid: int | None = None, lock: Any = None) -> WorkerRow:
+    def claim(self, pid: int | None = None) -> WorkerRow:
         """Take this pid's row, a dead worker's row, or an unused one (start-up only).
 
-        ``lock`` (a ``multiprocessing.Lock``) keeps two starting workers from taking the
-        same row; where one process is alone (single process, tests) it may be None.
+        Under the block's row-claim lock, so two starting workers never take the same row;
+        :class:`~service.sharedmem.lock.LockTimeout` if a live holder keeps it past
+        :data:`CLAIM_TIMEOUT_S` (a dead one's is taken back at once).
         """
-        pid = pid or os.getpid()
-        if lock is not None:
-            with lock:
-                return self.claim(pid)
+        with self.claim_lock.held():
+            return self._claim(pid or os.getpid())
+
+    def _claim(self, pid: int) -> WorkerRow:
         offsets = list(self.rows())
         for index, at in enumerate(offsets):
             if self.owner(at) == pid:
@@ -142,6 +184,12 @@ class SharedBlock:
                 self.mem[at + _OWNER] = pid
                 return WorkerRow(self, index, at, pid)
         raise RuntimeError(f"shared block is full: all {self.plan.rows} worker rows in use")
+
+
+def host_secret(mem: memoryview) -> bytes:
+    """The host's secret in the block whose doubles are ``mem``."""
+    start = _SECRET * 8
+    return bytes(mem.cast("B")[start : start + SECRET_BYTES])
 
 
 def process_alive(pid: int) -> bool:

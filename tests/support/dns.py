@@ -33,9 +33,24 @@ class DnsServer:
     """``DnsServer({"svc.test": ["127.0.0.2"]}, ttl=1)``; ``address`` is ``127.0.0.1:<port>``
     (an ``LB_RESOLVER`` value); ``set(...)`` replaces every name; ``stop()``/``start()``."""
 
-    def __init__(self, names: Mapping[str, Sequence[str]] | None = None, *, ttl: int = 1) -> None:
+    def __init__(
+        self,
+        names: Mapping[str, Sequence[str]] | None = None,
+        *,
+        ttl: int = 1,
+        args: Sequence[str] = (),
+        catch_all: bool = True,
+        log: Path | None = None,
+    ) -> None:
+        """``args``: more dnsmasq options (``--host-record=name,addr,ttl``, ``--server=``...;
+        with ``--dnssec``, dnsmasq's cache is kept, which it needs); ``catch_all=False``:
+        a name dnsmasq knows nothing of gets REFUSED (it has no upstream) instead of
+        NXDOMAIN; ``log``: every query is written to that file (``--log-queries``)."""
         self.binary = require("dnsmasq")
         self.ttl = ttl
+        self.args = list(args)
+        self.catch_all = catch_all
+        self.log = log
         self.dir = Path(tempfile.mkdtemp(prefix="lb-dns-"))
         self.hosts = self.dir / "hosts"
         self.port = free_udp_and_tcp_port()
@@ -51,9 +66,15 @@ class DnsServer:
         argv = [
             self.binary, "--keep-in-foreground", f"--port={self.port}",
             "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-            f"--addn-hosts={self.hosts}", f"--local-ttl={self.ttl}", "--address=/#/",
-            "--user=root", "--pid-file=", "--cache-size=0", "--log-facility=-",
+            f"--addn-hosts={self.hosts}", f"--local-ttl={self.ttl}", "--user=root",
+            "--pid-file=",
         ]  # fmt: skip
+        argv += ["--address=/#/"] if self.catch_all else []
+        argv += [] if "--dnssec" in self.args else ["--cache-size=0"]
+        argv += (
+            [f"--log-facility={self.log}", "--log-queries"] if self.log else ["--log-facility=-"]
+        )
+        argv += self.args
         self.process = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

@@ -281,6 +281,10 @@ class _QuietServer(ThreadingHTTPServer):
         pass  # a connection shut by stop() mid-request is expected, not worth a traceback
 
 
+class _QuietServer6(_QuietServer):
+    address_family = socket.AF_INET6
+
+
 class _KnobHandler(_Handler):
     upstream: Knob
 
@@ -352,7 +356,8 @@ class Knob(UpstreamServer):
     def start(self, port: int = 0, host: str = "127.0.0.1") -> Knob:
         handler = type("Handler", (_KnobHandler,), {"upstream": self})
         self.host = host
-        self._server = _QuietServer((host, port), handler)
+        server = _QuietServer6 if ":" in host else _QuietServer  # "::1": IPv6
+        self._server = server((host, port), handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True

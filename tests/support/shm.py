@@ -14,6 +14,28 @@ def shm_semaphores(pid: int) -> set[str]:
     return {path for path in shm_names([pid]) if path.startswith("/dev/shm/sem.")}
 
 
+def shm_mapped(pids: Iterable[int]) -> set[str]:
+    """The paths in /dev/shm these processes map, as their memory maps name them: the shared
+    block is a file there, unlinked as soon as it is made (``pym-<pid>-<random>
+    (deleted)``), so a stop, however abrupt, cannot leave it behind."""
+    found = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) == 6 and fields[5].startswith("/dev/shm/"):
+                found.add(fields[5])
+    return found
+
+
+def left_in_shm(mapped: Iterable[str]) -> list[str]:
+    """Which of ``mapped`` (from :func:`shm_mapped`) still have a name in /dev/shm."""
+    return [path for path in mapped if os.path.exists(path.removesuffix(" (deleted)"))]
+
+
 def shm_names(pids: Iterable[int]) -> set[str]:
     """The names in /dev/shm of what these processes map from it.
 
