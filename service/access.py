@@ -5,7 +5,8 @@ loopback only); ``/stats`` stays public, because the dashboard reads it from the
 The client is the TCP peer (``request.ip``), never a forwarded header: the load balancer is
 the front door, so any ``X-Forwarded-For`` it receives was written by the client itself;
 unless the peer is one of ``LB_TRUSTED_PROXIES``, whose ``X-Forwarded-For`` names the client
-(``service.frontdoor.client``).
+(``service.frontdoor.client``), and never as a loopback, unspecified or link-local address:
+a trusted network's host cannot pass the loopback default by claiming ``127.0.0.1``.
 """
 
 from __future__ import annotations

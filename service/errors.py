@@ -47,7 +47,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 
-from service.logs import HEADER, request_id_of
+from service.logs import HEADER, LOCAL_ROUTE, Answered, request_id_of
 
 log = logging.getLogger("service.errors")
 
@@ -272,18 +272,40 @@ def error_response(error: LoadBalancerError, trace_id: str = "") -> HTTPResponse
 
 def startup(app: Sanic) -> None:
     """Sanic's own errors (404 of a method it refuses, 405, a malformed request, oversized
-    headers, an unexpected exception) answered in the same shape as the proxy's."""
+    headers, a head too slow, an unexpected exception) answered in the same shape as the
+    proxy's, each with its access line (:func:`log_answer`)."""
 
     @app.exception(SanicException)
     async def sanic_error(request: Request, exc: SanicException) -> HTTPResponse:
         status = getattr(exc, "status_code", 500) or 500
         message = str(exc) if status < 500 else "the load balancer could not answer"
         headers = {**(exc.headers or {}), HEADER: request_id_of(request)}
-        return json(sanic_error_body(status, message), status=status, headers=headers)
+        response = json(sanic_error_body(status, message), status=status, headers=headers)
+        log_answer(request, response, str(exc) or type(exc).__name__)
+        return response
 
     @app.exception(Exception)
     async def unexpected(request: Request, exc: Exception) -> HTTPResponse:
         headers = {HEADER: request_id_of(request)}
         log.exception("unexpected error on %s %s", request.method, request.path)
         body = sanic_error_body(500, "the load balancer could not answer")
-        return json(body, status=500, headers=headers)
+        response = json(body, status=500, headers=headers)
+        log_answer(request, response, type(exc).__name__)
+        return response
+
+
+def log_answer(request: Request, response: HTTPResponse, reason: str) -> None:
+    """The access line of an answer made here, unless the route's handler writes its own
+    (the proxy's, marked ``ctx_access_logged``): one line per request, the front door's own
+    answers included (a 400, 405, 408, 413 or 431 made before routing: route ``-``, the
+    peer as client, why in ``reason``), and only when ``LB_ACCESS_LOG`` is on. Such an
+    answer is made before the request is timed: its duration shows as 0."""
+    access_log = request.app.ctx.lb.access_log
+    if access_log is None:
+        return
+    route = request.route
+    if route is not None and getattr(route.ctx, "access_logged", False):
+        return
+    routed = LOCAL_ROUTE if route is not None else ""
+    done = Answered(routed, "", response.status, len(response.body or b""))
+    access_log.write(request, done, 0.0, reason)

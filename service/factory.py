@@ -57,7 +57,9 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
         plan=plan,
         metrics_layout=metrics.reserve(plan, settings),
         pool_layout=pools.reserve(plan, settings),
-        client_addresses=ClientAddresses(settings.admission.trusted_proxies),
+        client_addresses=ClientAddresses(
+            settings.admission.trusted_proxies, settings.admission.ipv6_client_prefix
+        ),
         restart_only=RESTART_ONLY,
     )
     for feature in FEATURES:

@@ -13,6 +13,7 @@ def test_defaults() -> None:
     assert frontdoor.max_client_connections == 4096
     assert frontdoor.drain_delay == 0.0
     assert frontdoor.worker_stall_timeout == 10.0
+    assert frontdoor.underscores_in_headers == "drop"  # nginx's and gunicorn's default
 
 
 def test_environment_overrides() -> None:
@@ -21,6 +22,9 @@ def test_environment_overrides() -> None:
     assert (frontdoor.header_timeout, frontdoor.max_client_connections) == (2.5, 10)
     assert frontdoor.drain_delay == 5.0
     assert load_settings(env={"LB_WORKER_STALL_TIMEOUT": "2"}).frontdoor.worker_stall_timeout == 2
+    for mode in ("drop", "pass", "reject"):
+        env = {"LB_UNDERSCORES_IN_HEADERS": mode}
+        assert load_settings(env=env).frontdoor.underscores_in_headers == mode
 
 
 @pytest.mark.parametrize(
@@ -33,6 +37,9 @@ def test_environment_overrides() -> None:
         ("LB_DRAIN_DELAY", "-1"),
         ("LB_WORKER_STALL_TIMEOUT", "1.5"),  # workers stamp every second
         ("LB_WORKER_STALL_TIMEOUT", "0"),
+        ("LB_UNDERSCORES_IN_HEADERS", "allow"),
+        ("LB_UNDERSCORES_IN_HEADERS", "Drop"),
+        ("LB_UNDERSCORES_IN_HEADERS", ""),
     ],
 )
 def test_bad_value_names_the_variable(var: str, value: str) -> None:

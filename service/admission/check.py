@@ -17,7 +17,10 @@ def admission_lines(settings: Settings) -> list[str]:
     """Admission control as ``--check`` prints it: the client address, limits and caps."""
     admission = settings.admission
     trusted = ", ".join(map(str, admission.trusted_proxies)) or "none: the TCP peer is the client"
-    lines = [f"admission: trusted proxies {trusted}"]
+    lines = [
+        f"admission: trusted proxies {trusted}; an IPv6 client counts as its "
+        f"/{admission.ipv6_client_prefix}"
+    ]
     limits = ([admission.rate_limit] if admission.rate_limit else []) + list(settings.limits)
     for spec in limits:
         where = ", ".join(spec.routes) or "every proxied route"

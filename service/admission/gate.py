@@ -116,7 +116,6 @@ class Gate:
         self.clock = clock
         self._factor_at = layout.state.at + FACTOR if layout.cluster else -1
         self._shared = layout.cluster  # admissions are shared with other replicas
-        self._trusted = bool(client_addresses.trusted)  # LB_TRUSTED_PROXIES is set
         self._fixed = tuple(table.fixed(i) for i in range(layout.limits))
         self._answers: list[dict[int, Admission]] = [{} for _ in range(layout.limits)]
         self._homes: list[dict[str, tuple[int, int]]] = [{} for _ in range(layout.limits)]
@@ -142,7 +141,7 @@ class Gate:
             return None
         if plan.single is not None:
             return self._admit_one(request, plan.single)
-        client = self.client_addresses.of(request)
+        client = self.client_addresses.key_of(request)
         method, path = request.method, request.path
         asks = [
             (limit, key, 0 if limit.per_all else limit.hash_of(key))
@@ -255,10 +254,10 @@ class Gate:
         on every request's path (``bench/admission_cost.py`` measures it)."""
         if not limit.everywhere and not limit.covers(request.method, request.path):
             return None
-        if limit.per_client and not self._trusted:  # the client is the peer: no resolving
-            key = request.ip
+        if limit.per_client:
+            key = self.client_addresses.key_of(request)
         else:
-            key = limit.key_of(request, self.client_addresses.of(request))
+            key = limit.key_of(request, self.client_addresses.key_of(request))
         if limit.per_all:
             fp, home = 0, self._fixed[limit.index]
         else:

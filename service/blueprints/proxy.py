@@ -37,8 +37,9 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 TUNNEL_RETRY = RetryRule(idempotent=False)
 
 
-@bp.route("/", methods=METHODS, stream=True, name="root")
-@bp.route("/<path:path>", methods=METHODS, stream=True, name="path")
+# ctx_access_logged: this handler writes every request's access line itself (service.errors)
+@bp.route("/", methods=METHODS, stream=True, name="root", ctx_access_logged=True)
+@bp.route("/<path:path>", methods=METHODS, stream=True, name="path", ctx_access_logged=True)
 async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
     """Measure the whole exchange once, whatever its outcome."""
     started = time.perf_counter()

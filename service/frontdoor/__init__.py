@@ -1,10 +1,12 @@
 """The front door: what stands between the internet and the proxy.
 
 - ``client``: who the client is: the TCP peer, or behind ``LB_TRUSTED_PROXIES`` the
-  rightmost untrusted ``X-Forwarded-For`` address (the access log, ``X-Forwarded-For``,
-  rate limits and ``LB_ADMIN_ALLOW`` all ask it).
+  rightmost untrusted ``X-Forwarded-For`` address, never a loopback, unspecified or
+  link-local one (the access log, ``X-Real-IP``, rate limits and ``LB_ADMIN_ALLOW`` all ask
+  it; rate limits key an IPv6 client by its network).
 - ``head``: the strict grammar of a request head and a chunk-size line (RFC 9110/9112).
-- ``strict_http``: Sanic's ``Http`` with that check run first and a deadline on the head.
+- ``strict_http``: Sanic's ``Http`` with that check run first, a deadline on the head, and
+  header names holding ``_`` counted (``LB_UNDERSCORES_IN_HEADERS``).
 - ``protocol``: the server protocol using it, with a per-worker connection cap, and
   ``FrontDoorApp``, the ``Sanic`` class whose servers all use that protocol.
 - ``liveness``: each worker's stamp in the shared block, and the watch for stalled ones.

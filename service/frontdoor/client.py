@@ -8,17 +8,22 @@ each proxy appends the address it saw, so everything right of the first untruste
 written by proxies we trust, and everything left of it by whoever that client is. Only the
 entries walked are looked at: garbage a client puts at the left of the header cannot move
 the answer. A malformed entry met on the walk (not an IP address) makes the answer the peer:
-never a 500, and never an address we cannot vouch for.
+never a 500, and never an address we cannot vouch for. Nor is an address that no proxy can
+have received a request from over the network (loopback, unspecified, link-local: see
+:func:`believable`): a host in a trusted network writing ``X-Forwarded-For: 127.0.0.1``
+would otherwise pass ``LB_ADMIN_ALLOW`` and pick its rate-limit key at will.
 
-That address is what the access log shows, what ``X-Forwarded-For`` gets appended, what
-rate limits key on and what ``LB_ADMIN_ALLOW`` checks: :func:`client_address`, computed
-once per request and kept on ``request.ctx``.
+That address is what the access log shows, what upstreams get as ``X-Real-IP``, what rate
+limits key on and what ``LB_ADMIN_ALLOW`` checks: :func:`client_address`, computed once per
+request and kept on ``request.ctx``. Admission control keys an IPv6 client by its network
+(``LB_IPV6_CLIENT_PREFIX``, /64 by default: one host is usually given a whole /64, so its
+/128s would be 2^64 separate budgets): :meth:`ClientAddresses.key_of`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from sanic import Request
 
@@ -45,12 +50,23 @@ def parse_address(text: str) -> Address | None:
     return address
 
 
-class ClientAddresses:
-    """The resolver for one worker: the trusted networks, and which peers it has judged."""
+def believable(address: Address) -> bool:
+    """Whether an address a proxy reports (``X-Forwarded-For``, the PROXY protocol) can be
+    the client's: not loopback, unspecified or link-local. No request reaches a proxy from
+    those over a network, so a proxy naming one is lying or misconfigured, and believing it
+    would make any host of a trusted network look local (``LB_ADMIN_ALLOW``'s default)."""
+    return not (address.is_loopback or address.is_unspecified or address.is_link_local)
 
-    def __init__(self, trusted: Iterable[Network]) -> None:
+
+class ClientAddresses:
+    """The resolver for one worker: the trusted networks, which peers it has judged, and
+    how wide an IPv6 client's admission key is (``ipv6_prefix`` bits)."""
+
+    def __init__(self, trusted: Iterable[Network], ipv6_prefix: int = 64) -> None:
         self.trusted = tuple(trusted)
+        self.ipv6_prefix = ipv6_prefix
         self._peers: dict[str, bool] = {}
+        self._keys: dict[str, str] = {}  # IPv6 client -> its admission key
 
     def _trusted(self, address: Address) -> bool:
         return any(address in network for network in self.trusted)
@@ -73,8 +89,8 @@ class ClientAddresses:
         client: Address | None = None
         for entry in reversed(entries):
             address = parse_address(entry)
-            if address is None:
-                return peer  # malformed where we had to read it: the peer, never a guess
+            if address is None or not believable(address):
+                return peer  # malformed or impossible where we had to read it: the peer
             client = address
             if not self._trusted(address):
                 break
@@ -92,6 +108,33 @@ class ClientAddresses:
                 known = request.ip
             ctx.client_address = known
         return known
+
+    def trusts_peer(self, request: Request) -> bool:
+        """Whether the TCP peer of ``request`` is a trusted proxy (its forwarding headers
+        are kept and extended rather than replaced, ``service.proxying.headers``)."""
+        return bool(self.trusted) and self._peer_trusted(request.ip)
+
+    def key_of(self, request: Request) -> str:
+        """What admission control counts ``request``'s client as: its address, or for an
+        IPv6 client its ``/ipv6_prefix`` network (``2001:db8:1:2::/64``)."""
+        client = self.of(request) if self.trusted else request.ip
+        if ":" not in client:  # IPv4, the common case: the address itself
+            return client
+        key = self._keys.get(client)
+        if key is None:
+            key = self._network_of(client)
+            if len(self._keys) >= _CACHE_SIZE:
+                self._keys.clear()
+            self._keys[client] = key
+        return key
+
+    def _network_of(self, client: str) -> str:
+        address = parse_address(client)
+        if address is None:
+            return client
+        if address.version == 4 or self.ipv6_prefix == 128:
+            return str(address)
+        return str(ip_network(f"{address}/{self.ipv6_prefix}", strict=False))
 
 
 def client_address(request: Request) -> str:

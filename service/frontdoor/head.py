@@ -45,6 +45,20 @@ CHUNK_LINE = re.compile(rb"\r\n[0-9A-Fa-f]{1,16}" + _CHUNK_EXT + rb"\r\n")
 _BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
+# A field name holding "_" (names are tokens, which hold no ":", once check_head passed).
+_UNDERSCORED_NAME = re.compile(rb"\r\n[" + _TCHAR.replace(b"_", b"") + rb"]*_")
+
+
+def underscored_names(head: bytes | bytearray) -> int:
+    """How many header fields of a checked ``head`` have a name holding ``_``
+    (``Transfer_Encoding``): upstreams that map ``-`` and ``_`` to one name (CGI, WSGI) would
+    read them as the header they imitate. One scan for ``_``, the names only when there is
+    one (usually there is none, or it is in the path or a cookie)."""
+    if b"_" not in head:
+        return 0
+    return len(_UNDERSCORED_NAME.findall(head))
+
+
 class HeadError(ValueError):
     """A request head the front door refuses; the message is the 400's detail."""
 

@@ -6,8 +6,13 @@ its blank line has arrived, and bounded by ``LB_HEADER_TIMEOUT`` however slowly 
 come: Sanic's request timeout restarts on every byte, so a byte a second holds a
 connection for ever; a new connection's wait for its first byte is bounded the same way,
 see ``protocol``) and each chunk-size line (checked against RFC 9112 §7.1 before
-Sanic's ``int(x, 16)`` sees it). Base methods are called by name, not with ``super()``:
-Sanic's TouchUp recompiles methods from source, which loses ``super()``'s cell.
+Sanic's ``int(x, 16)`` sees it). Header names holding ``_`` are counted there too
+(``LB_UNDERSCORES_IN_HEADERS``): ``reject`` refuses the request with 400, ``drop`` leaves
+their count on ``request.ctx.dropped_headers`` for the proxy (which then does not forward
+them) and the access log. An answer made before a request exists (a malformed head, a head
+too slow) is given a request carrying the connection's peer, so that its access line
+(``service.errors``) names who was refused. Base methods are called by name, not with
+``super()``: Sanic's TouchUp recompiles methods from source, which loses ``super()``'s cell.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ import asyncio
 from sanic.exceptions import BadRequest, RequestTimeout
 from sanic.http import Http
 
-from service.frontdoor.head import CHUNK_LINE, HeadError, check_head, has_bare_line_break
+from service.frontdoor.head import (
+    CHUNK_LINE,
+    HeadError,
+    check_head,
+    has_bare_line_break,
+    underscored_names,
+)
 
 HTTP_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNK_LINE_MAX = 64  # Sanic's own bound for a chunk-size line with its extensions
@@ -35,12 +46,29 @@ class StrictHttp(Http):
                 # nginx's client_header_timeout: the whole head, not the gap between bytes
                 raise RequestTimeout("the request head was not received in time") from None
         self.protocol.keep_alive_timeout = self.protocol.app.config.KEEP_ALIVE_TIMEOUT
+        underscored = 0
         if 0 <= end < self.HEADER_MAX_SIZE:  # an oversized head is Sanic's 413
+            head = self.recv_buffer[:end]
             try:
-                check_head(self.recv_buffer[:end])
+                check_head(head)
             except HeadError as exc:
                 raise BadRequest(str(exc)) from None
+            underscored = underscored_names(head)
+        if underscored:
+            mode = self.protocol.app.ctx.lb.settings.frontdoor.underscores_in_headers
+            if mode == "reject":
+                raise BadRequest("a header name holds '_' (see LB_UNDERSCORES_IN_HEADERS)")
+            if mode == "pass":
+                underscored = 0
         await Http.http1_request_header(self)
+        if underscored:
+            self.request.ctx.dropped_headers = underscored
+
+    def create_empty_request(self) -> None:
+        """The request Sanic makes up to answer an error before one was read, with the
+        connection's peer (Sanic gives it none: ``request.ip`` would be empty)."""
+        Http.create_empty_request(self)
+        self.request.conn_info = self.protocol.conn_info
 
     async def _receive_head(self) -> int:
         """Wait for the blank line; its offset, or -1 once the head is over the size limit.

@@ -29,6 +29,7 @@ Handler = Callable[..., Awaitable[HTTPResponse]]
 
 __all__ = [
     "HEADER",
+    "LOCAL_ROUTE",
     "AccessLog",
     "RequestIds",
     "answered_here",

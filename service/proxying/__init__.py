@@ -1,6 +1,7 @@
 """The proxy's machinery: where a request goes (``routing``), the headers at the boundary
-(``headers``), one exchange with one target (``exchange``) and the WebSocket pass-through
-(``websocket_tunnel``). The HTTP surface that drives them is ``service.blueprints.proxy``.
+(``headers``, and ``forwarding``: what a request's upstream is told of it), one exchange
+with one target (``exchange``) and the WebSocket pass-through (``websocket_tunnel``). The
+HTTP surface that drives them is ``service.blueprints.proxy``.
 """
 
 from __future__ import annotations

@@ -14,10 +14,9 @@ import httpx
 from sanic import Request
 from sanic.exceptions import PayloadTooLarge
 
-from service.frontdoor.client import client_address
 from service.errors import BodyTooLarge, classify
 from service.pools import Target
-from service.proxying.headers import upstream_request_fields
+from service.proxying.forwarding import upstream_fields
 from service.settings import ProxySettings
 from service.tracing import RequestTrace, error_type_of
 from service.transport import seam
@@ -64,14 +63,8 @@ def outgoing(
     """The request for ``target``: the client's method, path, query and end-to-end headers,
     X-Forwarded-* from what the connection knows, the attempt's trace context, and the
     body's framing."""
-    fields = upstream_request_fields(
-        request.head,
-        client_ip=client_address(request).encode(),
-        scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
-        host=None if proxy.keep_host else target.authority,
-        request_id=request.ctx.request_id.encode(),
-        traceparent=traceparent,
-        tracestate=tracestate,
+    fields = upstream_fields(
+        request, None if proxy.keep_host else target.authority, traceparent, tracestate
     )
     if body is not None and "content-length" not in request.headers:
         fields.append(_CHUNKED)  # the client's chunked body goes on chunked

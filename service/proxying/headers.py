@@ -4,6 +4,19 @@ Both directions work on bytes, as the headers came off the wire, and each header
 walked once: the request's fields are read straight from the head Sanic received (no decode
 and re-encode), the response's from the transport's ``(name, lower-case name, value)``
 triples.
+
+The forwarding headers (``X-Forwarded-For/-Proto/-Host/-Port``, ``X-Real-IP``,
+``Forwarded``) are believed only from a trusted proxy (``LB_TRUSTED_PROXIES``), as Traefik's
+``forwardedHeaders.trustedIPs`` does. From anyone else they were written by the client, and
+an upstream reading the leftmost ``X-Forwarded-For`` entry would be told whatever it wrote:
+so they are removed, and the load balancer's own sent instead (``X-Forwarded-For``: the
+peer alone; ``-Proto``: the listener's scheme; ``-Host``: the client's ``Host``; ``X-Real-IP``
+the client; no ``-Port`` and no ``Forwarded``, as nginx sends neither by default). From a
+trusted proxy they are kept, its ``X-Forwarded-For`` chain gets the peer's own address
+appended (each hop appends the address it received the request from, as Envoy and nginx's
+``$proxy_add_x_forwarded_for`` do), and ours are added only where it sent none.
+``X-Real-IP`` is always ours: the client as the load balancer resolved it
+(``service.frontdoor.client``), the address its own log and limits use.
 """
 
 from __future__ import annotations
@@ -26,8 +39,17 @@ HOP_BY_HOP = frozenset(
     }
 )
 # the client's trace context is replaced by the load balancer's (service.tracing)
-_SET_BY_US = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"traceparent", b"tracestate"}
+_TRACE_CONTEXT = frozenset({b"traceparent", b"tracestate"})
+# believed only from a trusted proxy (see the module docstring)
+FORWARDING = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+        b"forwarded",
+    }
 )
 _OWS = b" \t"
 
@@ -46,28 +68,36 @@ def _dropped(fields: Iterable[Triple]) -> frozenset[bytes]:
 def upstream_request_fields(
     head: bytes,
     *,
-    client_ip: bytes,
+    peer: bytes,
+    client: bytes,
+    trusted_peer: bool,
     scheme: bytes,
     host: bytes | None,
     request_id: bytes | None = None,
+    drop_underscored: bool = False,
     traceparent: bytes | None = None,
     tracestate: bytes | None = None,
 ) -> list[Triple]:
     """The headers sent upstream, from the request head as Sanic received it (request line
-    first): end-to-end ones, then X-Forwarded-For/-Proto/-Host.
+    first): end-to-end ones, then the forwarding headers (module docstring).
 
     Sanic has split the same head the same way (name up to the first colon), so both agree
     on every field; optional whitespace around a value is not part of it (RFC 9112 §5.1).
-    ``host`` replaces the client's ``Host`` when the proxy does not keep it; ``request_id``
-    replaces the client's ``X-Request-ID`` (it is the client's when sane). One pass over
-    the head; a second over the kept fields only when ``Connection`` names other headers.
+    ``peer``: the TCP peer's address; ``client``: the resolved client; ``trusted_peer``:
+    the peer is one of ``LB_TRUSTED_PROXIES``. ``host`` replaces the client's ``Host`` when
+    the proxy does not keep it; ``request_id`` replaces the client's ``X-Request-ID`` (it
+    is the client's when sane). ``drop_underscored``: the head has header names holding
+    ``_`` that are not to be forwarded (the front door found them, ``LB_UNDERSCORES_IN_HEADERS``).
     The client's ``traceparent`` and ``tracestate`` are never passed on as they came: the
     load balancer sends its own (``traceparent``), and ``tracestate`` when it was valid.
+    One pass over the head; a second over the kept fields only when ``Connection`` names
+    other headers.
     """
     out: list[Triple] = []
     forwarded_for: list[bytes] = []
     connection: list[bytes] = []
     client_host = b""
+    kept_proto = kept_host = False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         lower = name.lower()
@@ -75,15 +105,23 @@ def upstream_request_fields(
         if lower in HOP_BY_HOP:
             if lower == b"connection":
                 connection.append(value)
-        elif lower in _SET_BY_US:
+        elif lower in FORWARDING:
+            if not trusted_peer or lower == b"x-real-ip":
+                continue
             if lower == b"x-forwarded-for":
                 forwarded_for.append(value)
-        elif lower == b"x-request-id" and request_id is not None:
+                continue
+            kept_proto = kept_proto or lower == b"x-forwarded-proto"
+            kept_host = kept_host or lower == b"x-forwarded-host"
+            out.append((name, lower, value))
+        elif lower in _TRACE_CONTEXT or (lower == b"x-request-id" and request_id is not None):
             continue
         elif lower == b"host":
             client_host = value
             if host is None:
                 out.append((name, lower, value))
+        elif drop_underscored and b"_" in lower:
+            continue
         else:
             out.append((name, lower, value))
     if connection:
@@ -91,11 +129,13 @@ def upstream_request_fields(
         out = [field for field in out if field[1] not in named]
     if host is not None:
         out.append((b"Host", b"host", host))
-    forwarded_for.append(client_ip)
+    forwarded_for.append(peer)
     out.append((b"X-Forwarded-For", b"x-forwarded-for", b", ".join(forwarded_for)))
-    out.append((b"X-Forwarded-Proto", b"x-forwarded-proto", scheme))
-    if client_host:
+    if not kept_proto:
+        out.append((b"X-Forwarded-Proto", b"x-forwarded-proto", scheme))
+    if client_host and not kept_host:
         out.append((b"X-Forwarded-Host", b"x-forwarded-host", client_host))
+    out.append((b"X-Real-IP", b"x-real-ip", client))
     if request_id is not None:
         out.append((b"X-Request-ID", b"x-request-id", request_id))
     if traceparent is not None:

@@ -24,15 +24,11 @@ from sanic import Request
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from service.frontdoor.client import client_address
-from service.pools import Target
 from service.errors import classify
+from service.pools import Target
+from service.proxying.forwarding import upstream_fields
+from service.proxying.headers import client_response_fields, response_head_fields
 from service.tracing import RequestTrace, error_type_of
-from service.proxying.headers import (
-    client_response_fields,
-    response_head_fields,
-    upstream_request_fields,
-)
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
@@ -114,15 +110,7 @@ async def open_tunnel(
 
 
 def _request_head(request: Request, traceparent: bytes, tracestate: bytes | None) -> bytes:
-    fields = upstream_request_fields(
-        request.head,
-        client_ip=client_address(request).encode(),
-        scheme=b"https" if request.conn_info and request.conn_info.ssl else b"http",
-        host=None,
-        request_id=request.ctx.request_id.encode(),
-        traceparent=traceparent,
-        tracestate=tracestate,
-    )
+    fields = upstream_fields(request, None, traceparent, tracestate)
     fields += [(b"Connection", b"connection", b"Upgrade"), (b"Upgrade", b"upgrade", b"websocket")]
     query = request.query_string
     target_line = request.path + ("?" + query if query else "")

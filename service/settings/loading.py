@@ -83,6 +83,8 @@ EXPECTED = {
     "service_name": "a name of 1 to 255 printable characters",
     "sampler": f"one of {', '.join(model.SAMPLERS)}",
     "ratio": "a number from 0 to 1",
+    "underscores": f"one of {model.UNDERSCORES}",
+    "ipv6_prefix": "a prefix length from 1 to 128",
 }
 
 
@@ -318,6 +320,8 @@ _PARSERS = {
     "service_name": _service_name,
     "sampler": _choice(model.SAMPLERS),
     "ratio": _ratio,
+    "underscores": _choice(model.UNDERSCORES),
+    "ipv6_prefix": _whole(1, 128),
 }
 
 

@@ -64,6 +64,7 @@ class ActiveHealth:
 
 BALANCERS = ("least_request", "round_robin")
 LOG_FORMATS = ("text", "json")
+UNDERSCORES = ("drop", "pass", "reject")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +183,9 @@ class FrontDoorSettings:
     max_client_connections: int = 4096
     drain_delay: float = 0.0
     worker_stall_timeout: float = 10.0
+    # header names holding "_" (Transfer_Encoding): not forwarded ("drop", nginx's and
+    # gunicorn's default), forwarded ("pass"), or the request refused with 400 ("reject")
+    underscores_in_headers: str = "drop"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,9 +307,12 @@ class AdmissionSettings:
     says (the load balancer is the front door). ``rate_limit`` is ``LB_RATE_LIMIT``'s one
     per-client limit (named ``default``); ``[[limits]]`` tables are ``Settings.limits``.
     ``limit_keys`` sizes the shared table of rate-limit states, fixed at start-up.
+    ``ipv6_client_prefix``: an IPv6 client counts as its /N network (a host is usually
+    given a whole /64, and each of its 2^64 addresses would otherwise be a budget of its own).
     """
 
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    ipv6_client_prefix: int = 64
     rate_limit: LimitSpec | None = None
     rate_limit_headers: bool = True
     max_client_requests: int = 0
@@ -400,7 +407,9 @@ VARIABLES = (
     Variable("LB_UPSTREAM_CA", "tls", "upstream_ca", "file", "PEM CA bundle https upstreams are verified against instead of the system CAs"),
     Variable("LB_UPSTREAM_TLS_VERIFY", "tls", "upstream_verify", "bool", "verify https upstreams' certificates and host names (false: an explicit, logged opt-out)"),
     Variable("LB_WORKER_STALL_TIMEOUT", "frontdoor", "worker_stall_timeout", "stall_timeout", "seconds a worker's event loop may give no sign of life (it stamps every second) before the main process kills and replaces it"),
+    Variable("LB_UNDERSCORES_IN_HEADERS", "frontdoor", "underscores_in_headers", "underscores", "request headers whose name holds '_' (X_Forwarded_For): drop (not forwarded, counted in the access log), pass, or reject (400)"),
     Variable("LB_TRUSTED_PROXIES", "admission", "trusted_proxies", "networks", "proxies (CIDR list) whose X-Forwarded-For names the client: the rightmost address not in it; empty: the TCP peer is the client"),
+    Variable("LB_IPV6_CLIENT_PREFIX", "admission", "ipv6_client_prefix", "ipv6_prefix", "an IPv6 client counts as its /N network for rate limits and LB_MAX_CLIENT_REQUESTS (1 to 128; 128: each address alone)"),
     Variable("LB_RATE_LIMIT", "admission", "rate_limit", "rate_limit", "one per-client rate limit on every proxied route and /stats, e.g. '50/s burst=100' (more: [[limits]] in the TOML)"),
     Variable("LB_RATE_LIMIT_HEADERS", "admission", "rate_limit_headers", "bool", "send the RateLimit-Policy and RateLimit fields on responses a limit covers"),
     Variable("LB_MAX_CLIENT_REQUESTS", "admission", "max_client_requests", "size", "requests one client may have in flight across the host (then 429); 0: no limit"),
