@@ -52,7 +52,7 @@ def test_underscored_names_by_mode(lb: LoadBalancer) -> None:
     if mode == "drop":
         assert not underscored & set(names)
         wait_for(lambda: any("path=/api/u route=api-gateway" in line
-                             and line.rstrip().endswith("dropped_headers=2")
+                             and " dropped_headers=2 trace_id=" in line
                              for line in lb.output))  # fmt: skip
     else:
         assert underscored <= set(names)
@@ -68,4 +68,7 @@ def test_a_request_without_underscored_names_is_logged_as_before(lb: LoadBalance
 
     found = wait_for(line).value
     assert "dropped_headers" not in found and "reason=" not in found
-    assert found.rstrip().split(" ")[-1].startswith("request_id=")
+    # the line as before: request_id, then only the trace (service.tracing) after it
+    *_, request_id, trace_id, span_id = found.rstrip().split(" ")
+    assert request_id.startswith("request_id=") and trace_id.startswith("trace_id=")
+    assert span_id.startswith("span_id=")
