@@ -21,6 +21,7 @@ from service.sharedmem.block import (
     process_alive,
 )
 from service.sharedmem.lease import LEASE_WIDTH, Lease
+from service.sharedmem.locking import held
 from service.sharedmem.rings import TimeRing
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "SharedBlock",
     "TimeRing",
     "WorkerRow",
+    "held",
     "process_alive",
     "startup",
 ]
