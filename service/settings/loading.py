@@ -394,20 +394,16 @@ def _routes(table: list[Mapping[str, Any]], names: set[str]) -> tuple[model.Rout
             )
             upstream, backends = destination(item, label, names)
             match = parse_match(item.get("match"), label)
-            parsed.append(
-                model.Route(
-                    prefix=prefix,
-                    upstream=upstream,
-                    backends=backends,
-                    match=match,
-                    redirect_bare=redirect_bare,
-                )  # fmt: skip
-            )
+            route = model.Route(
+                prefix=prefix, upstream=upstream, backends=backends, match=match,
+                redirect_bare=redirect_bare,
+            )  # fmt: skip
+            parsed.append(route)
     except RouteError as exc:
         raise SettingsError(str(exc)) from None
     if not any(r.prefix == "/" and r.match is None for r in parsed):
         raise SettingsError("the routing table needs a catch-all route with prefix '/'")
-    # Longest prefix first, so the first match is the most specific one.
+    # In the order they are tried: the longest prefix first, matches first within a prefix.
     return in_precedence(parsed)
 
 
