@@ -127,12 +127,13 @@ def describe(settings: model.Settings, source: str, features: Sequence[object] =
         f"configuration OK ({source} + environment)",
         f"listen: {settings.host}:{settings.port}, {settings.workers} worker(s); access log "
         f"{'on' if settings.access_log else 'off'}, {settings.log_format} logs",
-        "routes (longest prefix first):",
+        "routes (in the order they are tried: longest prefix first, matches first):",
     ]
     lines[2:2] = [line for part in parts for line in part.listen]
     for route in settings.routes:
         extra = f"  ({route.prefix} alone: 308 to {route.prefix}/)" if route.redirect_bare else ""
-        lines.append(f"  {route.prefix:<12} -> {route.upstream}{extra}")
+        to = route.upstream or ", ".join(f"{b.upstream} {b.weight}" for b in route.backends)
+        lines.append(f"  {route.label:<12} -> {to}{extra}")
     lines.append("pools:")
     for upstream in settings.upstreams:
         passive, active = upstream.passive, upstream.active

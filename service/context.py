@@ -21,6 +21,7 @@ from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
 from service.pools import PoolLayout, Pools, PoolState, RetryBudget, SlotTable
 from service.proxying import Router
+from service.routes import RouteCounters
 from service.settings import Settings
 from service.sharedmem import Plan, WorkerRow
 from service.stats import StatsAggregator
@@ -45,7 +46,8 @@ class WorkerContext:
     # True from the start of a graceful shutdown: readiness answers 503, /stats says so
     draining: bool = False
     # Filled in before the worker serves (see the module docstring). A reload replaces
-    # settings, router, clients, access_log, pools, aggregator and discovery whole.
+    # settings, router, clients, access_log, pools, aggregator and discovery whole, and binds
+    # route_counters to the new router.
     row: WorkerRow = field(init=False)
     metrics: MetricsStore = field(init=False)
     clients: UpstreamClients = field(init=False)
@@ -60,6 +62,8 @@ class WorkerContext:
     retry_budget: RetryBudget = field(init=False)
     # each proxied request's trace context, and its spans when exported (service.tracing)
     tracing: Traces = field(init=False)
+    # each route's requests per backend, in the shared block (bound to ``router``)
+    route_counters: RouteCounters = field(init=False)
     aggregator: StatsAggregator = field(init=False)
     # the block's region of the ;resolve entries (service.discovery), and their lookups
     # (None without any)

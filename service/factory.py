@@ -14,7 +14,7 @@ from __future__ import annotations
 from sanic import Sanic
 
 from service import admission, blueprints, cluster, discovery, errors, frontdoor, logs, metrics
-from service import pools, reload, sharedmem, stats, tls, tracing, transport
+from service import pools, reload, routes, sharedmem, stats, tls, tracing, transport
 from service.context import WorkerContext
 from service.frontdoor import ClientAddresses
 from service.proxying import Router, response_timeout
@@ -26,6 +26,7 @@ FEATURES = (
     metrics,  # the metrics store on that row
     transport,  # one client per upstream
     pools,  # pools over the row, and active health checks
+    routes,  # [[routes]]: each route's requests per backend, on the row
     discovery,  # with ;resolve targets: names looked up while serving, not before
     stats,  # the /stats fan-out over clients and pools
     cluster,  # with LB_CLUSTER_REDIS_URL: figures shared with other replicas

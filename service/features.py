@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
 Entry = dict[str, Any]
+# a ``/stats`` section: a table, or a list of them (``load-balancer.routes``)
+Section = Entry | list[Entry]
 
 
 class Figures(Protocol):
@@ -37,7 +39,7 @@ class Figures(Protocol):
     def pools(self) -> dict[str, Entry]: ...
 
     @property
-    def sections(self) -> dict[str, Entry]: ...
+    def sections(self) -> dict[str, Section]: ...
 
 
 Families = Callable[[Figures], Iterable["Metric"]]
@@ -101,13 +103,13 @@ class Lookups(Protocol):
 class Show:
     """What the features show, in the order they registered (``FEATURES``' order)."""
 
-    sections: list[tuple[str, Callable[[], Entry | None]]] = field(default_factory=list)
+    sections: list[tuple[str, Callable[[], Section | None]]] = field(default_factory=list)
     pool_details: list[Callable[[dict[str, Entry]], None]] = field(default_factory=list)
     families: list[tuple[int, Families]] = field(default_factory=list)
     panels: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
     figures: tuple[str, ReadFigures] | None = None
 
-    def section(self, key: str, read: Callable[[], Entry | None]) -> None:
+    def section(self, key: str, read: Callable[[], Section | None]) -> None:
         """``load-balancer.<key>`` of ``/stats`` (left out while ``read()`` is None)."""
         self.sections.append((key, read))
 

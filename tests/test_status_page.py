@@ -6,6 +6,7 @@ two targets with active health checks, one browser and one page for the whole mo
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -220,3 +221,35 @@ def test_the_page_shows_the_configuration_generation(lb: LoadBalancer, browsed: 
     assert f"generation {config['generation']}," in shown
     assert config["sha256"][:12] in shown
     assert browsed.page.is_hidden('#config [data-config="error"]')  # no failed reload
+
+
+def test_every_table_fits_its_card_at_1280_px(browsed: Browsed) -> None:
+    """The pool tables (15 columns, a health check's sentence) spilled out of their cards at
+    1280 px wide: headings now wrap, and no table is wider than the card it is drawn in."""
+    page = browsed.page
+    page.set_viewport_size({"width": 1280, "height": 800})
+    browsed.next_poll()
+    widths = page.evaluate(
+        """() => [...document.querySelectorAll("table")].map((table) => {
+            const card = table.closest(".pool");
+            const style = getComputedStyle(card);
+            const inside = card.clientWidth - parseFloat(style.paddingLeft)
+                - parseFloat(style.paddingRight);
+            return [card.id || card.dataset.pool, table.getBoundingClientRect().width, inside];
+        })"""
+    )
+    assert len(widths) >= 2, widths  # the routes table and the pools'
+    too_wide = [(card, table, inside) for card, table, inside in widths if table > inside + 0.5]
+    assert too_wide == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+
+def test_the_page_shows_routes_and_a_readable_uptime(lb: LoadBalancer, browsed: Browsed) -> None:
+    browsed.next_poll()
+    routes = _stats(lb)["routes"]
+    shown = browsed.page.locator("#routes tbody tr").count()
+    assert shown == sum(len(route["backends"]) for route in routes)
+    api = browsed.page.inner_text('#routes tr[data-backend="api-gateway"] td[data-field="prefix"]')
+    assert api == "/api"
+    uptime = browsed.figure("uptime_s")
+    assert re.fullmatch(r"\d+ s|\d+ min \d+ s", uptime), uptime  # not "17.088"

@@ -1,9 +1,10 @@
 """The reverse proxy: every path no local endpoint claims is routed and streamed upstream.
 
-request -> ``Router.resolve`` (service.proxying.routing) -> ``Pool.attempt`` (service.pools:
-target, retries, passive health) -> ``exchange.send`` (service.proxying.exchange) ->
-streamed response, with the request measured once, here, when its last byte has been handed
-to the client. Every answer the load balancer makes itself is a ``LoadBalancerError``
+request -> ``Router.resolve`` (service.proxying.routing: prefix, match, weighted backend;
+counted per route and backend, service.routes) -> ``Pool.attempt`` (service.pools: target,
+retries, passive health) -> ``exchange.send`` (service.proxying.exchange) -> streamed
+response, with the request measured once, here, when its last byte has been handed to the
+client. Every answer the load balancer makes itself is a ``LoadBalancerError``
 (service.errors), answered in one place.
 """
 
@@ -26,12 +27,12 @@ from service.pools import Pool, RetryRule, Target
 from service.proxying import exchange, websocket_tunnel
 from service.proxying.relay import ProxiedResponse, relay
 from service.proxying.routing import Redirect
-from service.settings import ProxySettings
+from service.settings import PROXIED_METHODS, ProxySettings
 from service.tracing import RequestTrace, error_type_of
 
 bp = Blueprint("proxy")
 
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+METHODS = PROXIED_METHODS
 # Once a target has the handshake it may have acted on it: retried only when no connection
 # was made.
 TUNNEL_RETRY = RetryRule(idempotent=False)
@@ -105,10 +106,11 @@ async def _exchange(request: Request, outcome: Outcome, trace: RequestTrace) -> 
     # The configuration this request runs on, taken once before the first await: a reload
     # (service.reload) swaps these objects whole, and the request finishes on the ones it has.
     router, pools, clients, proxy = lb.router, lb.pools, lb.clients, lb.settings.proxy
-    decision = router.resolve(request.path, request.query_string)
+    decision = router.resolve(request.path, request.query_string, request)
     if isinstance(decision, Redirect):
         return _local(outcome, redirect(decision.location, status=308))
-    outcome.route = decision.route.upstream
+    lb.route_counters.add(decision.counter)  # bound to this router: no await since
+    outcome.route = decision.upstream  # the backend drawn for a split route
     trace.route = decision.route.prefix
     if lb.gate is not None:  # admission control: raises 429/503 before any upstream is chosen
         outcome.admission = lb.gate.admit(request, outcome.route)
@@ -117,7 +119,7 @@ async def _exchange(request: Request, outcome: Outcome, trace: RequestTrace) -> 
         raise BodyTooLarge(limit)
     if limit and request.stream is not None:
         request.stream.request_max_size = limit
-    pool: Pool = pools[decision.route.upstream]
+    pool: Pool = pools[decision.upstream]
     if websocket_tunnel.is_upgrade(request):
         outcome.tunnel = True
         return await _tunnel(request, pool, outcome, proxy, clients.ssl_context, trace)

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from service.errors import BadPath
-from service.settings import Route
+from service.proxying.choice import Asked, WeightedChoice, matcher
+from service.settings import Backend, Route
+from service.settings.routes import in_precedence
 
 _ENCODED_SEPARATORS = ("%2f", "%5c")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -28,9 +30,13 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Proxy the request to ``route.upstream`` with the path exactly as received."""
+    """Proxy the request to ``upstream`` (the route's, or the backend drawn for this request)
+    with the path exactly as received; ``counter``: the (route, backend) pair's position in
+    :attr:`Router.pairs`, where its requests are counted (``service.routes``)."""
 
     route: Route
+    upstream: str
+    counter: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +82,40 @@ def _decode_unreserved(raw_path: str) -> str:
 
 
 class Router:
-    """Maps a raw request path to a :class:`Forward` or a :class:`Redirect`."""
+    """Maps a raw request path (and, for routes with a ``match``, the request) to a
+    :class:`Forward` or a :class:`Redirect`.
+
+    Routes are tried in precedence order (``service.settings.routes.in_precedence``): the
+    longest prefix first; for one prefix, routes with a ``match`` before the one without.
+    A route without ``match`` or ``backends`` costs what it always did: its prefix test;
+    one with a ``match`` adds its test once its prefix matched, one with ``backends`` one
+    draw once it is taken.
+    """
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
-        # Longest prefix first (settings already sorts them; keep the invariant local).
-        ordered = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
-        self._routes = tuple((r, r.prefix, r.prefix + "/", Forward(r)) for r in ordered)
+        # Settings already sorts them; keep the invariant local (the sort is stable).
+        ordered = in_precedence(routes)
+        pairs: list[tuple[Route, Backend]] = []
+        entries = []
+        for route in ordered:
+            forwards = []
+            for backend in route.choices:
+                forwards.append((Forward(route, backend.upstream, len(pairs)), backend.weight))
+                pairs.append((route, backend))
+            test = matcher(route.match) if route.match is not None else None
+            split = WeightedChoice(forwards) if len(forwards) > 1 else None
+            entries.append((route, route.prefix, route.prefix + "/", test, forwards[0][0], split))
+        self._routes = tuple(entries)
+        self.routes = ordered
+        # every (route, backend) in precedence order: what route counters are kept for
+        self.pairs = tuple(pairs)
 
-    def resolve(self, raw_path: str, query_string: str = "") -> Forward | Redirect:
+    def resolve(
+        self, raw_path: str, query_string: str = "", request: Asked | None = None
+    ) -> Forward | Redirect:
+        """``request``: what routes with a ``match`` test (without it, none matches)."""
         if _plain(raw_path):  # nothing to decode or normalise: the path is its own spelling
-            return self._forward(raw_path, query_string)
+            return self._forward(raw_path, query_string, "", request)
         try:
             path = canonical_path(raw_path)
         except UnicodeDecodeError:
@@ -96,22 +126,26 @@ class Router:
         spelling = _remove_dot_segments(_decode_unreserved(raw_path))
         if spelling != raw_path:
             return Redirect(_with_query(spelling, query_string))
-        return self._forward(path, query_string, raw_path)
+        return self._forward(path, query_string, raw_path, request)
 
-    def _forward(self, path: str, query_string: str, raw_path: str = "") -> Forward | Redirect:
-        route, forward = self._match(path)
+    def _forward(
+        self, path: str, query_string: str, raw_path: str = "", request: Asked | None = None
+    ) -> Forward | Redirect:
+        route, forward = self._match(path, request)
         if route.redirect_bare and path == route.prefix:
             return Redirect(_with_query((raw_path or path) + "/", query_string))
         return forward
 
-    def match(self, path: str) -> Route:
-        return self._match(path)[0]
+    def match(self, path: str, request: Asked | None = None) -> Route:
+        return self._match(path, request)[0]
 
-    def _match(self, path: str) -> tuple[Route, Forward]:
-        for route, prefix, below, forward in self._routes:
-            if prefix == "/" or path == prefix or path.startswith(below):
-                return route, forward
-        raise LookupError(path)  # unreachable: settings guarantee a "/" route
+    def _match(self, path: str, request: Asked | None) -> tuple[Route, Forward]:
+        for route, prefix, below, test, forward, split in self._routes:
+            if (prefix == "/" or path == prefix or path.startswith(below)) and (
+                test is None or (request is not None and test(request))
+            ):
+                return route, forward if split is None else split.pick()
+        raise LookupError(path)  # unreachable: settings guarantee a "/" route without match
 
 
 def _plain(raw_path: str) -> bool:

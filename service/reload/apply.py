@@ -55,6 +55,7 @@ def swap(app: Sanic, settings: Settings, started: Settings, *, serving: bool) ->
 
     lb.metrics.name_routes(lb.slots.pool_names())  # claimed by the leader: in the directory
     lb.settings, lb.router = settings, Router(settings.routes)
+    lb.route_counters.bind(lb.router.pairs)  # before any request routes on the new router
     if lb.gate is not None:  # admission control: the start-up limits over the new routes
         lb.gate.replan(settings)
     lb.aggregator = build_aggregator(settings, clients, pools)

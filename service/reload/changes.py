@@ -59,8 +59,8 @@ def _differs(new: Settings, started: Settings, key: str) -> bool:
 def summary(old: Settings, new: Settings) -> str:
     """What changed from ``old`` to ``new``, in a few words, for the log line."""
     parts: list[str] = []
-    old_routes = {r.prefix: r for r in old.routes}
-    new_routes = {r.prefix: r for r in new.routes}
+    old_routes = {r.label: r for r in old.routes}  # a prefix may have several routes
+    new_routes = {r.label: r for r in new.routes}
     parts += [f"route {p} added" for p in new_routes if p not in old_routes]
     parts += [f"route {p} removed" for p in old_routes if p not in new_routes]
     parts += [

@@ -11,7 +11,9 @@ from service.settings.loading import (
 )
 from service.settings.model import (
     VARIABLES,
+    PROXIED_METHODS,
     ActiveHealth,
+    Backend,
     ClusterSettings,
     ConfigSource,
     FrontDoorSettings,
@@ -20,6 +22,7 @@ from service.settings.model import (
     ProxySettings,
     ResolverSettings,
     Route,
+    RouteMatch,
     Settings,
     StatsSettings,
     TargetSpec,
@@ -31,9 +34,11 @@ from service.settings.model import (
 __all__ = [
     "CONFIG_ENV",
     "DEFAULTS_FILE",
+    "PROXIED_METHODS",
     "STARTUP_FILE_ENV",
     "VARIABLES",
     "ActiveHealth",
+    "Backend",
     "ClusterSettings",
     "ConfigSource",
     "FrontDoorSettings",
@@ -42,6 +47,7 @@ __all__ = [
     "ProxySettings",
     "ResolverSettings",
     "Route",
+    "RouteMatch",
     "Settings",
     "SettingsError",
     "StatsSettings",

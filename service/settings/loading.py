@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from service.settings import model, shapes
 from service.settings.limits import LimitError, parse_limits, parse_shorthand, with_stats
+from service.settings.routes import RouteError, destination, in_precedence, parse_match
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "defaults.toml"
 CONFIG_ENV = "LB_CONFIG"
@@ -440,24 +441,28 @@ def _upstreams(
 
 
 def _routes(table: list[Mapping[str, Any]], names: set[str]) -> tuple[model.Route, ...]:
-    routes = []
-    for position, item in enumerate(table, 1):
-        label = f"[[routes]] #{position}"
-        shapes.string(item, "upstream", label)
-        route = model.Route(
-            prefix=_normalise_prefix(item["prefix"]),
-            upstream=str(item["upstream"]),
-            redirect_bare=_parse(
+    parsed = []
+    try:
+        for position, item in enumerate(table, 1):
+            shapes.string(item, "upstream", f"[[routes]] #{position}")
+            prefix = _normalise_prefix(item["prefix"])
+            label = f"[[routes]] #{position} ({prefix})"
+            redirect_bare = _parse(
                 "bool", f"{label} redirect_bare", item.get("redirect_bare", False)
-            ),
-        )
-        if route.upstream not in names:
-            raise SettingsError(f"route {route.prefix!r} names unknown upstream {route.upstream!r}")
-        routes.append(route)
-    if not any(r.prefix == "/" for r in routes):
+            )
+            upstream, backends = destination(item, label, names)
+            match = parse_match(item.get("match"), label)
+            route = model.Route(
+                prefix=prefix, upstream=upstream, backends=backends, match=match,
+                redirect_bare=redirect_bare,
+            )  # fmt: skip
+            parsed.append(route)
+    except RouteError as exc:
+        raise SettingsError(str(exc)) from None
+    if not any(r.prefix == "/" and r.match is None for r in parsed):
         raise SettingsError("the routing table needs a catch-all route with prefix '/'")
-    # Longest prefix first, so the first match is the most specific one.
-    return tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+    # In the order they are tried: the longest prefix first, matches first within a prefix.
+    return in_precedence(parsed)
 
 
 def load_settings(

@@ -96,11 +96,80 @@ class Upstream:
         return tuple(t for t in self.targets if t.resolve)
 
 
+# The methods the proxy serves (``blueprints/proxy.py``), and so the ones a route may match.
+PROXIED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+MATCH_KEYS = ("headers", "cookies", "query", "methods")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteMatch:
+    """What a request must carry for a route to take it (Gateway API's ``HTTPRouteMatch``):
+    every condition holds. Header names are kept lower-case (they match whatever the case);
+    values, cookies and query parameters match exactly."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    cookies: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()
+    methods: tuple[str, ...] = ()
+
+    @property
+    def conditions(self) -> int:
+        """How specific the match is: one per header, cookie and query parameter, one for
+        the methods (for one prefix, the route with more conditions is tried first)."""
+        return len(self.headers) + len(self.cookies) + len(self.query) + bool(self.methods)
+
+    def document(self) -> dict[str, object]:
+        """As ``/stats`` shows it: the keys that are set, as tables (methods: a list)."""
+        shown: dict[str, object] = {}
+        for key in ("headers", "cookies", "query"):
+            if pairs := getattr(self, key):
+                shown[key] = dict(pairs)
+        if self.methods:
+            shown["methods"] = list(self.methods)
+        return shown
+
+    @property
+    def text(self) -> str:
+        """One short line: ``headers x-canary=always, methods GET|HEAD``."""
+        parts = [
+            f"{key} " + " ".join(f"{name}={value}" for name, value in getattr(self, key))
+            for key in ("headers", "cookies", "query")
+            if getattr(self, key)
+        ]
+        if self.methods:
+            parts.append("methods " + "|".join(self.methods))
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backend:
+    """One upstream of a route's ``backends``, and its share: ``weight`` of the weights'
+    sum (``0``: none, a drained canary)."""
+
+    upstream: str
+    weight: int = 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class Route:
+    """One ``[[routes]]`` table: a path prefix, an optional ``match``, and where it sends
+    requests: one ``upstream``, or ``backends`` split by weight (never both)."""
+
     prefix: str  # "/" or "/segment[/segment...]" without a trailing slash
-    upstream: str
+    upstream: str = ""
     redirect_bare: bool = False
+    match: RouteMatch | None = None
+    backends: tuple[Backend, ...] = ()
+
+    @property
+    def choices(self) -> tuple[Backend, ...]:
+        """Where the route sends requests: its backends, or its one upstream (weight 1)."""
+        return self.backends or (Backend(upstream=self.upstream, weight=1),)
+
+    @property
+    def label(self) -> str:
+        """How a log line or a message names the route: its prefix, and its match if any."""
+        return self.prefix + (f" [{self.match.text}]" if self.match is not None else "")
 
 
 @dataclass(frozen=True, kw_only=True)

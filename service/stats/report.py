@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.features import Show
+from service.features import Section, Show
 from service.metrics import WINDOW_S, MetricsStore, Snapshot
 from service.pools import Pool, SlotTable
 from service.stats.fanout import StatsAggregator
@@ -30,7 +30,7 @@ class Report:
     pools_without_live_target: int = 0  # pools none of whose targets is in rotation and answering
     # what the features show (``service.features.Show``), by key, in their order: cluster,
     # tls, limits, config...
-    sections: dict[str, Entry] = field(default_factory=dict)
+    sections: dict[str, Section] = field(default_factory=dict)
 
     def load_balancer_entry(self) -> Entry:
         """The ``load-balancer`` entry. The first seven keys are the contract's and do not
@@ -92,7 +92,7 @@ async def build_report(lb: Serving, *, history: bool = False) -> Report:
     """Ask the services (in parallel, bounded) and read this host's figures, fresh;
     ``history``: with the last 15 minutes too (the status page's charts). The pools are
     described after the fan-out, so a target the fan-out just found dead shows so."""
-    sections: dict[str, Entry] = {}
+    sections: dict[str, Section] = {}
     if lb.show.figures is None:
         services = await lb.aggregator.collect()
         snapshot = lb.metrics.snapshot(history=history)

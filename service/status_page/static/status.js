@@ -25,8 +25,17 @@ const FIGURES = [
   ["responses_by_class.5xx", "5xx", ""],
   ["workers", "workers", ""],
   ["ws_connections", "heartbeat sockets", ""],
-  ["uptime_s", "uptime", "s"],
+  ["uptime_s", "uptime", "", formatDuration],
 ];
+
+// Seconds as a person reads them: 17 s, 4 min 12 s, 3 h 05 min, 2 d 4 h.
+function formatDuration(seconds) {
+  const s = Math.floor(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
 
 // Per target: [column title, key in /stats' target entry].
 const TARGET_COLUMNS = [
@@ -55,6 +64,8 @@ function pick(entry, path) {
   return path.split(".").reduce((value, key) => (value == null ? value : value[key]), entry);
 }
 
+const FORMATS = new Map(FIGURES.filter((f) => f[3]).map(([key, , , format]) => [key, format]));
+
 function buildTiles() {
   const tiles = document.getElementById("figures");
   for (const [key, label, unit] of FIGURES) {
@@ -71,7 +82,8 @@ function buildTiles() {
 function drawFigures(lb) {
   for (const node of document.querySelectorAll("[data-figure]")) {
     const value = pick(lb, node.dataset.figure);
-    node.textContent = value == null ? "–" : String(value);
+    const format = FORMATS.get(node.dataset.figure) || String;
+    node.textContent = value == null ? "–" : format(value);
   }
 }
 
@@ -79,6 +91,13 @@ function healthText(check) {
   if (!check) return "off";
   const age = check.last_check_s_ago == null ? "never" : `${check.last_check_s_ago} s ago`;
   return `${check.verdict} (${check.passes_in_row} ok / ${check.failures_in_row} failed in a row, ${age})`;
+}
+
+// A table that scrolls inside its card if it must (a narrow screen).
+function wrapped(table) {
+  const wrap = el("div", { class: "table-wrap" });
+  wrap.append(table);
+  return wrap;
 }
 
 // One line per ;resolve entry of a pool: the name, what it resolves to now, and how fresh.
@@ -109,7 +128,7 @@ function drawPools(upstreams, byRoute) {
 
     const table = el("table");
     const header = el("tr");
-    for (const [title] of TARGET_COLUMNS) header.append(el("th", {}, title));
+    for (const [title, key] of TARGET_COLUMNS) header.append(el("th", { "data-field": key }, title));
     const thead = el("thead");
     thead.append(header);
     table.append(thead);
@@ -121,6 +140,7 @@ function drawPools(upstreams, byRoute) {
         if (key === "state") {
           cell.append(el("span", { class: `badge state-${target.state}` }, target.state));
         } else if (key === "health_check") {
+          cell.className = "wraps";
           cell.textContent = healthText(target.health_check);
         } else {
           cell.textContent = target[key] == null ? "–" : String(target[key]);
@@ -130,7 +150,7 @@ function drawPools(upstreams, byRoute) {
       body.append(row);
     }
     table.append(body);
-    box.append(table);
+    box.append(wrapped(table));
     root.append(box);
   }
 }
@@ -188,7 +208,51 @@ function drawLimits(limits) {
     body.append(row);
   }
   table.append(body);
-  root.append(table);
+  root.append(wrapped(table));
+}
+
+// load-balancer.routes: each route (in the order tried), its match, its backends' weights
+// and requests; one row per backend.
+const ROUTE_COLUMNS = ["prefix", "match", "upstream", "weight", "share", "requests"];
+
+function matchText(match) {
+  if (!match) return "–";
+  return Object.entries(match).map(([key, value]) => (Array.isArray(value)
+    ? `${key} ${value.join("|")}`
+    : `${key} ${Object.entries(value).map(([name, v]) => `${name}=${v}`).join(" ")}`)).join(" · ");
+}
+
+function drawRoutes(routes) {
+  const root = document.getElementById("routes");
+  root.replaceChildren();
+  if (!routes) return;
+  const table = el("table");
+  const header = el("tr");
+  for (const title of ROUTE_COLUMNS) header.append(el("th", {}, title));
+  const thead = el("thead");
+  thead.append(header);
+  table.append(thead);
+  const body = el("tbody");
+  routes.forEach((route, position) => {
+    const total = route.backends.reduce((sum, b) => sum + b.weight, 0);
+    route.backends.forEach((backend, index) => {
+      const row = el("tr", { "data-route": String(position), "data-backend": backend.upstream });
+      const share = total ? `${Math.round((1000 * backend.weight) / total) / 10} %` : "–";
+      const values = {
+        prefix: index ? "" : route.prefix, match: index ? "" : matchText(route.match),
+        upstream: backend.upstream, weight: backend.weight, share,
+        requests: backend.requests == null ? "–" : backend.requests,
+      };
+      for (const key of ROUTE_COLUMNS) {
+        const cell = el("td", { "data-field": key }, values[key]);
+        if (key === "match") cell.className = "wraps";
+        row.append(cell);
+      }
+      body.append(row);
+    });
+  });
+  table.append(body);
+  root.append(wrapped(table));
 }
 
 function drawLimitsHistory(points, history, now) {
@@ -331,6 +395,7 @@ async function poll() {
     drawFigures(lb);
     drawTls(lb.tls);
     drawConfig(lb.config);
+    drawRoutes(lb.routes);
     drawPools(lb.upstreams, data.responses_by_route || {});
     drawServices(data.services);
     drawHistory(data.history, data.generated_at);
