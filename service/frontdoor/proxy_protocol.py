@@ -16,8 +16,10 @@ header is consumed. Then the transport is handed to Sanic's protocol (``set_prot
 ``conn_info``. With TLS (``LB_TLS_CERT``) the header comes before the handshake, so Sanic
 listens without TLS (``service.tls.loader`` gives it no context in this mode) and the
 handshake is started here with ``loop.start_tls`` once the header is read, on the bytes
-that follow it; a connection from any other peer starts its handshake at once. Either way,
-Sanic's protocol sees a connection only after its handshake, as with Sanic's own TLS.
+that follow it; a connection from any other peer starts its handshake at once (the bytes
+that arrived before ``start_tls`` took the transport are handed to its TLS protocol first:
+:class:`_EarlyBytes`). Either way, Sanic's protocol sees a connection only after its
+handshake, as with Sanic's own TLS.
 
 A header that is malformed, truncated (the peer ends the connection inside it), longer than
 the specification allows, or that does not arrive within ``LB_HEADER_TIMEOUT``, closes the
@@ -88,20 +90,36 @@ class ProxyProtocolFrontDoor(FrontDoorProtocol):
             transport.set_protocol(reader)
             reader.start(lb.settings.frontdoor.header_timeout, lb.proxy_protocol_refusals)
         elif context is not None:
-            transport.pause_reading()  # the first bytes are the handshake's
-            self.start_tls(transport, context, None)
+            early = _EarlyBytes(transport)  # what arrives before start_tls takes the transport
+            transport.set_protocol(early)
+            self.start_tls(transport, context, None, early)
         else:
             FrontDoorProtocol.connection_made(self, transport)
 
     def start_tls(
-        self, transport: Any, context: ssl.SSLContext, source: tuple[str, int] | None
+        self,
+        transport: Any,
+        context: ssl.SSLContext,
+        source: tuple[str, int] | None,
+        early: _EarlyBytes | None = None,
     ) -> None:
-        """The handshake on the bytes after the header; then serve over it."""
-        self._handshake = self.loop.create_task(self._secure(transport, context, source))
+        """The handshake on the bytes after the header; then serve over it. The task is
+        kept in Sanic's own slot for the connection's task (the class has no others), which
+        ``connection_made`` then takes over, and ``connection_lost`` cancels."""
+        self._task = self.loop.create_task(self._secure(transport, context, source, early))
 
     async def _secure(
-        self, transport: Any, context: ssl.SSLContext, source: tuple[str, int] | None
+        self,
+        transport: Any,
+        context: ssl.SSLContext,
+        source: tuple[str, int] | None,
+        early: _EarlyBytes | None,
     ) -> None:
+        if early is not None:
+            # runs after start_tls's first step (below, in this same step of the task) has
+            # given the transport to its TLS protocol, and before that protocol's
+            # connection_made and the transport's resume_reading, which it schedules
+            self.loop.call_soon(early.hand_over)
         try:
             # asyncio's default handshake timeout (60 s), as Sanic's own TLS listener has
             secure = await self.loop.start_tls(transport, self, context, server_side=True)
@@ -111,6 +129,13 @@ class ProxyProtocolFrontDoor(FrontDoorProtocol):
             return
         if secure is not None:
             self.serve(secure, source)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn_info is None:  # lost before it was served: during the TLS handshake
+            if self._task is not None:
+                self._task.cancel()
+            return
+        FrontDoorProtocol.connection_lost(self, exc)
 
     def serve(self, transport: Any, source: tuple[str, int] | None) -> None:
         """Sanic's connection start on ``transport``, with ``source`` as its peer."""
@@ -122,6 +147,41 @@ class ProxyProtocolFrontDoor(FrontDoorProtocol):
             info.client = f"[{address}]" if ":" in address else address
             info.client_port = port
             info.peername = (address, port)
+
+
+EARLY_MAX = 64 * 1024  # bytes a client may send before its handshake starts: a ClientHello
+
+
+class _EarlyBytes(asyncio.Protocol):
+    """A TLS connection from a peer that sends no header: the bytes that arrive between
+    ``connection_made`` and ``start_tls`` taking the transport (uvloop starts reading as
+    soon as ``connection_made`` returns, whatever it paused), handed to the TLS protocol
+    through its ``BufferedProtocol`` interface before it starts the handshake."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._data = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self._data += data
+        if len(self._data) > EARLY_MAX:
+            self._transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close: the handshake then fails, as it would have
+
+    def hand_over(self) -> None:
+        protocol = self._transport.get_protocol()
+        if protocol is self:  # start_tls did not take the transport (it was closing)
+            self._transport.abort()
+            return
+        view = memoryview(bytes(self._data))
+        while view:
+            buffer = protocol.get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            protocol.buffer_updated(size)
+            view = view[size:]
 
 
 class _HeaderReader(asyncio.BufferedProtocol):
