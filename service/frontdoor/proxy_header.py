@@ -85,6 +85,8 @@ def missing(received: bytes | bytearray) -> int:
     """0 if ``received`` is one whole header; else the fewest bytes that can still complete
     it (never more: what follows the header is not ours to read). Raises
     :class:`ProxyHeaderError` as soon as ``received`` cannot be the start of a header."""
+    if not received:
+        return V1_MIN  # the shortest header there is (a v2 header has 16 bytes at least)
     if not starts_like_one(received):
         raise ProxyHeaderError("the connection does not start with a PROXY protocol header")
     if received[:1] == b"P":
