@@ -71,3 +71,6 @@ class WorkerContext:
     discovery: Lookups | None = None
     # the certificate this worker serves, when LB_TLS_CERT is set (service.tls sets it)
     tls: Any = None
+    # with LB_PROXY_PROTOCOL: why trusted peers' connections were closed, logged once per
+    # peer and minute (service.frontdoor.proxy_protocol.RefusalLog; service.frontdoor sets it)
+    proxy_protocol_refusals: Any = None

@@ -195,6 +195,27 @@ def test_the_tls_lines_uncommented_make_a_valid_deployment_the_service_accepts()
     assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
 
 
+def test_the_proxy_lines_uncommented_make_an_nlb_service_and_a_deployment_requiring_it() -> None:
+    """The optional PROXY protocol of service.yaml and load-balancer.yaml (lines marked
+    ``#PROXY``), uncommented as service.yaml's header says: a LoadBalancer Service with the
+    AWS annotation that turns it on, and the settings that require it from the NLB."""
+    documents = []
+    for name in ("service.yaml", "load-balancer.yaml"):
+        text = (DEPLOY / name).read_text()
+        uncommented = re.sub(r"^(\s*)#PROXY ", r"\1", text, flags=re.MULTILINE)
+        assert not re.search(r"^\s*#PROXY", uncommented, flags=re.MULTILINE)
+        (document,) = [d for d in yaml.safe_load_all(uncommented) if d]
+        kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+        documents.append(document)
+    service, deployment = documents
+    assert service["spec"]["type"] == "LoadBalancer"
+    annotations = service["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"] == "*"
+    env = _env(_container(deployment))
+    settings = load_settings(env={k: v for k, v in env.items() if k != "LB_CONFIG"})
+    assert settings.frontdoor.proxy_protocol and settings.admission.trusted_proxies
+
+
 def test_an_edit_of_the_configmap_is_reloaded_without_a_restart(tmp_path: Path) -> None:
     """LB_CONFIG_WATCH on, and the ConfigMap mounted as a directory: a ``subPath`` mount
     would never see an update (the kubelet swaps the directory's ``..data`` link)."""

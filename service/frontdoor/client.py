@@ -32,6 +32,23 @@ Address = IPv4Address | IPv6Address
 _CACHE_SIZE = 1024  # peers judged per worker, kept so a proxy's address is parsed once
 
 
+def believable(address: Address, peer: Address | None = None) -> bool:
+    """Whether ``address``, named by ``peer`` (a trusted proxy, in a PROXY protocol header or
+    ``X-Forwarded-For``), can be the client. Never an unspecified address (``0.0.0.0``,
+    ``::``: no packet comes from it). A loopback or link-local address only when ``peer``
+    is one of the same kind: such an address does not cross a router, so it can come only
+    from a proxy on this host (or link); from anywhere else it is a forgery, or a
+    misconfigured balancer, and believing it would let a remote client be "127.0.0.1" to
+    ``LB_ADMIN_ALLOW`` (whose default is loopback). ``peer`` None: never."""
+    if address.is_unspecified:
+        return False
+    if address.is_loopback:
+        return peer is not None and peer.is_loopback
+    if address.is_link_local:
+        return peer is not None and peer.is_link_local
+    return True
+
+
 def parse_address(text: str) -> Address | None:
     """An address as written in ``X-Forwarded-For`` or by the socket (``[v6]`` brackets, a
     port after a v4 address or a bracketed v6 one, and a zone allowed; an IPv4-mapped IPv6
@@ -48,14 +65,6 @@ def parse_address(text: str) -> Address | None:
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-def believable(address: Address) -> bool:
-    """Whether an address a proxy reports (``X-Forwarded-For``, the PROXY protocol) can be
-    the client's: not loopback, unspecified or link-local. No request reaches a proxy from
-    those over a network, so a proxy naming one is lying or misconfigured, and believing it
-    would make any host of a trusted network look local (``LB_ADMIN_ALLOW``'s default)."""
-    return not (address.is_loopback or address.is_unspecified or address.is_link_local)
 
 
 class ClientAddresses:
@@ -80,6 +89,10 @@ class ClientAddresses:
                 self._peers.clear()
             self._peers[peer] = known
         return known
+
+    def trusts(self, peer: str) -> bool:
+        """Whether the TCP peer ``peer`` (as the socket gives it) is a trusted proxy."""
+        return bool(self.trusted) and self._peer_trusted(peer)
 
     def resolve(self, peer: str, forwarded_for: list[str]) -> str:
         """The client of a request from ``peer`` carrying these ``X-Forwarded-For`` values."""

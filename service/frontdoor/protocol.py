@@ -1,4 +1,4 @@
-"""The front door's protocol, and the app class that makes every server use it.
+"""The front door's protocol: strict HTTP/1.1 and WebSocket, and a per-worker connection cap.
 
 ``FrontDoorProtocol`` is Sanic's WebSocket-capable HTTP/1.1 protocol with ``StrictHttp``
 as its connection handler and a cap on the connections one worker holds. The cap's
@@ -6,11 +6,7 @@ behaviour: the connection over it gets a ready-made ``503`` (``Retry-After: 1``,
 shape of every error) and is closed at once, before a byte of it is read, so a flood costs
 a write and a close instead of memory and a file descriptor for as long as the client
 likes. WebSocket connections are ``StrictWebsocket`` (invalid UTF-8 closes with 1007).
-``FrontDoorApp`` is ``Sanic`` with that protocol as the default of ``prepare``,
-which every way of serving calls (``sanic service.app``, ``app.run``, ``--single-process``)
-in the main process; from there, a SIGTERM before Sanic installs its own handler is a
-normal exit (status 0) rather than death by signal, and Sanic's sync manager will outlive a
-SIGTERM to the whole process group (``supervision.prepare_main_process``).
+``service.frontdoor.app.FrontDoorApp`` makes every server use it.
 """
 
 from __future__ import annotations
@@ -18,12 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sanic import Sanic
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
 from service.errors import sanic_error_body
 from service.frontdoor.strict_http import StrictHttp
-from service.frontdoor.supervision import prepare_main_process
 from service.frontdoor.websocket import StrictWebsocket
 
 
@@ -63,9 +57,3 @@ class FrontDoorProtocol(WebSocketProtocol):
         # adds no state, only the 1007 close (see service/frontdoor/websocket.py).
         websocket.__class__ = StrictWebsocket
         return websocket
-
-
-class FrontDoorApp(Sanic):
-    def prepare(self, *args: Any, protocol: Any = None, **kwargs: Any) -> None:
-        prepare_main_process()  # see supervision: SIGTERM before Sanic handles it, the sync manager
-        super().prepare(*args, protocol=protocol or FrontDoorProtocol, **kwargs)

@@ -29,8 +29,14 @@ from service.frontdoor.head import (
     has_bare_line_break,
     underscored_names,
 )
+from service.frontdoor.proxy_header import starts_like_one
 
 HTTP_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# a PROXY protocol header where HTTP was expected (service.frontdoor.proxy_protocol): never
+# believed, a bad request like any other malformed head
+PROXY_HEADER_REFUSED = (
+    "a PROXY protocol header is taken only from LB_TRUSTED_PROXIES (LB_PROXY_PROTOCOL)"
+)
 CHUNK_LINE_MAX = 64  # Sanic's own bound for a chunk-size line with its extensions
 
 
@@ -52,6 +58,8 @@ class StrictHttp(Http):
             try:
                 check_head(head)
             except HeadError as exc:
+                if starts_like_one(self.recv_buffer):  # not from a trusted proxy, or not on
+                    raise BadRequest(PROXY_HEADER_REFUSED) from None
                 raise BadRequest(str(exc)) from None
             underscored = underscored_names(head)
         if underscored:

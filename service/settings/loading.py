@@ -513,7 +513,7 @@ def load_settings(
     except KeyError as exc:
         raise SettingsError(f"{str(path)!r}: an upstream or route lacks {exc}") from None
     limits = _limits(document.get("limits", []), values["admission"], upstreams)
-    return model.Settings(
+    settings = model.Settings(
         **values["server"],
         **{section: model(**values[section]) for section, model in SECTIONS.items()},
         upstreams=upstreams,
@@ -521,6 +521,18 @@ def load_settings(
         limits=limits,
         source=model.ConfigSource(path=str(path), text=text),
     )
+    _check_proxy_protocol(settings)
+    return settings
+
+
+def _check_proxy_protocol(settings: model.Settings) -> None:
+    """The PROXY protocol is taken only from trusted proxies: on without any is a mistake
+    (every client would be plain HTTP, and the balancer's headers 400s)."""
+    if settings.frontdoor.proxy_protocol and not settings.admission.trusted_proxies:
+        raise SettingsError(
+            "LB_PROXY_PROTOCOL=true needs LB_TRUSTED_PROXIES: the networks of the balancers "
+            "that send the header (only they are believed)"
+        )
 
 
 def _limits(

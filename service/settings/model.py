@@ -246,7 +246,8 @@ class ClusterSettings:
 class FrontDoorSettings:
     """The client side: how long a request head may take, how many connections a worker
     holds, and how long a graceful shutdown keeps serving while readiness says 503; and how
-    long a worker's event loop may stall before it is replaced."""
+    long a worker's event loop may stall before it is replaced; and whether trusted proxies
+    speak the PROXY protocol."""
 
     header_timeout: float = 30.0
     max_client_connections: int = 4096
@@ -255,6 +256,9 @@ class FrontDoorSettings:
     # header names holding "_" (Transfer_Encoding): not forwarded ("drop", nginx's and
     # gunicorn's default), forwarded ("pass"), or the request refused with 400 ("reject")
     underscores_in_headers: str = "drop"
+    # a connection from LB_TRUSTED_PROXIES starts with a PROXY protocol header naming the
+    # client (service.frontdoor.proxy_protocol)
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -465,6 +469,7 @@ VARIABLES = (
     Variable("LB_CLUSTER_RETENTION", "cluster", "retention", "seconds", "seconds a silent replica's keys are kept before its totals are folded in"),
     Variable("LB_HEADER_TIMEOUT", "frontdoor", "header_timeout", "seconds", "seconds a client may take to send a whole request head (then 408 and close)"),
     Variable("LB_MAX_CLIENT_CONNECTIONS", "frontdoor", "max_client_connections", "positive_int", "client connections per worker (above it: 503 and close)"),
+    Variable("LB_PROXY_PROTOCOL", "frontdoor", "proxy_protocol", "bool", "true: a connection from LB_TRUSTED_PROXIES must begin with a PROXY protocol header (v1 or v2), whose source address is the client; other peers are plain HTTP"),
     Variable("LB_DRAIN_DELAY", "frontdoor", "drain_delay", "size_seconds", "seconds a graceful shutdown keeps accepting (readiness 503) before it stops listening"),
     Variable("LB_RESOLVER", "resolver", "servers", "resolvers", "DNS servers for ;resolve targets, comma-separated ip[:port]; unset: the nameserver lines of /etc/resolv.conf"),
     Variable("LB_RESOLVER_VALID", "resolver", "valid", "resolver_valid", "longest time in seconds a DNS answer is used before it is asked again (a lower record TTL wins; never below 1)"),

@@ -21,7 +21,11 @@ from service.tls.rotation import LiveCertificate
 class SettingsCertLoader(CertLoader):
     """The context of ``LB_TLS_CERT``/``LB_TLS_KEY``, live (see ``service.tls.rotation``)."""
 
-    def load(self, app: Any) -> ssl.SSLContext:
+    def load(self, app: Any) -> ssl.SSLContext | None:
         lb = app.ctx.lb
         lb.tls = LiveCertificate(lb.settings.tls)
+        if lb.settings.frontdoor.proxy_protocol:
+            # the PROXY header comes before the handshake: Sanic listens on plain TCP and the
+            # front door starts TLS itself after it (service.frontdoor.proxy_protocol)
+            return None
         return lb.tls.server_context
