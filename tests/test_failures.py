@@ -10,6 +10,8 @@ timeout; after one read timeout vs. two), with seconds of margin for a busy shar
 
 from __future__ import annotations
 
+import re
+
 import threading
 import time
 from collections.abc import Iterator
@@ -58,8 +60,9 @@ def broken_lb(upstreams: dict[str, UpstreamServer], silent: SilentServer) -> Ite
 def assert_error_body(response: httpx.Response, upstream: str) -> dict:
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    # the contract's three keys, plus the pool member that was tried
-    assert set(body) == {"error", "upstream", "detail", "target"}
+    # the contract's three keys, plus the pool member that was tried and the request's trace
+    assert set(body) == {"error", "upstream", "detail", "target", "trace_id"}
+    assert re.fullmatch(r"[0-9a-f]{32}", body["trace_id"])
     assert body["upstream"] == upstream
     assert body["target"].startswith("http://127.0.0.1:")
     assert body["error"] and body["detail"]
