@@ -58,6 +58,7 @@ LOCK_NAME = "admission host"
 
 LIMITED_CAP = 256  # keys in a limited episode at once that are listed (and logged)
 DIRTY_CAP = 4096  # slots with unshared admissions listed between two publications
+DROPPED_KINDS = 5  # entry, count, fingerprint, key, time (``remote.KINDS``)
 
 # ---- per worker: per limit (and the pseudo-limit of LB_MAX_CLIENT_REQUESTS, last)
 ADMITTED, LIMITED = range(2)
@@ -100,6 +101,8 @@ class AdmissionLayout:
         self.published_at = self.remote.at + PER_LIMIT * max(limits, 1)
         self.remote_window_at = self.remote.at + 2 * PER_LIMIT * max(limits, 1)
         self.limited_list = plan.shared(LIMITED_CAP)
+        # values read from Redis and dropped, by kind (``remote.KINDS``)
+        self.dropped = plan.shared(DROPPED_KINDS if cluster else 0)
         self.dirty = plan.shared(2 + DIRTY_CAP if cluster else 0)  # count, overflowed, slots
         self.slots = plan.shared((limits + keys) * SLOT)
         self.clients = plan.shared(client_slots * CLIENT_SLOT)

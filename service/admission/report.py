@@ -17,6 +17,7 @@ from service.admission.layout import OVERLOADED, PER_LIMIT, PER_POOL, REASON_AT,
 from service.admission.layout import REPLICAS, SHARED_KEYS, SYNCED_AT, UNSHARED_KEYS, WINDOW_S
 from service.admission.layout import AdmissionLayout
 from service.admission.policy import Limit
+from service.admission.remote import dropped_counts
 from service.admission.table import RateTable
 from service.settings import Settings
 from service.sharedmem import SharedBlock, Texts
@@ -143,6 +144,7 @@ class AdmissionView:
             "synced_age_s": round(time.time() - synced, 3) if synced else None,
             "shared_keys": int(mem[at + SHARED_KEYS]),
             "unshared_keys": int(mem[at + UNSHARED_KEYS]),
+            "dropped": dropped_counts(mem, layout.dropped.at),
         }
         if mode == MODE_DEGRADED and self._texts is not None:
             entry["reason"] = self._texts.get(at + REASON_LEN, at + REASON_AT)

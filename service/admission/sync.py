@@ -51,6 +51,8 @@ from service.admission.layout import (
     AdmissionLayout,
 )
 from service.admission.policy import Limit
+from service.admission.remote import KEYS_PER_ENTRY, DropCounter, Dropped, exchanged_at
+from service.admission.remote import most_debt, parse_entry, replica_of
 from service.admission.sync_store import SyncStore
 from service.admission.table import RateTable
 from service.redisconn import RedisUnavailable
@@ -59,7 +61,7 @@ from service.sharedmem import SharedLock, Texts
 
 log = logging.getLogger("service.admission")
 
-KEYS_PER_ENTRY = 1024
+__all__ = ["KEYS_PER_ENTRY", "ClusterSync"]
 
 
 class ClusterSync:
@@ -93,6 +95,10 @@ class ClusterSync:
         self._clock = clock
         self._state = layout.state.at
         self._stale_after = max(1.0, 4 * settings.publish_interval)
+        # what one entry may claim is bounded by what a replica can admit in this long
+        self._window_s = self._stale_after
+        self._most_debt = {limit.name: most_debt(limit, self._window_s) for limit in limits}
+        self._drop = DropCounter(mem, layout.dropped.at, clock)
         # the other replicas' cumulative counts, as last read: replica -> (seen, counts)
         self._others: dict[str, tuple[float, dict[str, list[int]]]] = {}
         self._failing: str | None = None
@@ -171,28 +177,36 @@ class ClusterSync:
             ms, _, seq = entry_id.decode().partition("-")
             self._mem[self._state + STREAM_MS] = int(ms)
             self._mem[self._state + STREAM_SEQ] = int(seq or 0)
-            replica = fields.get(b"r", b"").decode("utf-8", "replace")
+            try:
+                replica = replica_of(fields.get(b"r"))
+            except Dropped as exc:
+                self._drop(exc)
+                continue
             if replica == self.replica:
                 continue
             try:
-                body = orjson.loads(fields[b"p"])
-                counts = {str(k): [int(v[0]), int(v[1])] for k, v in body["c"].items()}
-                for name, (admitted, limited) in body["d"].items():
-                    limit = self._limits.get(name)
-                    if limit is not None:
-                        window_deltas[limit.index * PER_LIMIT + ADMITTED] += int(admitted)
-                        window_deltas[limit.index * PER_LIMIT + LIMITED] += int(limited)
-                for name, fp, count, key in body["k"]:
-                    limit = self._limits.get(name)
-                    if limit is not None and int(count) > 0:
-                        charges.append((limit, int(fp), str(key), int(count)))
-            except (KeyError, ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
+                body = parse_entry(
+                    fields.get(b"p"), self._limits, self._window_s,
+                    lambda exc, r=replica: self._drop(exc, r),
+                )  # fmt: skip
+            except Dropped as exc:
+                self._drop(exc, replica)
                 continue  # a malformed entry is skipped, not fatal
+            counts = body.counts
+            for name, (admitted, limited) in body.deltas.items():
+                limit = self._limits.get(name)
+                if limit is not None:
+                    window_deltas[limit.index * PER_LIMIT + ADMITTED] += admitted
+                    window_deltas[limit.index * PER_LIMIT + LIMITED] += limited
+            charges.extend((c.limit, c.fp, c.key, c.count) for c in body.charges)
             self._others[replica] = (wall, counts)
         if charges and self._lock.acquire():
             try:
                 for limit, fp, key, count in charges:
-                    self._table.charge(limit.index, fp, key, count, limit.interval, now)
+                    self._table.charge(
+                        limit.index, fp, key, count, limit.interval, now,
+                        most=self._most_debt[limit.name],
+                    )  # fmt: skip
             finally:
                 self._lock.release()
         if any(window_deltas):
@@ -222,11 +236,11 @@ class ClusterSync:
     def _healthy(self, members: dict[bytes, bytes]) -> None:
         wall = time.time()
         live = 0
-        for raw in members.values():
+        for replica, raw in members.items():
             try:
-                live += wall - float(raw) <= self._stale_after
-            except ValueError:
-                continue
+                live += wall - exchanged_at(raw, wall) <= self._stale_after
+            except Dropped as exc:
+                self._drop(exc, replica.decode("utf-8", "replace"))
         mem, at = self._mem, self._state
         mem[at + REPLICAS] = max(1, live)
         mem[at + FACTOR] = 1.0

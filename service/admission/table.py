@@ -284,14 +284,19 @@ class RateTable:
             out.append(Unshared(limit, fp, count, "" if fixed else self.key_at(at)))
         return out
 
-    def charge(self, limit: int, fp: int, key: str, count: int, cost: float, now: float) -> bool:
+    def charge(
+        self, limit: int, fp: int, key: str, count: int, cost: float, now: float,
+        most: float = math.inf,
+    ) -> bool:  # fmt: skip
         """Another replica admitted ``count`` requests of this key: take them from its budget
-        here too (``cost`` seconds each). False if the key could not be given a slot."""
+        here too (``cost`` seconds each), its debt never beyond ``most`` seconds from now.
+        False if the key could not be given a slot."""
         at = self.fixed(limit) if fp == 0 else self.find(limit, fp, key, now)
         if fp and at == self.fixed(limit):
             return False
         mem = self._mem
-        mem[at + TAT] = max(mem[at + TAT], now) + count * cost
+        tat = mem[at + TAT]
+        mem[at + TAT] = max(tat, min(max(tat, now) + count * cost, now + most))
         return True
 
 

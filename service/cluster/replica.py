@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from service.metrics import HostFigures
+
+# How far ahead of ours another replica's clock may be: a document published later than
+# this would count as live for ever (and is never reaped), so it is skipped.
+CLOCK_SKEW_S = 30.0
 
 
 def replica_id(started_wall: float) -> str:
@@ -36,12 +41,23 @@ class Published:
     figures: HostFigures
 
     @classmethod
-    def parse(cls, replica: str, data: dict[str, Any]) -> Published:
+    def parse(cls, replica: str, data: Any, now_wall: float | None = None) -> Published:
         """Raises ``ValueError``, ``TypeError``, ``KeyError`` or ``AttributeError`` if
-        malformed."""
+        malformed (the message says why)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"the document is a {type(data).__name__}, not an object")
+        published_at = data["published_at"]
+        if type(published_at) not in (int, float) or not math.isfinite(published_at):
+            raise TypeError(f"published_at is {published_at!r}, not a time")
+        now_wall = time.time() if now_wall is None else now_wall
+        if published_at > now_wall + CLOCK_SKEW_S:
+            raise ValueError(f"published_at is {published_at - now_wall:.0f} s in the future")
+        figures = data["figures"]
+        if not isinstance(figures, dict):
+            raise TypeError(f"figures is a {type(figures).__name__}, not an object")
         return cls(
             id=replica,
             host=str(data.get("host", "")),
-            published_at=float(data["published_at"]),
-            figures=HostFigures.from_wire(data["figures"]),
+            published_at=float(published_at),
+            figures=HostFigures.from_wire(figures),
         )

@@ -29,6 +29,7 @@ from service.redisconn import RedisUnavailable
 from service.settings import ClusterSettings
 
 Entry = dict[str, Any]
+SKIPPED_SHOWN = 10  # malformed members listed with their reason in /stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class Remote:
     retired_replicas: int
     retired_requests: int
     malformed: int
+    skipped: list[Entry]  # the malformed members: {id, reason}, the first SKIPPED_SHOWN
 
 
 class ClusterView:
@@ -92,6 +94,7 @@ class ClusterView:
         }
         if remote.malformed:
             entry["malformed_members"] = remote.malformed
+            entry["skipped_members"] = remote.skipped
         return snapshot, entry
 
     async def aclose(self) -> None:
@@ -107,13 +110,17 @@ class ClusterView:
             return self._cached[1]
         others: list[Published] = []
         malformed = 0
+        skipped: list[Entry] = []
+        now = time.time()
         for replica, raw in documents.items():
             if replica == self.replica:
                 continue  # this host's own figures are read fresh, not as last published
             try:
-                others.append(Published.parse(replica, orjson.loads(raw)))
-            except (ValueError, TypeError, KeyError, AttributeError):
+                others.append(Published.parse(replica, orjson.loads(raw), now))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 malformed += 1
+                if len(skipped) < SKIPPED_SHOWN:
+                    skipped.append({"id": replica[:200], "reason": _why(exc)})
         retired_counters: list[HostFigures] = []
         for replica, raw in retired.items():
             if replica == self.replica or replica in documents:
@@ -123,14 +130,17 @@ class ClusterView:
                 retired_counters.append(
                     HostFigures(counters={str(k): float(v) for k, v in counters.items()})
                 )
-            except (ValueError, TypeError, AttributeError):
+            except (ValueError, TypeError, AttributeError) as exc:
                 malformed += 1
+                if len(skipped) < SKIPPED_SHOWN:
+                    skipped.append({"id": replica[:200], "reason": f"retired: {_why(exc)}"})
         remote = Remote(
             others=sorted(others, key=lambda p: p.id),
             merged=merge([*(p.figures for p in others), *retired_counters], live=()),
             retired_replicas=len(retired_counters),
             retired_requests=int(sum(r.counters.get("total", 0) for r in retired_counters)),
             malformed=malformed,
+            skipped=skipped,
         )
         self._cached = (key, remote)
         return remote
@@ -157,6 +167,13 @@ class ClusterView:
             "name": self._settings.name,
             "replica": self.replica,
         }
+
+
+def _why(exc: BaseException) -> str:
+    """Why a member's document was skipped, short enough for ``/stats``."""
+    if isinstance(exc, KeyError):
+        return f"no field {exc}"[:200]
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _member(replica: str, figures: HostFigures, now: float, live: bool, age: float) -> Entry:

@@ -7,6 +7,13 @@ shared block, so a new holder carries on the same pace. An answer is applied to 
 table (``service.pools.slots``): its addresses acquired, the entry's other targets released,
 in one change; every worker's pools follow within ``pools.sync.INTERVAL_S``. A failed lookup
 changes nothing. Changes, failures and recoveries are logged once, by the holder.
+
+**A late answer is not applied.** A lookup can take seconds (a slow server, retries), and the
+lease can move meanwhile (this worker stalled past the term): the new holder asks again and
+writes its answer, and the old one's, arriving later, may be older news. So a worker writes
+an answer only if it still holds the lease when the answer arrives and the entry's record is
+at the generation it saw when it asked (``state.WRITTEN``, moved by every write); for an
+answer with addresses, that is checked again under the slot table's lock, with the write.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from service.discovery.state import (
     REFRESHED_AT,
     TRUNCATED,
     TTL,
+    WRITTEN,
     DiscoveryState,
 )
 from service.pools import SlotsExhausted, SlotTable
@@ -67,22 +75,38 @@ class Refresher:
                 task.add_done_callback(lambda _, n=entry.number: self._in_flight.pop(n))
 
     async def refresh(self, entry: Entry) -> Lookup:
-        """Look ``entry`` up now and apply what came back."""
+        """Look ``entry`` up now and apply what came back, unless it came back late."""
+        asked = self._state.get(entry.number, WRITTEN)
         lookup = await self._resolver.lookup(entry.host)
         try:
-            self.record(entry, lookup)
+            if not self.record(entry, lookup, asked):
+                log.info(
+                    "discovery of %s: an answer that arrived after the lease moved or the "
+                    "entry was written again is not applied", entry.host,
+                )  # fmt: skip
         except TimeoutError as exc:  # the slot table's lock: due again on the next tick
             log.warning("discovery of %s: %s", entry.host, exc)
         return lookup
 
-    def record(self, entry: Entry, lookup: Lookup) -> None:
+    def current(self, entry: Entry, asked: float | None) -> bool:
+        """Whether this worker may write ``entry``'s answer: it holds the lease, and nothing
+        was written since it asked (``asked``: the record's generation then; None: now)."""
+        if not self._state.holds_lease(self._pid):
+            return False
+        return asked is None or self._state.get(entry.number, WRITTEN) == asked
+
+    def record(self, entry: Entry, lookup: Lookup, asked: float | None = None) -> bool:
+        """Write what ``lookup`` found; False (and nothing written) if it came too late."""
         state, n = self._state, entry.number
+        if not self.current(entry, asked):
+            return False
         previous = state.result(n)
         now = state.clock()
         valid = self._settings.valid
         if lookup.answered:
             addresses = self._kept(entry, lookup.addresses)
-            self._apply(entry, addresses)
+            if not self._apply(entry, addresses, asked):
+                return False
             if state.get(n, FAILING):
                 state.set(n, FAILING, 0)
                 log.warning(
@@ -110,6 +134,9 @@ class Refresher:
             ttl = last if last > 0 else valid
         state.count(n, lookup.result)
         state.set(n, DUE_AT, now + max(MIN_INTERVAL_S, min(valid, ttl)))
+        if not lookup.answered:  # an answer's generation moved with its change, in _apply
+            state.set(n, WRITTEN, state.get(n, WRITTEN) + 1)
+        return True
 
     def _kept(self, entry: Entry, addresses: tuple[Address, ...]) -> tuple[Address, ...]:
         """At most ``max_targets`` addresses (the first, sorted); cutting is warned once."""
@@ -127,12 +154,17 @@ class Refresher:
             )  # fmt: skip
         return addresses[:limit]
 
-    def _apply(self, entry: Entry, addresses: tuple[Address, ...]) -> None:
-        """Make the entry's targets in its pool exactly ``addresses``, in one change."""
+    def _apply(self, entry: Entry, addresses: tuple[Address, ...], asked: float | None) -> bool:
+        """Make the entry's targets in its pool exactly ``addresses``, in one change; False
+        (nothing changed) if, under the table's lock, the answer is no longer current."""
         wanted = {entry.target_url(a): rank for rank, a in enumerate(addresses)}
         added: list[str] = []
         removed: list[str] = []
         with self._table.change() as change:
+            if not self.current(entry, asked):
+                return False
+            # moved under the lock: a late answer checked after this finds the record written
+            self._state.set(entry.number, WRITTEN, self._state.get(entry.number, WRITTEN) + 1)
             members = change.members(entry.pool)
             mine = {m.url for m in members if entry.owns(m)}
             taken = {m.url for m in members if not entry.owns(m)}  # configured, or another entry's
@@ -159,6 +191,7 @@ class Refresher:
                 f"; added {', '.join(added)}" if added else "",
                 f"; removed {', '.join(removed)}" if removed else "",
             )  # fmt: skip
+        return True
 
 
 def describe(entry: Entry, state: DiscoveryState, addresses: list[str]) -> dict[str, object]:

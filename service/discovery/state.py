@@ -1,9 +1,11 @@
 """What discovery shares between the workers of a host, in the shared block.
 
-Per entry: when it was last answered and with which TTL, when it is due again, the last
-lookup's result, whether it is failing (so a failure is logged once and the recovery once,
-whichever worker holds the lease), whether its last answer was cut to ``max_targets``, and a
-counter per result (``lb_discovery_lookups_total``). Plus the lease: one worker of the host
+Per entry: its generation (so that an answer arriving after another was written, by a
+worker that held the lease after this one, is not applied over it), when it was last
+answered and with which TTL, when it is due again, the last lookup's result, whether it is
+failing (so a failure is logged once and the recovery once, whichever worker holds the
+lease), whether its last answer was cut to ``max_targets``, and a counter per result
+(``lb_discovery_lookups_total``). Plus the lease: one worker of the host
 looks names up, not every worker.
 """
 
@@ -16,7 +18,8 @@ from service.discovery.resolver import RESULTS
 from service.sharedmem import LEASE_WIDTH, Lease, Plan, SharedBlock
 
 REFRESHED_AT, TTL, DUE_AT, RESULT, FAILING, TRUNCATED, ADDRESSES = range(7)
-_COUNTERS = 7
+WRITTEN = 7  # the record's generation: one more at every lookup's result written
+_COUNTERS = 8
 _WIDTH = _COUNTERS + len(RESULTS)
 
 
@@ -62,3 +65,7 @@ class DiscoveryState:
 
     def hold_lease(self, pid: int, term_s: float, alive: Callable[[int], bool]) -> bool:
         return self._lease.hold(pid, term_s, alive)
+
+    def holds_lease(self, pid: int) -> bool:
+        """Whether ``pid`` holds the lease now, without renewing or taking it."""
+        return self._lease.held_by(pid)

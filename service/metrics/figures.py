@@ -29,6 +29,9 @@ from service.metrics.store import HIST_BINS, STATUS_CLASSES, WINDOW_S, Snapshot
 Buckets = dict[int, dict[int, float]]  # wall-clock epoch -> {index: value}
 
 WINDOW_RING, HISTOGRAM_RING = "window", "histogram"  # (count, duration sum); latency bins
+# A ring read from another replica: a resolution outside these would divide by zero or make
+# an epoch too large for an integer when a reader computes its window.
+MIN_RESOLUTION_S, MAX_RESOLUTION_S = 0.001, 3600.0
 
 
 @dataclass(slots=True)
@@ -80,7 +83,10 @@ class HostFigures:
             for epoch, indices, values in ring["buckets"]:
                 sum(indices) + sum(values) + epoch  # TypeError unless all are numbers
                 buckets[epoch] = dict(zip(indices, values, strict=True))
-            rings[str(name)] = Ring(float(ring["resolution_s"]), buckets)
+            resolution = float(ring["resolution_s"])
+            if not MIN_RESOLUTION_S <= resolution <= MAX_RESOLUTION_S:
+                raise ValueError(f"ring {name!r}: resolution {resolution!r} s is out of range")
+            rings[str(name)] = Ring(resolution, buckets)
         return cls(
             counters={str(k): float(v) for k, v in data.get("counters", {}).items()},
             gauges={str(k): float(v) for k, v in data.get("gauges", {}).items()},

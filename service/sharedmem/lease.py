@@ -39,3 +39,9 @@ class Lease:
             self._mem[at + _PID] = pid
             self._mem[at + _UNTIL] = now + term_s
         return int(self._mem[at + _PID]) == pid
+
+    def held_by(self, pid: int) -> bool:
+        """Whether ``pid`` holds the lease now (a read: it neither renews nor takes it)."""
+        return (
+            int(self._mem[self._at + _PID]) == pid and self._mem[self._at + _UNTIL] >= self.clock()
+        )
