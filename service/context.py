@@ -19,7 +19,7 @@ from service.features import Gatekeeper, Lookups, RestartOnly, Show
 from service.frontdoor.client import ClientAddresses
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
-from service.pools import PoolLayout, Pools, PoolState, RetryBudget, SlotTable
+from service.pools import PoolLayout, Pools, PoolState, SlotTable
 from service.proxying import Router
 from service.settings import Settings
 from service.sharedmem import Plan, WorkerRow
@@ -57,7 +57,6 @@ class WorkerContext:
     # admission control (service.admission): None when no limit is configured (the proxy's
     # check is then one attribute test)
     gate: Gatekeeper | None = None
-    retry_budget: RetryBudget = field(init=False)
     aggregator: StatsAggregator = field(init=False)
     # the block's region of the ;resolve entries (service.discovery), and their lookups
     # (None without any)
