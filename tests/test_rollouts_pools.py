@@ -133,12 +133,12 @@ def test_a_bad_setting_is_refused_on_reload(tmp_path: Path) -> None:
     try:
         path.write_text(_toml([a.url, b.url], 'sticky_cookie = "bad cookie"\n'))
         os.kill(lb.process.pid, signal.SIGHUP)
-        wait_for(lambda: _lines(lb, "failed, nothing changed"), timeout=5)
+        wait_for(lambda: _lines(lb, "failed, nothing changed"), timeout=15)
         (line,) = _lines(lb, "failed, nothing changed")
         assert "sticky_cookie" in line and "bad cookie" in line
         path.write_text(_toml([a.url, b.url], 'hash_on = "client"\n'))  # without hash
         os.kill(lb.process.pid, signal.SIGHUP)
-        wait_for(lambda: len(_lines(lb, "failed, nothing changed")) == 2, timeout=5)
+        wait_for(lambda: len(_lines(lb, "failed, nothing changed")) == 2, timeout=15)
         assert "hash_on" in _lines(lb, "failed, nothing changed")[1]
         assert lb.client.get("/api/x").status_code == 200  # still serving the good file
     finally:

@@ -131,7 +131,7 @@ async def _exchange(request: Request, outcome: Outcome) -> HTTPResponse | None:
     fields = _fields(outcome)
     cookie = None
     if pool.sticky_cookie and affinity is not None:
-        cookie = sticky_field(request, pool, attempt.target, affinity)
+        cookie = sticky_field(request, attempt.target, affinity)
         fields = fields if cookie is None else [*fields, cookie]
     async with attempt:
         try:

@@ -43,3 +43,9 @@ class HashOn:
 def sticky_id(pool: str, url: str) -> str:
     """A target's cookie value: opaque, stable, the same in every process."""
     return hashlib.sha256(f"{pool}\n{url}".encode()).hexdigest()[:ID_CHARS]
+
+
+def set_cookie(name: str, value: str) -> tuple[bytes, bytes]:
+    """The ``Set-Cookie`` field naming a target, made once per target (``+ b"; Secure"``
+    over TLS): the answers of a client without the cookie each carry it."""
+    return b"Set-Cookie", f"{name}={value}; Path=/; HttpOnly; SameSite=Lax".encode("ascii")

@@ -25,7 +25,7 @@ import httpx
 
 from service.errors import NoTargets, UpstreamError
 from service.metrics.bins import coarse_quantile_ms
-from service.pools.affinity import Affinity, HashOn, sticky_id
+from service.pools.affinity import Affinity, HashOn, set_cookie, sticky_id
 from service.pools.balancing import LeastRequest, RoundRobin
 from service.pools.hashring import HashRing, key_hash
 from service.pools.retries import RetryBudget, RetryRule, backoff
@@ -65,6 +65,7 @@ class Target:
     share: float = field(init=False)  # the weight the pickers use (less while slow-starting)
     joined: float = 0.0  # when its slot joined the pool while serving; 0: at start-up
     sticky_id: str = ""  # its sticky cookie's value, when the pool has one
+    sticky_field: tuple[bytes, bytes] = (b"", b"")  # and the Set-Cookie field naming it
 
     def __post_init__(self) -> None:
         self.base_url = httpx.URL(self.url)
@@ -205,6 +206,7 @@ class Pool:
         if self.sticky_cookie:
             for target in self.targets:
                 target.sticky_id = sticky_id(self.name, target.url)
+                target.sticky_field = set_cookie(self.sticky_cookie, target.sticky_id)
             self._sticky = {t.sticky_id: t for t in self.targets}
 
     def describe(self) -> dict[str, object]:

@@ -25,17 +25,20 @@ def affinity_of(request: Request, pool: Pool) -> Affinity:
             key = request.headers.get(hash_on.name)
         else:
             key = request.cookies.get(hash_on.name)
-    sticky = request.cookies.get(pool.sticky_cookie) if pool.sticky_cookie else None
+    sticky = None
+    if pool.sticky_cookie and "cookie" in request.headers:  # parsed only when there is one
+        sticky = request.cookies.get(pool.sticky_cookie)
     return Affinity(key or None, sticky or None)
 
 
 def sticky_field(
-    request: Request, pool: Pool, target: Target, affinity: Affinity
+    request: Request, target: Target, affinity: Affinity
 ) -> tuple[bytes, bytes] | None:
     """``Set-Cookie`` naming ``target`` when the request's cookie did not (absent, tampered,
     unknown, or naming a target that left rotation); None when it did."""
     if affinity.sticky == target.sticky_id:
         return None
-    secure = "; Secure" if request.conn_info is not None and request.conn_info.ssl else ""
-    value = f"{pool.sticky_cookie}={target.sticky_id}; Path=/; HttpOnly; SameSite=Lax{secure}"
-    return b"Set-Cookie", value.encode("ascii")
+    if request.conn_info is not None and request.conn_info.ssl:
+        name, value = target.sticky_field
+        return name, value + b"; Secure"
+    return target.sticky_field
