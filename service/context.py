@@ -19,7 +19,7 @@ from service.features import Gatekeeper, Lookups, RestartOnly, Show, Traces
 from service.frontdoor.client import ClientAddresses
 from service.logs import AccessLog, RequestIds
 from service.metrics import MetricsLayout, MetricsStore
-from service.pools import PoolLayout, Pools, PoolState, RetryBudget, SlotTable
+from service.pools import PoolLayout, Pools, PoolState, SlotTable
 from service.proxying import Router
 from service.routes import RouteCounters
 from service.settings import Settings
@@ -59,7 +59,6 @@ class WorkerContext:
     # admission control (service.admission): None when no limit is configured (the proxy's
     # check is then one attribute test)
     gate: Gatekeeper | None = None
-    retry_budget: RetryBudget = field(init=False)
     # each proxied request's trace context, and its spans when exported (service.tracing)
     tracing: Traces = field(init=False)
     # each route's requests per backend, in the shared block (bound to ``router``)

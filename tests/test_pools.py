@@ -385,6 +385,10 @@ def test_failed_get_is_retried_once_on_another_target(upstreams, knobs) -> None:
 
 
 def test_retries_stay_within_the_budget(upstreams, knobs) -> None:
+    """Issue 24 changed the budget's floor from 3 retries per 10 s window to 3 retries *in
+    flight* (Envoy's ``min_retry_concurrency``): a lone client's retries are never refused,
+    so each of its requests that met the bad target first is retried and answered 200. The
+    ratio's cap under concurrent retries: tests/test_balancing.py and test_rollouts_pools."""
     bad, good = knobs("bad", get_status=503), knobs("good")
     # 503 counts as a failure here; a huge MAX_FAILS keeps the bad one in rotation
     env = {"API_GATEWAY_MAX_FAILS": "1000000", "API_GATEWAY_FAIL_STATUSES": "503"}
@@ -392,11 +396,9 @@ def test_retries_stay_within_the_budget(upstreams, knobs) -> None:
         statuses = Counter(lb.client.get(f"/api/budget/{i}").status_code for i in range(200))
         total = bad.total() + good.total()
         retries = total - 200
-        assert retries <= 0.2 * 200 + 3, (retries, statuses)
-        assert retries >= 10  # retries do happen until the budget is spent
-        # every request that went to the bad one first and was not retried is a 503
-        assert statuses[503] == bad.total() - retries, (statuses, bad.total(), retries)
-        assert statuses[200] + statuses[503] == 200
+        assert retries == bad.total(), (retries, statuses)  # every one met the bad one once
+        assert retries >= 10
+        assert statuses == Counter({200: 200})
         assert entry(pool_stats(lb), bad)["state"] == "up"  # never ejected
 
 

@@ -25,6 +25,7 @@ from service.logs import HEADER, begin_request, log_request
 from service.metrics import LOCAL, RequestSample
 from service.pools import Pool, RetryRule, Target
 from service.proxying import exchange, websocket_tunnel
+from service.proxying.affinity import affinity_of, sticky_field
 from service.proxying.relay import ProxiedResponse, relay
 from service.proxying.routing import Redirect
 from service.settings import PROXIED_METHODS, ProxySettings
@@ -132,20 +133,29 @@ async def _exchange(request: Request, outcome: Outcome, trace: RequestTrace) -> 
             trace=trace,
         )  # fmt: skip
 
+    affinity = affinity_of(request, pool) if pool.keyed else None
     attempt = await pool.attempt(
-        send, RetryRule.for_method(request.method, body), lb.retry_budget,
-        status=_status, discard=_discard,
+        send, RetryRule.for_method(request.method, body),
+        status=_status, discard=_discard, affinity=affinity,
     )  # fmt: skip
     upstream = attempt.answer
     outcome.status = upstream.status_code
     outcome.target = attempt.target.url
+    fields = _fields(outcome)
+    cookie = None
+    if pool.sticky_cookie and affinity is not None:
+        cookie = sticky_field(request, attempt.target, affinity)
+        fields = fields if cookie is None else [*fields, cookie]
     async with attempt:
         try:
             if request.method == "HEAD":
                 # Sanic sends a HEAD answer's head itself; streaming one through respond()
                 # trips over Sanic's head_response_ignored (a sync function it later awaits).
-                return ProxiedResponse(upstream)
-            size = await relay(request, upstream, _fields(outcome))
+                head = ProxiedResponse(upstream)
+                if cookie is not None:
+                    head.upstream_headers.append(cookie)
+                return head
+            size = await relay(request, upstream, fields)
             if size is None:
                 attempt.failed = True
             else:
@@ -172,7 +182,6 @@ async def _tunnel(
     trace: RequestTrace,
 ) -> HTTPResponse | None:
     """Hand a WebSocket upgrade to a target and relay bytes until either side closes."""
-    lb = request.app.ctx.lb
 
     def open_tunnel(target: Target) -> Awaitable[websocket_tunnel.Opened]:
         return websocket_tunnel.open_tunnel(
@@ -182,7 +191,10 @@ async def _tunnel(
             server_hostname=target.origin or None,
         )  # fmt: skip
 
-    attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, lb.retry_budget)
+    # a sticky cookie or a hash key keeps the socket on its target; no cookie is set on
+    # the 101 (the target's handshake is relayed as it came)
+    affinity = affinity_of(request, pool) if pool.keyed else None
+    attempt = await pool.attempt(open_tunnel, TUNNEL_RETRY, affinity=affinity)
     reader, writer, handshake = attempt.answer
     outcome.status = handshake.status
     outcome.target = attempt.target.url

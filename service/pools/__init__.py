@@ -1,5 +1,6 @@
 """Upstream pools: choosing a target (``balancing``), an attempt's life and passive health
-(``pool``), the retry rule and budget (``retries``), the state every worker shares
+(``pool``), the retry rule, backoff and budget (``retries``), slow start (``slowstart``),
+consistent hashing and sticky cookies (``hashring``, ``affinity``), the state every worker shares
 (``state``), the table of target slots that lets targets come and go while serving
 (``slots``, kept in step by ``sync``) and active health checks (``health_checks``).
 
@@ -14,6 +15,7 @@ from sanic import Sanic
 
 from service.pools import exposition
 from service.pools.build import Pools, build_pools, settled
+from service.pools.affinity import Affinity, HashOn
 from service.pools.pool import Attempt, Pool, Target
 from service.pools.retries import RetryBudget, RetryRule
 from service.pools.slots import ORDER_STEP, Member, SlotsExhausted, SlotTable, capacity_for
@@ -24,7 +26,9 @@ from service.sharedmem import Plan
 
 __all__ = [
     "ORDER_STEP",
+    "Affinity",
     "Attempt",
+    "HashOn",
     "Member",
     "Pool",
     "PoolLayout",
@@ -61,7 +65,6 @@ def startup(app: Sanic) -> None:
         lb.pools = build_pools(
             lb.settings, state=lb.pool_state, table=lb.slots, row=lb.row, clients=lb.clients
         )
-        lb.retry_budget = RetryBudget()
 
     @app.after_server_start
     async def follow_slots_and_check(app: Sanic) -> None:

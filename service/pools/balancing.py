@@ -1,8 +1,9 @@
 """Choosing a target within a pool: weighted power-of-two-choices or smooth round-robin.
 
-Both pickers see the same narrow view of a target (its weight, whether it is available, and
-the requests this worker has outstanding to it) and never touch shared state, so a decision
-costs a few attribute reads and one or two random numbers.
+Both pickers see the same narrow view of a target (its share: its weight, or less while it
+slow-starts, ``service.pools.slowstart``; whether it is available; and the requests this
+worker has outstanding to it) and never touch shared state, so a decision costs a few
+attribute reads and one or two random numbers.
 
 - :class:`LeastRequest` is Envoy's ``LEAST_REQUEST`` / Traefik's ``p2c``: draw two distinct
   targets at random, weighted, and take the one with fewer outstanding requests per unit of
@@ -24,7 +25,7 @@ from typing import Protocol, TypeVar
 
 
 class Candidate(Protocol):
-    weight: int
+    share: float  # the weight the pickers use: the target's weight, less while it ramps up
     outstanding: int
 
     def available(self) -> bool: ...
@@ -37,7 +38,11 @@ class LeastRequest:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._drawn_from: Sequence[Candidate] | None = None
-        self._cumulative: list[int] = []
+        self._cumulative: list[float] = []
+
+    def forget(self) -> None:
+        """The targets' shares changed: sum them afresh at the next draw."""
+        self._drawn_from = None
 
     def pick(self, targets: Sequence[T], exclude: frozenset[int] = frozenset()) -> T:
         if not exclude and len(targets) > 1:
@@ -60,7 +65,7 @@ class LeastRequest:
         # requests (a slow one) loses the draws. With equal weights this is plain P2C.
         # (Comparing with +1 on both sides, as unweighted P2C does, hands an idle pool's
         # requests almost all to the heaviest target; see tests/test_pools.py.)
-        if (second.outstanding + 0.5) / second.weight <= first.outstanding / first.weight:
+        if (second.outstanding + 0.5) / second.share <= first.outstanding / first.share:
             return second
         return first
 
@@ -69,7 +74,7 @@ class LeastRequest:
         among the rest (by rejection; after a few misses, the exact method)."""
         if self._drawn_from is not targets:
             self._drawn_from = targets
-            self._cumulative = list(itertools.accumulate(t.weight for t in targets))
+            self._cumulative = list(itertools.accumulate(t.share for t in targets))
         cumulative, total, rng = self._cumulative, self._cumulative[-1], self._rng
         first = bisect_right(cumulative, rng.random() * total)
         for _ in range(8):
@@ -77,11 +82,11 @@ class LeastRequest:
             if second != first:
                 return targets[first], targets[second]
         rest = [i for i in range(len(targets)) if i != first]
-        second = rng.choices(rest, [targets[i].weight for i in rest])[0]
+        second = rng.choices(rest, [targets[i].share for i in rest])[0]
         return targets[first], targets[second]
 
     def _two(self, pool: Sequence[T]) -> tuple[T, T]:
-        weights = [t.weight for t in pool]
+        weights = [t.share for t in pool]
         first = self._rng.choices(range(len(pool)), weights)[0]
         rest = [i for i in range(len(pool)) if i != first]
         second = self._rng.choices(rest, [weights[i] for i in rest])[0]
@@ -90,16 +95,19 @@ class LeastRequest:
 
 class RoundRobin:
     def __init__(self) -> None:
-        self._current: dict[int, int] = {}
+        self._current: dict[int, float] = {}
+
+    def forget(self) -> None:
+        """The shares changed: the credits carry on (each turn adds the share of now)."""
 
     def pick(self, targets: Sequence[T], exclude: frozenset[int] = frozenset()) -> T:
         pool = _usable(targets, exclude)
-        total = 0
+        total = 0.0
         best: T | None = None
         for target in pool:
             key = id(target)
-            self._current[key] = self._current.get(key, 0) + target.weight
-            total += target.weight
+            self._current[key] = self._current.get(key, 0) + target.share
+            total += target.share
             if best is None or self._current[key] > self._current[id(best)]:
                 best = target
         assert best is not None

@@ -24,6 +24,7 @@ from service.pools.state import (
     EJECTIONS,
     FAIL_STREAK,
     OK_STREAK,
+    RETURNED_AT,
     PoolState,
 )
 from service.settings import ActiveHealth
@@ -84,9 +85,11 @@ class HealthChecker:
             # checks again need not sit out a (possibly long) passive ejection.
             state.set(index, EJECTED_UNTIL, 0)
             state.set(index, EJECTIONS, 0)
+            state.set(index, RETURNED_AT, state.clock())
             log.warning("upstream %s target %s un-ejected (health check)", pool.name, target.url)
         if down and healthy and streak >= active.healthy_threshold:
             state.set(index, ACTIVE_DOWN, 0)
+            state.set(index, RETURNED_AT, state.clock())
             log.warning("upstream %s target %s is up (health check)", pool.name, target.url)
         elif not down and not healthy and streak >= active.unhealthy_threshold:
             state.set(index, ACTIVE_DOWN, 1)

@@ -10,7 +10,9 @@ the worker that makes them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -23,8 +25,11 @@ import httpx
 
 from service.errors import NoTargets, UpstreamError
 from service.metrics.bins import coarse_quantile_ms
+from service.pools.affinity import Affinity, HashOn, set_cookie, sticky_id
 from service.pools.balancing import LeastRequest, RoundRobin
-from service.pools.retries import RetryBudget, RetryRule
+from service.pools.hashring import HashRing, key_hash
+from service.pools.retries import RetryBudget, RetryRule, backoff
+from service.pools.slowstart import SlowStart
 from service.pools.state import (
     ACTIVE_DOWN,
     CHECKED_AT,
@@ -57,10 +62,15 @@ class Target:
     outstanding: int = 0
     recent_failures: deque[float] = field(default_factory=deque)
     origin: str = ""  # the host name a resolved target came from; "" for a configured one
+    share: float = field(init=False)  # the weight the pickers use (less while slow-starting)
+    joined: float = 0.0  # when its slot joined the pool while serving; 0: at start-up
+    sticky_id: str = ""  # its sticky cookie's value, when the pool has one
+    sticky_field: tuple[bytes, bytes] = (b"", b"")  # and the Set-Cookie field naming it
 
     def __post_init__(self) -> None:
         self.base_url = httpx.URL(self.url)
         self.authority = self.base_url.netloc
+        self.share = self.weight
 
     def ejected(self) -> bool:
         return self.state.get(self.index, EJECTED_UNTIL) > self.state.clock()
@@ -129,19 +139,31 @@ class Pool:
         *,
         rng: random.Random | None = None,
     ) -> None:
-        """``rng`` feeds the least-request draws (seeded in tests; the OS seeds it else)."""
+        """``rng`` feeds the least-request draws and the retries' waits (seeded in tests;
+        the OS seeds it else)."""
         self.upstream = upstream
         self.name = upstream.name
         self.targets = tuple(
             Target(first_index + i, i, spec.url, spec.weight, state)
             for i, spec in enumerate(upstream.static_targets)
         )
+        self._rng = rng or random.Random()
+        # hash: requests without a key are balanced by least_request
         self._picker: LeastRequest | RoundRobin = (
-            LeastRequest(rng) if upstream.balance == "least_request" else RoundRobin()
+            RoundRobin() if upstream.balance == "round_robin" else LeastRequest(self._rng)
         )
         self._state = state
         self._single = len(self.targets) == 1
         self._fail_statuses = upstream.passive.fail_statuses
+        self.retry_budget = RetryBudget(ratio=upstream.retry_budget / 100)
+        # Each feature below is None (or "") when not configured: choose() then skips it.
+        self._slow_start = SlowStart(upstream.slow_start, state) if upstream.slow_start else None
+        self.hash_on = HashOn.parse(upstream.hash_on) if upstream.balance == "hash" else None
+        self.sticky_cookie = upstream.sticky_cookie
+        self.keyed = self.hash_on is not None or bool(self.sticky_cookie)  # reads a request
+        self._ring: HashRing | None = None
+        self._sticky: dict[str, Target] = {}
+        self._keyed_targets()
 
     def replace_targets(self, members: Sequence[Member]) -> list[Target]:
         """Make ``members`` (slots of the shared table, in order) this pool's targets; the
@@ -161,6 +183,7 @@ class Pool:
             if target is None:
                 target = Target(member.index, position, member.url, member.weight, self._state)
             target.position, target.weight, target.origin = position, member.weight, member.origin
+            target.joined = member.joined
             if member.origin:  # a Host of our own names the service, as nginx's $proxy_host
                 port = target.base_url.port
                 target.authority = (f"{member.origin}:{port}" if port else member.origin).encode()
@@ -169,7 +192,22 @@ class Pool:
         self._single = len(self.targets) == 1
         if isinstance(self._picker, RoundRobin):
             self._picker = RoundRobin()  # its per-target credit is keyed by object
+        for target in self.targets:
+            target.share = target.weight
+        if self._slow_start is not None:
+            self._slow_start.forget()
+        self._keyed_targets()
         return gone + list(kept.values())
+
+    def _keyed_targets(self) -> None:
+        """The ring and the sticky ids of the current targets (only if configured)."""
+        if self.hash_on is not None:
+            self._ring = HashRing([(t.url, t.weight) for t in self.targets])
+        if self.sticky_cookie:
+            for target in self.targets:
+                target.sticky_id = sticky_id(self.name, target.url)
+                target.sticky_field = set_cookie(self.sticky_cookie, target.sticky_id)
+            self._sticky = {t.sticky_id: t for t in self.targets}
 
     def describe(self) -> dict[str, object]:
         return {
@@ -188,14 +226,51 @@ class Pool:
             if target.url == url:
                 target.contacted(ok)
 
-    def choose(self, tried: frozenset[int] = frozenset()) -> Target:
-        """The target for the next attempt; ``tried`` holds positions already attempted.
+    def choose(
+        self, tried: frozenset[int] = frozenset(), affinity: Affinity | None = None
+    ) -> Target:
+        """The target for the next attempt; ``tried`` holds positions already attempted;
+        ``affinity`` the request's hash key and sticky cookie (None: the pool needs neither).
         Raises :class:`NoTargets` when the pool has none (a name that resolves to nothing)."""
         if self._single:  # the common case: no choice to make, panic or not
             return self.targets[0]
         if not self.targets:
             raise NoTargets(self.name)
+        ramp = self._slow_start
+        if ramp is not None and ramp.due() and ramp.refresh(self.targets):
+            self._picker.forget()
+        if affinity is not None:
+            if affinity.sticky is not None and not tried:
+                target = self._sticky.get(affinity.sticky)
+                if target is not None and target.available():
+                    return target
+            if affinity.key is not None and self._ring is not None:
+                target = self._on_ring(affinity.key, tried)
+                if target is not None:
+                    return target
         return self._picker.pick(self.targets, tried)
+
+    def _on_ring(self, key: str, tried: frozenset[int]) -> Target | None:
+        """The first target in rotation, not yet tried, on the ring from ``key``'s point; with
+        ``HASH_BALANCE_FACTOR``, also under its bound: that percentage of the mean requests
+        in flight (this worker's) per unit of weight, counting this one (consistent hashing
+        with bounded loads, Mirrokni et al.). None: no such target (then least_request)."""
+        targets = self.targets
+        factor = self.upstream.hash_balance_factor
+        per_weight = 0.0
+        if factor:
+            live = [t for t in targets if t.available()] or targets
+            in_flight = sum(t.outstanding for t in live) + 1
+            per_weight = factor / 100 * in_flight / sum(t.weight for t in live)
+        assert self._ring is not None
+        for position in self._ring.walk(key_hash(key)):
+            target = targets[position]
+            if position in tried or not target.available():
+                continue
+            if factor and target.outstanding + 1 > math.ceil(per_weight * target.weight):
+                continue
+            return target
+        return None
 
     def peek(self) -> Target:
         """A target for a read that is not traffic (``/stats``): the first available one,
@@ -208,32 +283,39 @@ class Pool:
         self,
         send: Callable[[Target], Awaitable[T]],
         rule: RetryRule,
-        budget: RetryBudget,
         *,
         status: Callable[[T], int] | None = None,
         discard: Callable[[T], Awaitable[None]] | None = None,
+        affinity: Affinity | None = None,
     ) -> Attempt[T]:
-        """``send`` to a target, and after a failure ``rule`` allows, once more to another.
+        """``send`` to a target, and after a failure ``rule`` allows, again to another, up
+        to ``RETRIES`` times (each after its backoff, each within the pool's retry budget).
 
         Returns the attempt that answered, still open: the caller finishes it (``async
         with attempt:``) once the answer has been relayed. ``status`` reads an answer's
         status: one in the upstream's ``fail_statuses`` is a failure of the target (retried
         if the rule allows, else returned with ``failed`` set); any other is the target
-        answering. ``discard`` drops an answer that is retried. Raises the last
-        :class:`UpstreamError`, naming the target it came from.
+        answering. ``discard`` drops an answer that is retried. ``affinity``: see
+        :meth:`choose`. Raises the last :class:`UpstreamError`, naming the target it came
+        from.
         """
+        budget = self.retry_budget
         budget.request()
         tried: frozenset[int] = frozenset()
+        retries = 0
         while True:
-            attempt: Attempt[T] = Attempt(self, self.choose(tried))
-            may_retry = not tried and len(self.targets) > 1
+            target = self.choose(tried, affinity)
+            attempt: Attempt[T] = Attempt(self, target, budget if retries else None)
+            may_retry = retries < self.upstream.retries and len(self.targets) > 1
             try:
-                answer = await send(attempt.target)
+                answer = await send(target)
             except UpstreamError as error:
                 attempt.finish(failed=True)
-                error.target = attempt.target.url
+                error.target = target.url
                 if may_retry and rule.after_error(error) and budget.try_spend():
-                    tried = frozenset({attempt.target.position})
+                    retries += 1
+                    tried = tried | {target.position}
+                    await self._back_off(retries)
                     continue
                 raise
             except BaseException:
@@ -241,13 +323,30 @@ class Pool:
                 raise
             failed = status is not None and status(answer) in self._fail_statuses
             if failed and may_retry and rule.after_failed_answer() and budget.try_spend():
-                if discard is not None:
-                    await discard(answer)
-                attempt.finish(failed=True)
-                tried = frozenset({attempt.target.position})
+                retries += 1
+                tried = tried | {target.position}
+                try:
+                    if discard is not None:
+                        await discard(answer)
+                except BaseException:
+                    budget.ended()
+                    raise
+                finally:
+                    attempt.finish(failed=True)
+                await self._back_off(retries)
                 continue
             attempt.answer, attempt.failed = answer, failed
             return attempt
+
+    async def _back_off(self, retry: int) -> None:
+        """Wait before retry number ``retry`` (spent already: given back if cancelled)."""
+        delay = backoff(retry, self.upstream.retry_backoff, self._rng)
+        if delay:
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                self.retry_budget.ended()
+                raise
 
     def started(self, target: Target) -> None:
         target.outstanding += 1
@@ -301,12 +400,14 @@ class Attempt(Generic[T]):
     the block. ``answer`` is what the target answered.
     """
 
-    __slots__ = ("_done", "_started", "answer", "failed", "pool", "target")
+    __slots__ = ("_done", "_retry", "_started", "answer", "failed", "pool", "target")
 
-    def __init__(self, pool: Pool, target: Target) -> None:
+    def __init__(self, pool: Pool, target: Target, retry: RetryBudget | None = None) -> None:
+        """``retry``: the budget this attempt is a retry of (it is in flight until done)."""
         self.pool, self.target = pool, target
         self.failed = False
         self._done = False
+        self._retry = retry
         pool.started(target)
         self._started = time.perf_counter()
 
@@ -314,6 +415,8 @@ class Attempt(Generic[T]):
         if not self._done:
             self._done = True
             self.pool.finished(self.target, time.perf_counter() - self._started, failed=failed)
+            if self._retry is not None:
+                self._retry.ended()
 
     async def __aenter__(self) -> Attempt[T]:
         return self

@@ -9,11 +9,14 @@ getting an answer, or an answer whose status the operator listed in ``FAIL_STATU
 - otherwise only idempotent requests are retried (RFC 9110 §9.2.2), and only while nothing
   of the response has reached the client;
 - a request whose body has started to stream is never retried: the body cannot be replayed;
-- retries are at most a fifth of the requests of the last 10 s (:class:`RetryBudget`).
+- a pool retries up to ``RETRIES`` times, each time after a wait drawn by :func:`backoff`;
+- retries are at most ``RETRY_BUDGET`` percent of the pool's requests of the last 10 s, with
+  3 in flight always allowed (:class:`RetryBudget`).
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,16 +63,31 @@ _NO_BODY_IDEMPOTENT = RetryRule(idempotent=True)
 _NO_BODY_OTHER = RetryRule(idempotent=False)
 
 
+BACKOFF_CAP = 10  # the longest wait, in bases (Envoy: 25 ms base, 250 ms at most)
+
+
+def backoff(retry: int, base: float, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``retry`` (1, 2, ...): full jitter (AWS's
+    "Exponential Backoff and Jitter"), uniform in [0, base x 2^(retry-1)], never above
+    ``BACKOFF_CAP`` bases, so clients that failed together do not retry together."""
+    if base <= 0:
+        return 0.0
+    return rng.uniform(0.0, base * min(2 ** (retry - 1), BACKOFF_CAP))
+
+
 class RetryBudget:
     """Retries may be at most ``ratio`` of the requests of the last ``window_s`` seconds.
 
-    Envoy's retry budget: an outage cannot turn every request into two. ``floor`` retries
-    are always allowed per window so that a quiet service can still retry at all. Counts
-    are kept in one-second buckets, so memory does not depend on the traffic.
+    Envoy's retry budget: an outage cannot turn every request into two. ``floor`` retries in
+    flight are always allowed (Envoy's ``min_retry_concurrency``), so that a quiet service,
+    or a lone client, can still retry at all: a retry is in flight from :meth:`try_spend`
+    until :meth:`ended`. Counts are kept in one-second buckets, so memory does not depend on
+    the traffic. Each pool has its own (``RETRY_BUDGET`` percent), per worker.
     """
 
     def __init__(self, ratio: float = 0.2, window_s: int = 10, floor: int = 3) -> None:
         self._ratio, self._window, self._floor = ratio, window_s, floor
+        self.in_flight = 0
         self._buckets: dict[int, list[int]] = {}  # second -> [requests, retries]
         self._second, self._bucket = -1, [0, 0]  # the current second's bucket, at hand
 
@@ -89,9 +107,15 @@ class RetryBudget:
 
     def try_spend(self, now: float | None = None) -> bool:
         current = self._current(now)
-        requests = sum(b[0] for b in self._buckets.values())
-        retries = sum(b[1] for b in self._buckets.values())
-        if retries >= max(self._floor, self._ratio * requests):
-            return False
+        if self.in_flight >= self._floor:
+            requests = sum(b[0] for b in self._buckets.values())
+            retries = sum(b[1] for b in self._buckets.values())
+            if retries >= self._ratio * requests:
+                return False
         current[1] += 1
+        self.in_flight += 1
         return True
+
+    def ended(self) -> None:
+        """A retry that :meth:`try_spend` allowed is over (answered, failed or dropped)."""
+        self.in_flight -= 1

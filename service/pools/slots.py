@@ -40,6 +40,7 @@ Contract
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,10 +63,10 @@ _P_NAME_LEN, _P_REQUESTS, _P_FAILURES, _P_TARGETS = range(4)
 _P_NAME = 4
 _POOL_WIDTH = _P_NAME + _NAME_BYTES // 8
 # a slot (shared): state, pool (directory position + 1), weight, order, the generation that
-# released it, then "url\norigin" as UTF-8
+# released it, when it joined its pool (monotonic; 0: at start-up), then "url\norigin" as UTF-8
 _FREE, _IN_USE, _DRAINING_SLOT = 0, 1, 2
-_S_STATE, _S_POOL, _S_WEIGHT, _S_ORDER, _S_RELEASED, _S_KEY_LEN = range(6)
-_S_KEY = 6
+_S_STATE, _S_POOL, _S_WEIGHT, _S_ORDER, _S_RELEASED, _S_JOINED, _S_KEY_LEN = range(7)
+_S_KEY = 7
 _KEY_BYTES = 512
 _SLOT_WIDTH = _S_KEY + _KEY_BYTES // 8
 
@@ -83,6 +84,7 @@ class Member:
     weight: int
     origin: str  # "" for a configured target, else the host name it was resolved from
     order: float
+    joined: float = 0.0  # when it joined its pool while serving (monotonic); 0: at start-up
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +204,9 @@ class SlotTable:
             for upstream in settings.upstreams:
                 change.pool(upstream.name)
                 for spec, order in _configured(upstream):
-                    change.acquire(upstream.name, spec.url, weight=spec.weight, order=order)
+                    change.acquire(
+                        upstream.name, spec.url, weight=spec.weight, order=order, joined=0.0
+                    )
             change.begin()
             self._mem[header + _SEEDED] = 1
         return True
@@ -283,7 +287,9 @@ class SlotTable:
             if mem[at + _S_STATE] != _IN_USE:
                 continue
             url, origin = self._key(at)
-            member = Member(slot, url, int(mem[at + _S_WEIGHT]), origin, mem[at + _S_ORDER])
+            member = Member(
+                slot, url, int(mem[at + _S_WEIGHT]), origin, mem[at + _S_ORDER], mem[at + _S_JOINED]
+            )
             found.setdefault(int(mem[at + _S_POOL]) - 1, []).append(member)
         return {
             self._pool_name(position): tuple(sorted(members, key=lambda m: (m.order, m.index)))
@@ -335,10 +341,20 @@ class Change:
         raise SlotsExhausted(f"no room for pool {name!r}: {table.layout.pools} pools at most")
 
     def acquire(
-        self, pool: str, url: str, *, weight: int = 1, origin: str = "", order: float = 0.0
+        self,
+        pool: str,
+        url: str,
+        *,
+        weight: int = 1,
+        origin: str = "",
+        order: float = 0.0,
+        joined: float | None = None,
     ) -> int:
         """The slot of ``(pool, url)``: the one it has (kept as it is, or revived if it was
-        draining), else a free one, zeroed. Raises :class:`SlotsExhausted` when none is free."""
+        draining), else a free one, zeroed. Raises :class:`SlotsExhausted` when none is free.
+
+        A key that was not in use joins its pool at ``joined`` (now when None: the one
+        instant every worker's slow start counts from; 0 for the targets of start-up)."""
         table, mem = self._table, self._mem
         position = self.pool(pool)
         data = f"{url}\n{origin}".encode()
@@ -360,6 +376,8 @@ class Change:
         self.begin()
         if state == _DRAINING_SLOT:
             mem[table.layout.header.at + _DRAINING] -= 1
+        if state != _IN_USE:
+            mem[at + _S_JOINED] = time.monotonic() if joined is None else joined
         mem[at + _S_STATE] = _IN_USE
         mem[at + _S_POOL] = position + 1
         mem[at + _S_WEIGHT] = weight

@@ -1,7 +1,8 @@
 """Per-target state that every worker of a host must agree on, on the shared block.
 
 - *Shared per target* (one copy for the host): when its ejection ends, how many times in a
-  row it has been ejected, and the active health checker's verdict. Any worker may eject a
+  row it has been ejected, the active health checker's verdict, and when the checker last
+  brought it back (``service.pools.slowstart`` ramps it from there). Any worker may eject a
   target; only the worker that holds the checker lease writes the active verdict.
 - *Per worker, per target* (in each worker's row, written only by that worker): outstanding
   requests, requests, failures and a ring of 1 s latency buckets (count, duration sum and a
@@ -26,9 +27,11 @@ WINDOW = TimeRing(resolution_s=1.0, in_window=10, slots=12, values=2 + COARSE_BI
 _HIST = 2
 
 # shared, per target; LAST_CONTACT: 0 never contacted, 1 answered, -1 failed (the last of a
-# proxied attempt, an active check or a /stats call, whichever came last)
-EJECTED_UNTIL, EJECTIONS, ACTIVE_DOWN, OK_STREAK, FAIL_STREAK, CHECKED_AT, LAST_CONTACT = range(7)
-_SHARED_WIDTH = 7
+# proxied attempt, an active check or a /stats call, whichever came last); RETURNED_AT: when
+# the active checker last brought it back into rotation (the start of its slow start)
+(EJECTED_UNTIL, EJECTIONS, ACTIVE_DOWN, OK_STREAK, FAIL_STREAK, CHECKED_AT, LAST_CONTACT,
+ RETURNED_AT) = range(8)  # fmt: skip
+_SHARED_WIDTH = 8
 # per worker, per target
 OUTSTANDING, REQUESTS, FAILURES = range(3)
 _RING_AT = 3

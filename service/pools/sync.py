@@ -78,6 +78,10 @@ class TargetSync:
 
 def _same(targets: tuple[Target, ...], members: tuple[Member, ...]) -> bool:
     return len(targets) == len(members) and all(
-        t.index == m.index and t.url == m.url and t.weight == m.weight and t.origin == m.origin
+        t.index == m.index
+        and t.url == m.url
+        and t.weight == m.weight
+        and t.origin == m.origin
+        and t.joined == m.joined
         for t, m in zip(targets, members, strict=True)
     )

@@ -86,7 +86,12 @@ EXPECTED = {
     "ratio": "a number from 0 to 1",
     "underscores": f"one of {model.UNDERSCORES}",
     "ipv6_prefix": "a prefix length from 1 to 128",
+    "hash_on": "client, header:NAME or cookie:NAME (NAME a header or cookie name)",
+    "balance_factor": "0 (off) or a whole percentage above 100, such as 125",
+    "cookie_name": "a cookie name (RFC 6265 token: letters, digits and !#$%&'*+-.^_`|~)",
 }
+# RFC 6265 section 4.1.1: a cookie name is an RFC 2616 token (also what a header name is)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _parse(kind: str, name: str, raw: Any) -> Any:
@@ -236,6 +241,29 @@ def _stall_timeout(raw: Any, text: str) -> float:
     return value
 
 
+def _hash_on(raw: Any, text: str) -> str:
+    """``client``, ``header:NAME`` or ``cookie:NAME``; the NAME a token, as written."""
+    if text == "client":
+        return text
+    kind, _, name = text.partition(":")
+    if kind not in ("header", "cookie") or not _TOKEN.fullmatch(name.strip()):
+        raise ValueError
+    return f"{kind}:{name.strip()}"
+
+
+def _balance_factor(raw: Any, text: str) -> int:
+    value = _whole(0)(raw, text)
+    if 0 < value <= 100:  # at or under the mean, no target could take its share
+        raise ValueError
+    return value
+
+
+def _cookie_name(raw: Any, text: str) -> str:
+    if text and not _TOKEN.fullmatch(text):
+        raise ValueError
+    return text
+
+
 def _statuses(raw: Any, text: str) -> frozenset[int]:
     """Server-error statuses (a TOML list or a comma-separated string); empty: none. Only
     5xx: a 4xx is about the request, never a sign that the instance is sick."""
@@ -323,6 +351,9 @@ _PARSERS = {
     "ratio": _ratio,
     "underscores": _choice(model.UNDERSCORES),
     "ipv6_prefix": _whole(1, 128),
+    "hash_on": _hash_on,
+    "balance_factor": _balance_factor,
+    "cookie_name": _cookie_name,
 }
 
 
@@ -409,6 +440,23 @@ def _upstream_values(
     return values
 
 
+def _hash_needs_hash(
+    own: Mapping[str, Any], item: Mapping[str, Any], env: Mapping[str, str], prefix: str, name: str
+) -> None:
+    """``HASH_ON`` and ``HASH_BALANCE_FACTOR`` mean something only with ``BALANCE=hash``:
+    given without it, they are a mistake (the operator believes requests are hashed)."""
+    if own.get("balance") == "hash":
+        return
+    for key, suffix in (("hash_on", "HASH_ON"), ("hash_balance_factor", "HASH_BALANCE_FACTOR")):
+        var = f"{prefix}_{suffix}"
+        if var in env or key in item:
+            given = var if var in env else f"{name}.{key}"
+            raise SettingsError(
+                f"{given} is set but {prefix}_BALANCE is {own.get('balance', 'least_request')!r}"
+                ": it needs BALANCE=hash"
+            )
+
+
 def _upstreams(
     table: list[Mapping[str, Any]], env: Mapping[str, str]
 ) -> tuple[model.Upstream, ...]:
@@ -420,6 +468,7 @@ def _upstreams(
         url_env, name = str(item["url_env"]), str(item["name"])
         prefix = _env_prefix(url_env)
         own = _upstream_values("upstream", item, name, env, prefix)
+        _hash_needs_hash(own, item, env, prefix, name)
         passive = _upstream_values("passive", item, name, env, prefix)
         health = shapes.table(item, "health", f"[[upstreams]] {name!r} health")
         active = _upstream_values("active", health, f"{name}.health", env, prefix)

@@ -62,7 +62,7 @@ class ActiveHealth:
     unhealthy_threshold: int = 2
 
 
-BALANCERS = ("least_request", "round_robin")
+BALANCERS = ("least_request", "round_robin", "hash")
 LOG_FORMATS = ("text", "json")
 UNDERSCORES = ("drop", "pass", "reject")
 
@@ -79,6 +79,15 @@ class Upstream:
     # requests in flight to the pool across the host's workers above which a request gets
     # 503 at once (Envoy's circuit breaker); 0: no limit (service.admission)
     max_requests: int = 0
+    # rollouts and affinity (docs/pools.md): the ramp of a target that joins while serving,
+    # the retries, and what keeps a client on one target
+    slow_start: float = 0.0  # seconds; 0: off
+    retries: int = 1  # after the first attempt
+    retry_backoff: float = 0.025  # seconds: the base of the full-jitter wait; 0: at once
+    retry_budget: int = 20  # retries in percent of the pool's requests of the last 10 s
+    hash_on: str = "client"  # with balance "hash": "client", "header:NAME" or "cookie:NAME"
+    hash_balance_factor: int = 0  # in percent of the mean requests in flight; 0: off
+    sticky_cookie: str = ""  # a cookie name; "": off
 
     @property
     def url(self) -> str:
@@ -505,7 +514,14 @@ VARIABLES = (
     Variable("{PREFIX}_HEALTH_TIMEOUT", "active", "timeout", "seconds", "seconds one check may take"),
     Variable("{PREFIX}_HEALTH_HEALTHY_THRESHOLD", "active", "healthy_threshold", "positive_int", "passing checks in a row that bring a target back"),
     Variable("{PREFIX}_HEALTH_UNHEALTHY_THRESHOLD", "active", "unhealthy_threshold", "positive_int", "failing checks in a row that take a target out"),
-    Variable("{PREFIX}_BALANCE", "upstream", "balance", "balance", "least_request (P2C) or round_robin"),
+    Variable("{PREFIX}_BALANCE", "upstream", "balance", "balance", "least_request (P2C), round_robin, or hash (consistent hashing on HASH_ON)"),
+    Variable("{PREFIX}_SLOW_START", "upstream", "slow_start", "size_seconds", "seconds over which a target that joins while serving (added, back from ejection or down) ramps from 10 % of its weight to all of it; 0: off"),
+    Variable("{PREFIX}_RETRIES", "upstream", "retries", "size", "retries after the first attempt, each on a target not yet tried while one is left; 0: none"),
+    Variable("{PREFIX}_RETRY_BACKOFF", "upstream", "retry_backoff", "size_seconds", "seconds: the base of the wait before a retry, drawn from [0, base x 2^(n-1)] (at most 10x base); 0: at once"),
+    Variable("{PREFIX}_RETRY_BUDGET", "upstream", "retry_budget", "size", "retries in percent of the pool's requests of the last 10 s (per worker; 3 in flight always allowed)"),
+    Variable("{PREFIX}_HASH_ON", "upstream", "hash_on", "hash_on", "with BALANCE=hash: client, header:NAME or cookie:NAME; a request without the key is balanced by least_request"),
+    Variable("{PREFIX}_HASH_BALANCE_FACTOR", "upstream", "hash_balance_factor", "balance_factor", "with BALANCE=hash: no target takes more than this percent of the mean requests in flight (bounded loads; e.g. 125); 0: off"),
+    Variable("{PREFIX}_STICKY_COOKIE", "upstream", "sticky_cookie", "cookie_name", "a cookie name: requests carrying it stay on one target while it is in rotation; unset: off"),
     Variable("{PREFIX}_MAX_REQUESTS", "upstream", "max_requests", "size", "requests in flight to the pool across the host above which a request gets 503 at once; 0: no limit"),
 )
 # fmt: on
