@@ -36,13 +36,14 @@ __all__ = ["RESTART_ONLY", "RequestTrace", "Tracing", "check_lines", "error_type
 RESTART_ONLY = RestartOnly(sections=("tracing",))
 
 
-def reserve(plan: Plan, settings: Settings) -> Region | None:
-    """This feature's counters in every worker row, when spans are exported."""
+def reserve(plan: Plan, settings: Settings) -> tuple[Region, Region] | None:
+    """This feature's counters in every worker row, and the host's export state (failing
+    or not), when spans are exported."""
     if not settings.tracing.export_url:
         return None
     from service.tracing.export import WIDTH
 
-    return plan.per_worker(WIDTH)
+    return plan.per_worker(WIDTH), plan.shared(1)
 
 
 def check_lines(settings: Settings) -> CheckLines:
@@ -63,9 +64,10 @@ def startup(app: Sanic) -> None:
     tracing = lb.settings.tracing
     decide = sampler(tracing.sampler, tracing.sampler_arg)
     lb.tracing = Tracing(decide)
-    region = reserve(lb.plan, lb.settings)
-    if region is None:
+    regions = reserve(lb.plan, lb.settings)
+    if regions is None:
         return
+    region, state = regions
     running: list[Exporter] = []
 
     def read() -> Entry:
@@ -82,7 +84,7 @@ def startup(app: Sanic) -> None:
     async def build_exporter(app: Sanic) -> None:
         from service.tracing.export import Counters, Exporter
 
-        exporter = Exporter(tracing, Counters(lb.row, region))
+        exporter = Exporter(tracing, Counters(lb.row, region, state))
         running.append(exporter)
         lb.tracing = Tracing(decide, exporter)
 

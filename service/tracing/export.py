@@ -38,14 +38,27 @@ WIDTH = 2
 
 
 class Counters:
-    """This worker's span counters, in its row (``/stats`` and ``/metrics`` sum the rows)."""
+    """This worker's span counters, in its row (``/stats`` and ``/metrics`` sum the rows),
+    and the host's one word saying whether exporting fails now (``state``, shared)."""
 
-    def __init__(self, row: WorkerRow, region: Region) -> None:
+    def __init__(self, row: WorkerRow, region: Region, state: Region) -> None:
         self._mem = row.block.mem
         self._at = row.at + region.at
+        self._state = state.at
 
     def add(self, which: int, count: int) -> None:
         self._mem[self._at + which] += count
+
+    def news(self, failing: bool) -> bool:
+        """Record whether exporting fails; True when that is news for the host, so the
+        failure and the recovery are logged once per host, not once per worker. (Two
+        workers changing it in the same microsecond may both log: a read and a write
+        with no await between them, across processes.)"""
+        was = self._mem[self._state] != 0.0
+        if was == failing:
+            return False
+        self._mem[self._state] = 1.0 if failing else 0.0
+        return True
 
 
 def resource_of(settings: TracingSettings) -> list[tuple[str, str | int]]:
@@ -77,7 +90,6 @@ class Exporter:
         self._client = httpx.AsyncClient(trust_env=False, timeout=timeout)
         self._queue: list[Span] = []
         self._full = asyncio.Event()
-        self._failing = False
         self._task = Background(self._run)
 
     def add(self, span: Span) -> None:
@@ -128,15 +140,13 @@ class Exporter:
             failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if failure:
             self._counters.add(DROPPED, len(batch))
-            if not self._failing:
-                self._failing = True
+            if self._counters.news(failing=True):
                 log.warning(
                     "span export to %s failed (%s): spans are dropped (and counted, "
                     "lb_tracing_spans_dropped_total) until it works again", self._url, failure,
                 )  # fmt: skip
             return False
         self._counters.add(EXPORTED, len(batch))
-        if self._failing:
-            self._failing = False
+        if self._counters.news(failing=False):
             log.warning("span export to %s works again", self._url)
         return True
