@@ -43,6 +43,17 @@ class Figures(Protocol):
 
 
 Families = Callable[[Figures], Iterable["Metric"]]
+
+
+def family_of_section(
+    report: Figures, name: str, family: Callable[[Any], Metric]
+) -> Iterable[Metric]:
+    """The one family ``family`` makes from the ``/stats`` section ``name``; none when the
+    section is absent (the feature is not configured)."""
+    section = report.sections.get(name)
+    return () if section is None else (family(section),)
+
+
 # (history) -> this host's figures merged with other replicas', and the section saying how
 ReadFigures = Callable[[bool], Awaitable[tuple[Snapshot, Entry]]]
 

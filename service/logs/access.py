@@ -20,6 +20,8 @@ and must not wait for a flush.
 
 from __future__ import annotations
 
+from typing import Any
+
 import logging
 import os
 import sys
@@ -108,12 +110,8 @@ class AccessLog:
                 f'"target":{_json(target)},"status":{status},"bytes":{size},'
                 f'"duration_ms":{duration_ms}'
             )
-            if dropped:
-                text += f',"dropped_headers":{dropped}'
-            if reason:
-                text += f',"reason":{_json(reason)}'
-            if trace is not None:
-                text += f',"trace_id":"{trace.trace_id}","span_id":"{trace.span_id}"'
+            for name, value, _ in _extras(dropped, reason, trace):
+                text += f',"{name}":{value}'
             line = (text + "}").encode("utf-8", "backslashreplace")
         else:
             text = (
@@ -122,12 +120,8 @@ class AccessLog:
                 f"target={_text(target)} status={status} bytes={size} "
                 f"duration_ms={duration_ms} request_id={request_id or '-'}"
             )
-            if dropped:
-                text += f" dropped_headers={dropped}"
-            if reason:
-                text += f" reason={_text(reason)}"
-            if trace is not None:
-                text += f" trace_id={trace.trace_id} span_id={trace.span_id}"
+            for name, _, value in _extras(dropped, reason, trace):
+                text += f" {name}={value}"
             line = text.encode("utf-8", "backslashreplace")
         self._lines.append(line)
         if len(self._lines) >= self._max_lines:
@@ -184,3 +178,18 @@ def log_request(
         )  # fmt: skip
     if access is not None:
         access.write(request, done, duration_s)
+
+
+def _extras(dropped: int, reason: str, trace: Any) -> list[tuple[str, str, str]]:
+    """The fields a line has only sometimes, after the fixed ones: ``(name, as JSON, as
+    text)``, in this order: header fields not forwarded, why the front door refused the
+    request, the proxied request's trace (``service.tracing``)."""
+    extras = []
+    if dropped:
+        extras.append(("dropped_headers", str(dropped), str(dropped)))
+    if reason:
+        extras.append(("reason", _json(reason), _text(reason)))
+    if trace is not None:
+        extras.append(("trace_id", f'"{trace.trace_id}"', trace.trace_id))
+        extras.append(("span_id", f'"{trace.span_id}"', trace.span_id))
+    return extras

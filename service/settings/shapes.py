@@ -19,23 +19,20 @@ class ShapeError(ValueError):
     """A part of the document that has the wrong TOML type; the message names its key."""
 
 
+_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"),  # before int: a bool is an int to isinstance
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (Mapping, "a table"),
+    ((dt.date, dt.time), "a date or time"),
+)
+
+
 def kind_of(value: Any) -> str:
     """The TOML name of ``value``'s type, for a message."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, dt.date | dt.time):
-        return "a date or time"
-    return type(value).__name__
+    return next((name for kind, name in _KINDS if isinstance(value, kind)), type(value).__name__)
 
 
 def _wrong(label: str, expected: str, value: Any) -> ShapeError:

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from service.features import Figures
+from service.features import Entry, Figures, family_of_section
 
 ORDER = 10  # first after the core families (as published)
 
 
-def families(report: Figures) -> Iterator[Metric]:
+def families(report: Figures) -> Iterable[Metric]:
     """``lb_tls_certificate_expiry_seconds`` of the served certificate."""
-    tls = report.sections.get("tls")
-    if tls is None:
-        return
+    return family_of_section(report, "tls", _expiry)
+
+
+def _expiry(tls: Entry) -> Metric:
     expiry = GaugeMetricFamily(
         "lb_tls_certificate_expiry_seconds",
         "Seconds until the served TLS certificate expires (negative: expired).",
         labels=["subject"],
     )
     expiry.add_metric([tls["subject"]], tls["expires_in_s"])
-    yield expiry
+    return expiry

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from service.features import Entry, Figures
+from service.features import Entry, Figures, family_of_section
 
 ORDER = 60  # after admission's (the last published before it)
 
 
-def families(report: Figures) -> Iterator[Metric]:
+def families(report: Figures) -> Iterable[Metric]:
     """``lb_tracing_spans_dropped_total``: spans a full queue or a failed export cost."""
-    tracing = report.sections.get("tracing")
-    if tracing is None:
-        return
+    return family_of_section(report, "tracing", _dropped)
+
+
+def _dropped(tracing: Entry) -> Metric:
     dropped = CounterMetricFamily(
         "lb_tracing_spans_dropped_total",
         "Spans not exported: the queue was full, or their export failed (this host).",
     )
     dropped.add_metric([], tracing["spans_dropped"])
-    yield dropped
+    return dropped
 
 
 def section(url: str, sampler: str, exported: int, dropped: int) -> Entry:
