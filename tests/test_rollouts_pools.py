@@ -132,6 +132,11 @@ def test_a_bad_setting_is_refused_on_reload(tmp_path: Path) -> None:
     lb = LoadBalancer(clean_env({"LB_CONFIG": str(path), "LB_ACCESS_LOG": "false"}), workers=None)
     try:
         path.write_text(_toml([a.url, b.url], 'sticky_cookie = "bad cookie"\n'))
+        # Known and not yet understood: under load, a SIGHUP sent within moments of a
+        # --single-process service first answering was lost (1 run in 5 with both cores
+        # busy; never with this pause, 10 of 10). Left for a later session to find; this
+        # test is about the refusal, not the start-up race.
+        time.sleep(1.0)
         os.kill(lb.process.pid, signal.SIGHUP)
         wait_for(lambda: _lines(lb, "failed, nothing changed"), timeout=15)
         (line,) = _lines(lb, "failed, nothing changed")
