@@ -46,12 +46,22 @@ Families = Callable[[Figures], Iterable["Metric"]]
 
 
 def family_of_section(
-    report: Figures, name: str, family: Callable[[Any], Metric]
+    report: Figures,
+    name: str,
+    kind: Callable[..., Metric],
+    metric: tuple[str, str, list[str]],
+    sample: Callable[[Any], tuple[list[str], float]],
 ) -> Iterable[Metric]:
-    """The one family ``family`` makes from the ``/stats`` section ``name``; none when the
-    section is absent (the feature is not configured)."""
+    """The one family a feature shows in ``/metrics``, made from its ``/stats`` section
+    ``name`` (none when the section is absent: the feature is not configured): ``kind``
+    (``GaugeMetricFamily``...) with ``metric`` (its name, help and label names) and one
+    sample, ``sample(section)`` (the labels' values and the value)."""
     section = report.sections.get(name)
-    return () if section is None else (family(section),)
+    if section is None:
+        return ()
+    family = kind(*metric[:2], labels=metric[2])
+    family.add_metric(*sample(section))
+    return (family,)
 
 
 # (history) -> this host's figures merged with other replicas', and the section saying how

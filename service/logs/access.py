@@ -97,32 +97,30 @@ class AccessLog:
         duration_ms = round(duration_s * 1000.0, 3)
         client = self._client(request) if self._client is not None else request.ip
         dropped: int = getattr(request.ctx, "dropped_headers", 0)
+        extras = _extras(dropped, reason, trace)
         if self._json:
             # A template rather than a dict through orjson (2.2 vs 6.7 µs a line, measured);
             # only the values a client controls are escaped (the method is a token, the
             # request id a sane token, route and pid are ours).
             path = request.path
-            text = (
+            line = (
                 f'{{"time":"{stamp}","level":"INFO","worker":{self._pid},"logger":"{LOGGER}",'
                 f'"message":{_json(f"{request.method} {path} {status}")},'
                 f'"request_id":"{request_id}","client":{_json(client)},'
                 f'"method":"{request.method}","path":{_json(path)},"route":"{route}",'
                 f'"target":{_json(target)},"status":{status},"bytes":{size},'
                 f'"duration_ms":{duration_ms}'
-            )
-            for name, value, _ in _extras(dropped, reason, trace):
-                text += f',"{name}":{value}'
-            line = (text + "}").encode("utf-8", "backslashreplace")
+                + "".join(f',"{name}":{value}' for name, value, _ in extras)
+                + "}"
+            ).encode("utf-8", "backslashreplace")
         else:
-            text = (
+            line = (
                 f"{stamp} INFO worker={self._pid} {LOGGER}: client={_text(client)} "
                 f"method={request.method} path={_text(request.path)} route={route or '-'} "
                 f"target={_text(target)} status={status} bytes={size} "
                 f"duration_ms={duration_ms} request_id={request_id or '-'}"
-            )
-            for name, _, value in _extras(dropped, reason, trace):
-                text += f" {name}={value}"
-            line = text.encode("utf-8", "backslashreplace")
+                + "".join(f" {name}={value}" for name, _, value in extras)
+            ).encode("utf-8", "backslashreplace")
         self._lines.append(line)
         if len(self._lines) >= self._max_lines:
             self.flush()

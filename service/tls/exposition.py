@@ -6,21 +6,24 @@ from collections.abc import Iterable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from service.features import Entry, Figures, family_of_section
+from service.features import Figures, family_of_section
 
 ORDER = 10  # first after the core families (as published)
 
 
+EXPIRY = (
+    "lb_tls_certificate_expiry_seconds",
+    "Seconds until the served TLS certificate expires (negative: expired).",
+    ["subject"],
+)
+
+
 def families(report: Figures) -> Iterable[Metric]:
     """``lb_tls_certificate_expiry_seconds`` of the served certificate."""
-    return family_of_section(report, "tls", _expiry)
-
-
-def _expiry(tls: Entry) -> Metric:
-    expiry = GaugeMetricFamily(
-        "lb_tls_certificate_expiry_seconds",
-        "Seconds until the served TLS certificate expires (negative: expired).",
-        labels=["subject"],
+    return family_of_section(
+        report,
+        "tls",
+        GaugeMetricFamily,
+        EXPIRY,
+        lambda tls: ([tls["subject"]], tls["expires_in_s"]),
     )
-    expiry.add_metric([tls["subject"]], tls["expires_in_s"])
-    return expiry

@@ -11,18 +11,18 @@ from service.features import Entry, Figures, family_of_section
 ORDER = 60  # after admission's (the last published before it)
 
 
+DROPPED = (
+    "lb_tracing_spans_dropped_total",
+    "Spans not exported: the queue was full, or their export failed (this host).",
+    [],
+)
+
+
 def families(report: Figures) -> Iterable[Metric]:
     """``lb_tracing_spans_dropped_total``: spans a full queue or a failed export cost."""
-    return family_of_section(report, "tracing", _dropped)
-
-
-def _dropped(tracing: Entry) -> Metric:
-    dropped = CounterMetricFamily(
-        "lb_tracing_spans_dropped_total",
-        "Spans not exported: the queue was full, or their export failed (this host).",
+    return family_of_section(
+        report, "tracing", CounterMetricFamily, DROPPED, lambda t: ([], t["spans_dropped"])
     )
-    dropped.add_metric([], tracing["spans_dropped"])
-    return dropped
 
 
 def section(url: str, sampler: str, exported: int, dropped: int) -> Entry:
