@@ -140,10 +140,10 @@ def start_peers(
             servers.append(start_peer(procs, label, [str(go / binary)], env, port))
     if require("nginx"):
         port = free_port()
-        (tmp / "proxy").mkdir()
-        conf = tmp / "proxy" / "nginx.conf"
+        (tmp / "nginx-proxy").mkdir()
+        conf = tmp / "nginx-proxy" / "nginx.conf"
         hostport = upstream.removeprefix("http://")
-        conf.write_text(NGINX_PROXY.format(tmp=tmp / "proxy", upstream=hostport, port=port))
+        conf.write_text(NGINX_PROXY.format(tmp=tmp / "nginx-proxy", upstream=hostport, port=port))
         argv = ["nginx", "-p", str(conf.parent), "-c", str(conf)]
         servers.append(start_peer(procs, "nginx proxy", argv, clean_env(), port))
     else:

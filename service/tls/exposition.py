@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-from prometheus_client.core import GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from service.features import Figures
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ORDER = 10  # first after the core families (as published)
 
 
 def families(report: Figures) -> Iterator[Metric]:
     """``lb_tls_certificate_expiry_seconds`` of the served certificate."""
+    from prometheus_client.core import GaugeMetricFamily  # at the first scrape
+
     tls = report.sections.get("tls")
     if tls is None:
         return

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-from prometheus_client.core import CounterMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from service.features import Entry, Figures
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ORDER = 60  # after admission's (the last published before it)
 
 
 def families(report: Figures) -> Iterator[Metric]:
     """``lb_tracing_spans_dropped_total``: spans a full queue or a failed export cost."""
+    from prometheus_client.core import CounterMetricFamily  # at the first scrape
+
     tracing = report.sections.get("tracing")
     if tracing is None:
         return
