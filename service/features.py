@@ -48,18 +48,23 @@ Families = Callable[[Figures], Iterable["Metric"]]
 def family_of_section(
     report: Figures,
     name: str,
-    kind: Callable[..., Metric],
+    kind: str,
     metric: tuple[str, str, list[str]],
     sample: Callable[[Any], tuple[list[str], float]],
 ) -> Iterable[Metric]:
     """The one family a feature shows in ``/metrics``, made from its ``/stats`` section
-    ``name`` (none when the section is absent: the feature is not configured): ``kind``
-    (``GaugeMetricFamily``...) with ``metric`` (its name, help and label names) and one
-    sample, ``sample(section)`` (the labels' values and the value)."""
+    ``name`` (none when the section is absent: the feature is not configured): a ``kind``
+    (``"gauge"`` or ``"counter"``) family with ``metric`` (its name, help and label names)
+    and one sample, ``sample(section)`` (the labels' values and the value).
+    prometheus_client is imported here, at the first scrape: a worker that is never
+    scraped never loads it."""
     section = report.sections.get(name)
     if section is None:
         return ()
-    family = kind(*metric[:2], labels=metric[2])
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    make = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}[kind]
+    family = make(*metric[:2], labels=metric[2])
     family.add_metric(*sample(section))
     return (family,)
 

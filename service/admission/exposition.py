@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-from prometheus_client.core import CounterMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from service.admission.policy import CLIENT_LIMIT
 from service.features import Entry, Figures
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ORDER = 50  # last (as published)
 
 
 def families(report: Figures) -> Iterator[Metric]:
     """``lb_limited_requests`` by limit, ``lb_overloaded_requests`` by pool."""
+    from prometheus_client.core import CounterMetricFamily  # at the first scrape
+
     limited_by, overloaded_by = counts(report.sections["limits"])
     limited = CounterMetricFamily(
         "lb_limited_requests",

@@ -1,7 +1,9 @@
 """``GET /metrics``: the same report as ``/stats``, in Prometheus' text format, all workers.
 
 prometheus_client writes the format; this module only maps one report
-(``service.stats.report``) onto metric families, in a collector built per scrape.
+(``service.stats.report``) onto metric families, in a collector built per scrape. It is
+imported at the first scrape, not at start-up (here and in the features' ``exposition``
+modules): a process that is never scraped does not hold it (about 3 MiB, 57 modules).
 
 Every per-upstream series is labelled ``upstream`` with the pool's name (``blog-service``),
 so ``lb_upstream_up`` joins ``lb_target_*`` in PromQL; ``lb_upstream_up`` also carries the
@@ -11,14 +13,8 @@ upstream's ``/stats`` key (``stats_key="blog_service"``).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
@@ -27,6 +23,9 @@ from service.features import Families
 from service.settings import Upstream
 from service.stats import Report, build_report
 from service.logs import answered_here
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 bp = Blueprint("metrics")
 
@@ -46,6 +45,12 @@ class ReportCollector:
         self._upstreams = upstreams
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (  # at the first scrape: see the module's docstring
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         snap = self._snap
         requests = CounterMetricFamily(
             "lb_requests", "Proxied requests by route and status class.", labels=["route", "code"]
@@ -115,6 +120,8 @@ def _bound(bound: float) -> str:
 @answered_here
 @admin_only
 async def metrics(request: Request) -> HTTPResponse:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     lb = request.app.ctx.lb
     report = await build_report(lb)

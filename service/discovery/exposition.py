@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from service.features import Figures
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ORDER = 40  # after the configuration's generation, before admission (as published)
 
 
 def families(report: Figures) -> Iterator[Metric]:
     """DNS discovery, per pool with ``;resolve`` entries (none without them)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at the first scrape
+
     lookups = CounterMetricFamily(
         "lb_discovery_lookups",
         "DNS lookups of the pool's resolve entries, by result (ok, nxdomain, nodata, "

@@ -9,6 +9,10 @@ The answer is one of three kinds, because they call for different actions:
 - **failure** (``timeout``, ``servfail``, ``refused``, ``no_servers``, ``error``): no answer
   at all; the caller keeps the last good set.
 
+dnspython is imported when a :class:`Resolver` is made (a ``resolve`` entry is configured, or
+``--check`` asks), not with this module: a default configuration never looks a name up, and
+its processes would otherwise each hold the package (about 4.5 MiB, 100 modules) for nothing.
+
 ``search``/``ndots`` come from /etc/resolv.conf (as the system resolver would use them, so a
 Kubernetes short name such as ``blog-service-headless`` finds its namespace); ``LB_RESOLVER``
 replaces only its name servers.
@@ -19,15 +23,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.rcode
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from service.settings import ResolverSettings
 from service.settings.loading import resolver_address
+
+if TYPE_CHECKING:
+    import dns.resolver
 
 OK, NXDOMAIN, NODATA = "ok", "nxdomain", "nodata"
 TIMEOUT, SERVFAIL, REFUSED, NO_SERVERS, ERROR = (
@@ -63,6 +65,10 @@ class Resolver:
     """``await resolver.lookup(name)`` -> :class:`Lookup`; never raises for DNS trouble."""
 
     def __init__(self, settings: ResolverSettings) -> None:
+        import dns.asyncresolver  # here, not at the top: see the module's docstring
+        import dns.nameserver
+        import dns.resolver
+
         try:
             resolver = dns.asyncresolver.Resolver(configure=True)
         except dns.resolver.NoResolverConfiguration:
@@ -80,6 +86,8 @@ class Resolver:
     @property
     def servers(self) -> list[str]:
         """The servers asked, as ``ip:port`` (``[v6]:port``)."""
+        import dns.nameserver  # imported already by __init__
+
         shown = []
         for server in self._resolver.nameservers:
             if isinstance(server, dns.nameserver.Do53Nameserver):
@@ -106,6 +114,9 @@ class Resolver:
         )
 
     async def _query(self, name: str, kind: str) -> Lookup:
+        import dns.exception  # imported already by __init__
+        import dns.resolver
+
         try:
             answer = await self._resolver.resolve(name, kind, search=True, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:

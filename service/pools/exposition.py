@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from service.features import Figures
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ORDER = 20  # after TLS' expiry, before the configuration's generation (as published)
 
 
 def families(report: Figures) -> Iterator[Metric]:
     """``lb_target_*``, per pool and target."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at the first scrape
+
     labels = ["upstream", "target"]
     up = GaugeMetricFamily(
         "lb_target_up",

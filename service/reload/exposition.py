@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from service.features import Figures
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ORDER = 30  # after the targets, before discovery (as published)
 
 
 def families(report: Figures) -> Iterator[Metric]:
     """``lb_config_*``: the generation this worker runs and the host's reloads."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at the first scrape
+
     config = report.sections.get("config")
     if config is None:
         return

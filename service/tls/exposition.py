@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from prometheus_client.core import GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from service.features import Figures, family_of_section
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ORDER = 10  # first after the core families (as published)
 
@@ -23,7 +25,7 @@ def families(report: Figures) -> Iterable[Metric]:
     return family_of_section(
         report,
         "tls",
-        GaugeMetricFamily,
+        "gauge",
         EXPIRY,
         lambda tls: ([tls["subject"]], tls["expires_in_s"]),
     )

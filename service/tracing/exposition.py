@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from prometheus_client.core import CounterMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from service.features import Entry, Figures, family_of_section
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ORDER = 60  # after admission's (the last published before it)
 
@@ -21,7 +23,7 @@ DROPPED = (
 def families(report: Figures) -> Iterable[Metric]:
     """``lb_tracing_spans_dropped_total``: spans a full queue or a failed export cost."""
     return family_of_section(
-        report, "tracing", CounterMetricFamily, DROPPED, lambda t: ([], t["spans_dropped"])
+        report, "tracing", "counter", DROPPED, lambda t: ([], t["spans_dropped"])
     )
 
 
