@@ -99,8 +99,10 @@ def test_a_huge_count_is_dropped_and_the_key_is_not_locked_out(
     # published again until seen: the module's first test may publish before the new
     # service's sync has read the stream once (it reads what arrives after it starts)
     wait_for(
-        lambda: publish(redis, entry([[LIMIT.name, fp, 10**12, client]]))
-        or cluster_of(lb)["dropped"]["count"] > before,
+        lambda: (
+            publish(redis, entry([[LIMIT.name, fp, 10**12, client]]))
+            or cluster_of(lb)["dropped"]["count"] > before
+        ),
         timeout=10,
         step=0.3,
     )
