@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` (and ``tests``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
-    LB_CPUS,
+    pairs_if_asked,
     URL_VARS,
     Case,
     Processes,
@@ -40,11 +40,9 @@ from bench.harness import (
     launch_lb,
     machine_load,
     median,
-    print_pairs,
     print_runs_table,
     run_bench,
     save,
-    side_by_side,
     start_nginx,
 )
 
@@ -94,17 +92,7 @@ def bench_access_log(args: argparse.Namespace, procs: Processes, tmp: Path, stam
     }
     print("access lines in the last 500 output lines: " + ", ".join(
         f"{label}: {n}" for label, n in lines.items()))  # fmt: skip
-    pairs = {}
-    if args.pair_repeats:
-        print(
-            f"\nside by side with 'off' (one wrk each, -d{args.pair_duration:g}s, CPU {LB_CPUS}), "
-            f"both orders, {args.pair_repeats} repeats"
-        )
-        pairs = side_by_side(
-            cases[0], cases[1:], repeats=args.pair_repeats, duration=args.pair_duration,
-            connections=args.connections, pin=procs.pin,
-        )  # fmt: skip
-        print_pairs(cases[0], cases[1:], pairs)
+    pairs = pairs_if_asked(args, procs.pin, cases[0], cases[1:], "side by side with 'off'")
     off = median(results[cases[0].label], "rps")
     print("\nthroughput / access log off (the service with request ids, no access log):")
     for case in cases[1:]:

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` (and ``tests``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
-    LB_CPUS,
+    pairs_if_asked,
     URL_VARS,
     Case,
     LoadBalancer,
@@ -57,13 +57,11 @@ from bench.harness import (
     median,
     micro_calls,
     parse_wrk,
-    print_pairs,
     print_runs_table,
     pss_kib,
     run_bench,
     run_wrk,
     save,
-    side_by_side,
     start_nginx,
     warm,
     wrk_argv,
@@ -159,18 +157,9 @@ def bench_cost(args: argparse.Namespace, procs: Processes, tmp: Path) -> dict[st
     print_runs_table(cases, results, cases[0].label, "off")
     decided = get_json(on.url, "/stats")["load-balancer"]["limits"]["rate"]["default"]
     print(f"(the limit admitted {decided['admitted']:,} and limited {decided['limited']} of them)")
-    pairs = {}
-    if args.pair_repeats:
-        print(
-            f"\nside by side: both load balancers loaded at once (one wrk each, "
-            f"-d{args.pair_duration:g}s), sharing CPU {LB_CPUS}; both orders, "
-            f"{args.pair_repeats} repeats"
-        )
-        pairs = side_by_side(
-            cases[0], cases[1:], repeats=args.pair_repeats, duration=args.pair_duration,
-            connections=args.connections, pin=procs.pin,
-        )  # fmt: skip
-        print_pairs(cases[0], cases[1:], pairs)
+    pairs = pairs_if_asked(
+        args, procs.pin, cases[0], cases[1:], "side by side: both load balancers loaded at once"
+    )
     print()
     for case in cases[1:]:
         alone = median(results[case.label], "rps") / median(results["limits off"], "rps")

@@ -696,6 +696,25 @@ def side_by_side(
     return pairs
 
 
+def pairs_if_asked(
+    args: argparse.Namespace, pin: bool, base: Case, others: list[Case], title: str, note: str = ""
+) -> dict[str, Pairs]:
+    """With ``--pair-repeats``: ``base`` and each of ``others`` loaded at once
+    (:func:`side_by_side`), headed ``title`` (what is loaded) and printed; else nothing."""
+    if not args.pair_repeats:
+        return {}
+    print(
+        f"\n{title} (one wrk each, -d{args.pair_duration:g}s), sharing CPU {LB_CPUS}; both "
+        f"orders, {args.pair_repeats} repeats{note}"
+    )
+    pairs = side_by_side(
+        base, others, repeats=args.pair_repeats, duration=args.pair_duration,
+        connections=args.connections, pin=pin,
+    )  # fmt: skip
+    print_pairs(base, others, pairs)
+    return pairs
+
+
 def print_pairs(base: Case, others: list[Case], pairs: dict[str, Pairs]) -> None:
     print(
         f"\n{'case':<32} {'X/' + base.label.split()[0] + ' req/s':>12} {'min':>6} {'max':>6} "

@@ -26,11 +26,10 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` (and ``tests``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
-    LB_CPUS,
+    pairs_if_asked,
     URL_VARS,
     Case,
     LoadBalancer,
-    Pairs,
     Processes,
     add_run_options,
     bench_env,
@@ -43,12 +42,10 @@ from bench.harness import (
     machine_load,
     median,
     micro_calls,
-    print_pairs,
     print_runs_table,
     record_profile,
     run_bench,
     save,
-    side_by_side,
     start_nginx_ports,
     warm,
 )
@@ -166,18 +163,13 @@ def bench_pools(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: st
             )
         sent = sum(r.requests for r in results[case.label])
         print(f"{'':<32} {'total':>7} {'':>6} {sum(counts):>10,}  (wrk counted {sent:,})")
-    pairs: dict[str, Pairs] = {}
-    if args.pair_repeats:
-        print(
-            f"\nside by side: the single-target LB and one pool LB loaded at once (one wrk each, "
-            f"-d{args.pair_duration:g}s), sharing CPU {LB_CPUS}; both orders, "
-            f"{args.pair_repeats} repeats"
-        )
-        pairs = side_by_side(
-            cases[0], cases[1:], repeats=args.pair_repeats, duration=args.pair_duration,
-            connections=args.connections, pin=procs.pin,
-        )  # fmt: skip
-        print_pairs(cases[0], cases[1:], pairs)
+    pairs = pairs_if_asked(
+        args,
+        procs.pin,
+        cases[0],
+        cases[1:],
+        "side by side: the single-target LB and one pool LB loaded at once",
+    )
     shares: dict[str, dict[str, float]] = {}
     if args.profile:
         frames = PROFILE_FRAMES

@@ -28,10 +28,9 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` (and ``tests``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
-    LB_CPUS,
+    pairs_if_asked,
     URL_VARS,
     Case,
-    Pairs,
     Processes,
     WrkRun,
     add_run_options,
@@ -46,12 +45,10 @@ from bench.harness import (
     machine_load,
     median,
     micro_calls,
-    print_pairs,
     print_runs_table,
     record_profile,
     run_bench,
     save,
-    side_by_side,
     start_nginx_ports,
 )
 
@@ -133,18 +130,14 @@ def bench_record(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: s
     print_runs_table(cases, results, on.label, "ON")
     sequential = sequential_ratios(on, others, results)
 
-    pairs: dict[str, Pairs] = {}
-    if args.pair_repeats:
-        print(
-            f"\n(2) side by side: ON and one other app loaded at once (one wrk each, "
-            f"-d{args.pair_duration:g}s), sharing CPU {LB_CPUS}; both orders, "
-            f"{args.pair_repeats} repeats; {machine_load()}"
-        )
-        pairs = side_by_side(
-            on, others, repeats=args.pair_repeats, duration=args.pair_duration,
-            connections=args.connections, pin=procs.pin,
-        )  # fmt: skip
-        print_pairs(on, others, pairs)
+    pairs = pairs_if_asked(
+        args,
+        procs.pin,
+        on,
+        others,
+        "(2) side by side: ON and one other app loaded at once",
+        f"; {machine_load()}",
+    )
 
     # The swap really happened: the ON apps counted every request, the OFF ones none.
     counted = {

@@ -28,11 +28,10 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` (and ``tests``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
-    LB_CPUS,
+    pairs_if_asked,
     URL_VARS,
     Case,
     Mode,
-    Pairs,
     Processes,
     add_run_options,
     bench_env,
@@ -42,11 +41,9 @@ from bench.harness import (
     machine_load,
     median,
     micro_calls,
-    print_pairs,
     print_runs_table,
     run_bench,
     save,
-    side_by_side,
     start_nginx_ports,
 )
 
@@ -121,18 +118,13 @@ def bench_rollouts(args: argparse.Namespace, procs: Processes, tmp: Path, stamp:
         pin=procs.pin, nginx=nginx_proc,
     )  # fmt: skip
     print_runs_table(cases, results, cases[0].label, "nothing")
-    pairs: dict[str, Pairs] = {}
-    if args.pair_repeats:
-        print(
-            f"\nside by side: the base LB and one other loaded at once (one wrk each, "
-            f"-d{args.pair_duration:g}s), sharing CPU {LB_CPUS}; both orders, "
-            f"{args.pair_repeats} repeats"
-        )
-        pairs = side_by_side(
-            cases[0], cases[1:], repeats=args.pair_repeats, duration=args.pair_duration,
-            connections=args.connections, pin=procs.pin,
-        )  # fmt: skip
-        print_pairs(cases[0], cases[1:], pairs)
+    pairs = pairs_if_asked(
+        args,
+        procs.pin,
+        cases[0],
+        cases[1:],
+        "side by side: the base LB and one other loaded at once",
+    )
     single = median(results[cases[0].label], "rps")
     print("\nthroughput with the feature / with nothing configured (target: cost < 5 %):")
     for case in cases[1:]:
