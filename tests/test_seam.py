@@ -76,6 +76,31 @@ async def _response_behaves_like_a_constructed_one() -> None:
     assert built.is_closed
 
 
+def test_close_closes_as_httpx_aclose_does() -> None:
+    """``seam.close`` sets what ``Response.aclose`` sets and closes the stream once."""
+
+    class Counted(httpx.AsyncByteStream):
+        closes = 0
+
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            yield b""
+
+        async def aclose(self) -> None:
+            Counted.closes += 1
+
+    async def main() -> None:
+        request = httpx.Request("GET", "http://127.0.0.1:1/")
+        for close in (seam.close, httpx.Response.aclose):
+            Counted.closes = 0
+            response = seam.response_of(200, seam.headers_of([]), Counted(), request, {})
+            await close(response)
+            await close(response)
+            assert response.is_closed
+            assert Counted.closes == 1
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize(
     "path",
     ["/", "/api", "/api/", "/api/x/y", "/blog/post", "/apix", "/static/app.js", "/a-b_c~d"],

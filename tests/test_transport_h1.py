@@ -24,7 +24,7 @@ import pytest
 import uvloop
 
 from service.settings import ProxySettings
-from service.transport.h1 import HIGH_WATER, H1Transport
+from service.transport.h1 import HIGH_WATER, H1Transport, arrived_whole
 from service.transport import build_client
 from tests.support.tools import require
 import contextlib
@@ -195,6 +195,47 @@ def test_chunked_response_streams_chunk_by_chunk() -> None:
             assert b"".join([c async for c in chunks]) == b"second"
             await response.stream.aclose()  # type: ignore[union-attr]
             assert response.headers["transfer-encoding"] == "chunked"  # passed, not acted on
+            await t.aclose()
+
+    run(main())
+
+
+def test_a_body_arrived_whole_is_taken_at_once_and_a_partial_one_streams() -> None:
+    """``arrived_whole``: the body of a small answer that came with its head, in one piece,
+    the connection reused after; None while any of it is still to come (then it streams)."""
+    release = asyncio.Event()
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        await read_request(reader, server)
+        writer.write(answer(b"whole"))
+        await read_request(reader, server)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf-")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"later")
+        await writer.drain()
+        await read_request(reader, server)
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            t = transport()
+            request = httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
+            response = await t.handle_async_request(request)
+            await asyncio.sleep(0.05)  # nothing more will come: the body is in
+            assert arrived_whole(response) == b"whole"
+            assert [c async for c in response.stream] == []  # type: ignore[union-attr]
+            await response.stream.aclose()  # type: ignore[union-attr]
+            request = httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
+            response = await t.handle_async_request(request)
+            await asyncio.sleep(0.05)
+            assert arrived_whole(response) is None  # five bytes of ten: not whole
+            release.set()
+            assert b"".join([c async for c in response.stream]) == b"half-later"  # type: ignore[union-attr]
+            await response.stream.aclose()  # type: ignore[union-attr]
+            assert server.connections == 1  # reused after the whole body was taken
+            assert arrived_whole(httpx.Response(200, content=b"x")) is None  # not ours
             await t.aclose()
 
     run(main())

@@ -30,6 +30,7 @@ from service.proxying.relay import ProxiedResponse, relay
 from service.proxying.routing import Redirect
 from service.settings import PROXIED_METHODS, ProxySettings
 from service.tracing import RequestTrace, error_type_of
+from service.transport import seam
 
 bp = Blueprint("proxy")
 
@@ -162,7 +163,7 @@ async def _exchange(request: Request, outcome: Outcome, trace: RequestTrace) -> 
                 outcome.size = size
             return None
         finally:
-            await upstream.aclose()
+            await seam.close(upstream)
 
 
 def _status(response: httpx.Response) -> int:

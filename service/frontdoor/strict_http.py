@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 
 from sanic.exceptions import BadRequest, RequestTimeout
-from sanic.http import Http
+from sanic.http import Http, Stage
 
 from service.frontdoor.head import (
     CHUNK_LINE,
@@ -29,6 +29,7 @@ from service.frontdoor.head import (
     has_bare_line_break,
     underscored_names,
 )
+from service.frontdoor.preformatted import PreformattedResponse
 from service.frontdoor.proxy_header import starts_like_one
 
 HTTP_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -71,6 +72,24 @@ class StrictHttp(Http):
         await Http.http1_request_header(self)
         if underscored:
             self.request.ctx.dropped_headers = underscored
+
+    async def http1_response_header(self, data: bytes, end_stream: bool) -> None:
+        """A ``PreformattedResponse`` sent whole (its body in ``data``, ``end_stream``)
+        leaves as one write with the head it formats itself; anything else is Sanic's."""
+        response = self.response
+        if (
+            end_stream
+            and isinstance(response, PreformattedResponse)
+            and not (self.head_only or self.expecting_continue or self.protocol.access_log)
+        ):
+            head = response.whole(len(data), self.keep_alive)
+            if head is not None:
+                self.response_size = len(data)
+                self.response_func = None
+                await self._send(head + data)
+                self.stage = Stage.IDLE
+                return
+        await Http.http1_response_header(self, data, end_stream)
 
     def create_empty_request(self) -> None:
         """The request Sanic makes up to answer an error before one was read, with the

@@ -54,15 +54,11 @@ FORWARDING = frozenset(
 _OWS = b" \t"
 
 
-def _dropped(fields: Iterable[Triple]) -> frozenset[bytes]:
-    """Hop-by-hop names, with every name listed in ``Connection``."""
-    named = [
-        token.strip(_OWS).lower()
-        for _, lower, value in fields
-        if lower == b"connection"
-        for token in value.split(b",")
-    ]
-    return HOP_BY_HOP.union(named) if named else HOP_BY_HOP
+def _named(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The names a ``Connection`` field's values list that are not hop-by-hop already (for
+    ``keep-alive``, the usual value, none): the other fields to drop."""
+    named = {token.strip(_OWS).lower() for value in values for token in value.split(b",")}
+    return frozenset(named - HOP_BY_HOP)
 
 
 def upstream_request_fields(
@@ -124,8 +120,8 @@ def upstream_request_fields(
             continue
         else:
             out.append((name, lower, value))
-    if connection:
-        named = _dropped((b"", b"connection", value) for value in connection)
+    named = _named(connection) if connection else None
+    if named:
         out = [field for field in out if field[1] not in named]
     if host is not None:
         out.append((b"Host", b"host", host))
@@ -157,17 +153,21 @@ def response_head_fields(head: bytes) -> list[Triple]:
 def client_response_fields(fields: list[Triple]) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
     """The end-to-end response headers for the client as ``(name, value)`` pairs, and the
     ``Content-Length`` apart: Sanic frames the response to the client itself. One pass; a
-    second only when ``Connection`` names other headers."""
-    drop = HOP_BY_HOP
-    if any(lower == b"connection" for _, lower, _ in fields):
-        drop = _dropped(fields)
+    second only when ``Connection`` names a field that is not hop-by-hop already."""
     out = []
     length = None
+    connection = []
     for name, lower, value in fields:
-        if lower in drop:
-            continue
-        if lower == b"content-length":
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                connection.append(value)
+        elif lower == b"content-length":
             length = value
         else:
             out.append((name, value))
+    named = _named(connection) if connection else None
+    if named:
+        out = [(name, value) for name, value in out if name.lower() not in named]
+        if b"content-length" in named:
+            length = None
     return out, length

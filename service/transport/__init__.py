@@ -11,9 +11,16 @@ from __future__ import annotations
 from sanic import Sanic
 
 from service.transport.clients import UpstreamClients, build_client, limits_of
-from service.transport.h1 import H1Transport
+from service.transport.h1 import H1Transport, arrived_whole
 
-__all__ = ["H1Transport", "UpstreamClients", "build_client", "limits_of", "startup"]
+__all__ = [
+    "H1Transport",
+    "UpstreamClients",
+    "arrived_whole",
+    "build_client",
+    "limits_of",
+    "startup",
+]
 
 
 def startup(app: Sanic) -> None:

@@ -596,6 +596,19 @@ class _Connection(asyncio.Protocol):
                 self._transport.close()
 
 
+def arrived_whole(response: httpx.Response) -> bytes | None:
+    """The whole body of a streamed response from this transport if every byte of it has
+    arrived already (a small answer usually comes in the packet of its head), taken from
+    the stream; else None, and the body streams as usual."""
+    stream = response.stream
+    if type(stream) is not _ResponseBody or stream._closed:
+        return None
+    conn = stream._conn
+    if not conn._complete or conn._error is not None:
+        return None
+    return conn.take() if conn._chunks else b""
+
+
 def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_result(_TIMED_OUT)

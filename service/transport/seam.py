@@ -89,3 +89,12 @@ def response_of(
     response.stream = stream
     response._num_bytes_downloaded = 0
     return response
+
+
+async def close(response: httpx.Response) -> None:
+    """``response.aclose()`` without the context httpx wraps around it to attach the request
+    to an error the close raises: closing this proxy's transport's streams raises none (it
+    hands the connection back or closes it)."""
+    if not response.is_closed:
+        response.is_closed = True
+        await response.stream.aclose()  # type: ignore[union-attr]

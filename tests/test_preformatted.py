@@ -1,0 +1,53 @@
+"""A proxied answer sent whole (``PreformattedResponse.whole``) has the head Sanic's own
+formatting gives it, byte for byte: the fast path changes the number of writes, not what
+the client reads."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sanic.headers import format_http1_response
+
+from service.proxying.relay import ProxiedResponse
+from service.transport import seam
+
+UPSTREAM = [
+    (b"Server", b"server", b"nginx"),
+    (b"Content-Type", b"content-type", b"application/json"),
+    (b"Connection", b"connection", b"keep-alive, X-Hop"),
+    (b"X-Hop", b"x-hop", b"dropped"),
+    (b"Content-Length", b"content-length", b"11"),
+    (b"Set-Cookie", b"set-cookie", b"a=1"),
+    (b"Set-Cookie", b"set-cookie", b"b=2"),
+]
+
+
+def proxied(status: int, fields: list[seam.Triple]) -> ProxiedResponse:
+    request = httpx.Request("GET", "http://127.0.0.1:1/")
+    upstream = seam.response_of(status, seam.headers_of(fields), httpx.ByteStream(b""), request, {})
+    response = ProxiedResponse(upstream)
+    response.headers["X-Request-ID"] = "abc-1"
+    response.upstream_headers += [(b"RateLimit", b"limit=10")]
+    return response
+
+
+def sanic_head(response: ProxiedResponse, size: int, keep_alive: bool) -> bytes:
+    """What ``Http.http1_response_header`` formats for a body sent in one block."""
+    response.headers["content-length"] = size
+    response.headers["connection"] = "keep-alive" if keep_alive else "close"
+    return format_http1_response(response.status, response.processed_headers)
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize("status", [200, 404, 503])
+def test_whole_head_is_sanics_head(status: int, keep_alive: bool) -> None:
+    fast = proxied(status, UPSTREAM).whole(11, keep_alive)
+    assert fast is not None
+    assert fast == sanic_head(proxied(status, UPSTREAM), 11, keep_alive)
+    assert b"X-Hop" not in fast and fast.count(b"content-length") == 1
+    assert fast.index(b"Set-Cookie: b=2") < fast.index(b"RateLimit") < fast.index(b"X-Request-ID")
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_status_without_a_body_is_left_to_sanic(status: int) -> None:
+    assert proxied(status, UPSTREAM[:2]).whole(0, True) is None
