@@ -26,8 +26,7 @@ def proxied(status: int, fields: list[seam.Triple]) -> ProxiedResponse:
     request = httpx.Request("GET", "http://127.0.0.1:1/")
     upstream = seam.response_of(status, seam.headers_of(fields), httpx.ByteStream(b""), request, {})
     response = ProxiedResponse(upstream)
-    response.headers["X-Request-ID"] = "abc-1"
-    response.upstream_headers += [(b"RateLimit", b"limit=10")]
+    response.fields += [(b"RateLimit", b"limit=10"), (b"X-Request-ID", b"abc-1")]
     return response
 
 
@@ -46,8 +45,16 @@ def test_whole_head_is_sanics_head(status: int, keep_alive: bool) -> None:
     assert fast == sanic_head(proxied(status, UPSTREAM), 11, keep_alive)
     assert b"X-Hop" not in fast and fast.count(b"content-length") == 1
     assert fast.index(b"Set-Cookie: b=2") < fast.index(b"RateLimit") < fast.index(b"X-Request-ID")
+    assert fast.startswith(b"HTTP/1.1 %d " % status) and fast.endswith(b"\r\n\r\n")
+
+
+def test_once_sanic_manages_the_headers_sanic_formats_the_head() -> None:
+    response = proxied(200, UPSTREAM)
+    response.headers["X-Extra"] = "1"  # a field set the way Sanic's responses take them
+    assert response.whole(11, True) is None
 
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_a_status_without_a_body_is_left_to_sanic(status: int) -> None:
     assert proxied(status, UPSTREAM[:2]).whole(0, True) is None
+    assert proxied(status, UPSTREAM[:2]).headers.get("content-length") is None

@@ -12,27 +12,18 @@ without a body, ``Expect: 100-continue``, Sanic's own access log) goes Sanic's w
 from __future__ import annotations
 
 from sanic.headers import format_http1_response
-from sanic.helpers import has_message_body
 from sanic.response import HTTPResponse
+
+# "HTTP/1.1 200 OK\r\n": the status lines Sanic sends, reason phrases included
+STATUS_LINES = tuple(format_http1_response(status, ())[:-2] for status in range(1000))
 
 
 class PreformattedResponse(HTTPResponse):
-    """Subclasses say which fields come first, as bytes (``leading_fields``); the fields
-    in ``headers`` (Sanic's framing, the load balancer's own) follow, as Sanic orders them."""
+    """A response whose subclass can format the whole head for a body sent at once."""
 
     __slots__ = ()
 
-    def leading_fields(self) -> list[tuple[bytes, bytes]]:
-        raise NotImplementedError
-
     def whole(self, size: int, keep_alive: bool) -> bytes | None:
-        """The head for a body of ``size`` bytes sent at once, or None when Sanic must
-        format it (a status that has no body)."""
-        if not has_message_body(self.status):
-            return None
-        headers = self.headers
-        headers["content-length"] = size  # what Sanic sets for a body sent in one block
-        headers["connection"] = "keep-alive" if keep_alive else "close"
-        fields = self.leading_fields()
-        fields += [(name.encode("ascii"), f"{value}".encode()) for name, value in headers.items()]
-        return format_http1_response(self.status, fields)
+        """The head for a body of ``size`` bytes sent at once (``Content-Length: size``,
+        ``Connection`` as Sanic would set it), or None when Sanic must format it."""
+        raise NotImplementedError

@@ -6,38 +6,71 @@ from collections.abc import Sequence
 
 import httpx
 from sanic import Request
+from sanic.compat import Header
 
-from service.frontdoor.preformatted import PreformattedResponse
+from service.frontdoor.preformatted import STATUS_LINES, PreformattedResponse
 from service.logs import HEADER
 from service.proxying.headers import client_response_fields
 from service.transport import arrived_whole, seam
+
+_REQUEST_ID = HEADER.encode("ascii")
+_NO_BODY = frozenset({204, 304, *range(100, 200)})
 
 
 class ProxiedResponse(PreformattedResponse):
     """An upstream's response head, sent as is.
 
-    ``self.headers`` holds only what Sanic manages (the framing it chooses: Content-Length,
-    or chunked; Connection) and the request id; the upstream's end-to-end headers go out
-    first, as the bytes they came in, never decoded and encoded again. Sanic's own
-    ``processed_headers`` would also add ``content-type: None`` to a response that has none:
-    an upstream's answer must reach the client without invented headers.
+    ``fields``: the upstream's end-to-end header fields as the bytes they came in, never
+    decoded and encoded again, then the load balancer's own (the request id, RateLimit
+    fields, a sticky cookie). ``headers`` holds only what Sanic manages when it formats the
+    head itself (a streamed body: Content-Length or chunked; Connection), and is made only
+    then: a body sent whole needs none of it (``whole``). Sanic's own ``processed_headers``
+    would also add ``content-type: None`` to a response that has none: an upstream's answer
+    must reach the client without invented headers.
     """
 
-    __slots__ = ("declared_length", "upstream_headers")
+    __slots__ = ("_headers", "declared_length", "fields")
 
     def __init__(self, upstream: httpx.Response) -> None:
-        super().__init__(status=upstream.status_code)
-        self.upstream_headers, length = client_response_fields(seam.triples(upstream.headers))
-        self.declared_length = length
-        if length is not None:
-            self.headers["content-length"] = length.decode("latin-1")
+        # HTTPResponse.__init__ is not called: it would build the Header object that a body
+        # sent whole never needs (``headers`` below makes it on first use)
+        self.asgi = False
+        self.body = None
+        self.content_type = None
+        self.stream = None
+        self._cookies = None
+        self._headers: Header | None = None
+        self.status = upstream.status_code
+        self.fields, self.declared_length = client_response_fields(
+            seam.triples(upstream.headers)
+        )
 
-    def leading_fields(self) -> list[tuple[bytes, bytes]]:
-        return self.upstream_headers[:]
+    @property
+    def headers(self) -> Header:  # type: ignore[override]
+        """What Sanic manages; the upstream's Content-Length is in it from the start."""
+        if self._headers is None:
+            self._headers = Header()
+            if self.declared_length is not None:
+                self._headers["content-length"] = self.declared_length.decode("latin-1")
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Header) -> None:
+        self._headers = value
+
+    def whole(self, size: int, keep_alive: bool) -> bytes | None:
+        if self._headers is not None or self.status in _NO_BODY:
+            return None  # something asked for Sanic's headers: Sanic formats the head
+        fields = [b"%b: %b\r\n" % field for field in self.fields]
+        framing = b"content-length: %d\r\nconnection: %b\r\n\r\n" % (
+            size,
+            b"keep-alive" if keep_alive else b"close",
+        )
+        return STATUS_LINES[self.status] + b"".join(fields) + framing
 
     @property
     def processed_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
-        return self.leading_fields() + [
+        return self.fields + [
             (name.encode("ascii"), f"{value}".encode(errors="surrogateescape"))
             for name, value in self.headers.items()
         ]
@@ -55,9 +88,9 @@ async def relay(
     a short body that looks complete.
     """
     proxied = ProxiedResponse(upstream)
-    proxied.headers[HEADER] = request.ctx.request_id
     if fields:  # the admission's RateLimit fields (service.admission), as bytes already
-        proxied.upstream_headers += fields
+        proxied.fields += fields
+    proxied.fields.append((_REQUEST_ID, request.ctx.request_id.encode()))
     response = await request.respond(proxied)
     if proxied.declared_length is not None:  # the client gets the framing the upstream chose
         whole = arrived_whole(upstream)
