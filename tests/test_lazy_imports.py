@@ -9,15 +9,30 @@ transport is our own) stay out of a default worker, and come in when their featu
 The worker here is real: ``create_app(load_settings(env=...))`` served by Sanic in one
 process, its modules listed once the server has started (every ``before_server_start`` and
 ``after_server_start`` listener has run), then stopped.
+
+Sanic's sync manager (the process holding the workers' states) runs ``multiprocessing``'s
+server and nothing else: it imports neither Sanic nor the service
+(``frontdoor.supervision._no_main_module_for_children``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
-from tests.support import REPO, clean_env, free_port
+from tests.support import (
+    REPO,
+    LoadBalancer,
+    UpstreamServer,
+    children,
+    clean_env,
+    env_for,
+    free_port,
+)
 
 UNUSED_BY_DEFAULT = (
     "dns",
@@ -73,3 +88,37 @@ def test_a_configured_resolve_entry_brings_dnspython() -> None:
     would see it if a default worker did)."""
     loaded = worker_modules({"BLOG_SERVICE_URL": "http://localhost:9;resolve"})
     assert "dns" in loaded
+
+
+def test_the_sync_manager_imports_neither_sanic_nor_the_service(
+    upstreams: dict[str, UpstreamServer],
+) -> None:
+    """Of ``sanic service.app``'s spawned children, the one that is not a worker maps no
+    file from site-packages: Sanic's compiled dependencies (multidict, ujson, uvloop...)
+    would be there had it imported Sanic's command-line script, the main module."""
+    balancer = LoadBalancer(env_for(upstreams), workers=1)
+    try:
+        workers = {
+            int(pid) for pid in re.findall(r"Starting worker \[(\d+)\]", "".join(balancer.output))
+        }
+        spawned = [pid for pid in children(balancer.process.pid) if b"spawn_main" in _cmdline(pid)]
+        managers = [pid for pid in spawned if pid not in workers]
+        assert len(workers) == 1 and len(managers) == 1, (workers, spawned)
+        site_packages = sysconfig.get_paths()["purelib"]
+        assert _mapped_under(workers.pop(), site_packages)  # it would see Sanic's
+        assert _mapped_under(managers[0], site_packages) == set()
+    finally:
+        balancer.stop()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _mapped_under(pid: int, folder: str) -> set[str]:
+    """The files under ``folder`` that process ``pid`` maps (its shared libraries)."""
+    fields = (line.split(None, 5) for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
+    return {f[5] for f in fields if len(f) == 6 and f[5].startswith(folder + "/")}
