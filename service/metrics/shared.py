@@ -22,7 +22,7 @@ from service.metrics.history import read_history
 from service.metrics.figures import HISTOGRAM_RING, WINDOW_RING, HostFigures, Ring
 from service.metrics.sample import LOCAL, RequestSample
 from service.metrics.store import HIST_BINS, STATUS_CLASSES, WINDOW_S, Snapshot, histogram_bin
-from service.sharedmem import Plan, TimeRing, WorkerRow
+from service.sharedmem import Plan, RingCursor, TimeRing, WorkerRow
 
 FINE = TimeRing(resolution_s=0.05, in_window=round(WINDOW_S / 0.05), slots=256, values=2)
 COARSE = TimeRing(resolution_s=0.25, in_window=round(WINDOW_S / 0.25), slots=48, values=HIST_BINS)
@@ -93,6 +93,9 @@ class SharedMemoryStore:
         self._durations_at = self._row + layout.durations_at
         self._coarse_at = self._row + layout.coarse_at
         self._history_at = self._row + layout.history_at
+        self._fine = RingCursor(FINE, self._mem, self._fine_at)
+        self._coarse = RingCursor(COARSE, self._mem, self._coarse_at)
+        self._history = RingCursor(HISTORY, self._mem, self._history_at)
         self._mem[self._row + _WS_OPEN] = 0  # a dead predecessor's sockets died with it
 
     def name_routes(self, names: Sequence[str]) -> None:
@@ -138,7 +141,7 @@ class SharedMemoryStore:
 
     def _record_history(self, real_api: bool, status: int, duration: float) -> None:
         mem = self._mem
-        bucket = HISTORY.current(mem, self._history_at, self._wall_clock())
+        bucket = self._history.current(self._wall_clock())
         mem[bucket] += 1  # REQUESTS
         if status >= 500 or not status:
             mem[bucket + SERVER_ERRORS] += 1
@@ -156,10 +159,10 @@ class SharedMemoryStore:
         if 0 < status < 400:
             mem[row + _REAL_SUCCESS] += 1
         now = self._clock()
-        fine = FINE.current(mem, self._fine_at, now)
+        fine = self._fine.current(now)
         mem[fine] += 1
         mem[fine + 1] += duration
-        mem[COARSE.current(mem, self._coarse_at, now) + histogram_bin(duration)] += 1
+        mem[self._coarse.current(now) + histogram_bin(duration)] += 1
 
     def heartbeat(self) -> None:
         self._mem[self._row + _LAST_HEARTBEAT] = self._clock()

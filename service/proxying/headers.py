@@ -21,6 +21,8 @@ appended (each hop appends the address it received the request from, as Envoy an
 
 from __future__ import annotations
 
+import operator
+
 from collections.abc import Iterable
 
 from service.transport.seam import Triple
@@ -52,6 +54,9 @@ FORWARDING = frozenset(
     }
 )
 _OWS = b" \t"
+_LOWER_NAME = operator.itemgetter(1)
+# every name the loop below treats otherwise than passing it on
+_SPECIAL = HOP_BY_HOP | FORWARDING | _TRACE_CONTEXT | {b"x-request-id", b"host"}
 
 
 def _named(values: Iterable[bytes]) -> frozenset[bytes]:
@@ -97,6 +102,10 @@ def upstream_request_fields(
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         lower = name.lower()
+        if lower not in _SPECIAL:  # most fields: passed on as they came
+            if not (drop_underscored and b"_" in lower):
+                out.append((name, lower, value.strip(_OWS)))
+            continue
         value = value.strip(_OWS)
         if lower in HOP_BY_HOP:
             if lower == b"connection":
@@ -116,9 +125,7 @@ def upstream_request_fields(
             client_host = value
             if host is None:
                 out.append((name, lower, value))
-        elif drop_underscored and b"_" in lower:
-            continue
-        else:
+        else:  # x-request-id, kept (no id of the load balancer's to send instead)
             out.append((name, lower, value))
     named = _named(connection) if connection else None
     if named:
@@ -150,24 +157,28 @@ def response_head_fields(head: bytes) -> list[Triple]:
     return fields
 
 
+def _connection_names(fields: list[Triple], names: list[bytes]) -> frozenset[bytes]:
+    """``_named`` of the ``Connection`` fields, at once for the usual lone ``keep-alive``."""
+    if names.count(b"connection") == 1:
+        value = fields[names.index(b"connection")][2]
+        if value == b"keep-alive":
+            return frozenset()
+    return _named(value for _, lower, value in fields if lower == b"connection")
+
+
 def client_response_fields(fields: list[Triple]) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
     """The end-to-end response headers for the client as ``(name, value)`` pairs, and the
-    ``Content-Length`` apart: Sanic frames the response to the client itself. One pass; a
-    second only when ``Connection`` names a field that is not hop-by-hop already."""
-    out = []
-    length = None
-    connection = []
-    for name, lower, value in fields:
-        if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                connection.append(value)
-        elif lower == b"content-length":
-            length = value
-        else:
-            out.append((name, value))
-    named = _named(connection) if connection else None
-    if named:
-        out = [(name, value) for name, value in out if name.lower() not in named]
+    ``Content-Length`` apart: Sanic frames the response to the client itself. A second pass
+    only when ``Connection`` names a field that is not hop-by-hop already."""
+    names = list(map(_LOWER_NAME, fields))
+    length = fields[names.index(b"content-length")][2] if b"content-length" in names else None
+    if HOP_BY_HOP.isdisjoint(names):  # no field to drop: only Content-Length is set apart
+        out = [(name, value) for name, lower, value in fields if lower != b"content-length"]
+        return out, length
+    drop = HOP_BY_HOP.union([b"content-length"])
+    if b"connection" in names:
+        named = _connection_names(fields, names)
         if b"content-length" in named:
             length = None
-    return out, length
+        drop = drop.union(named)
+    return [(name, value) for name, lower, value in fields if lower not in drop], length

@@ -41,9 +41,7 @@ class ProxiedResponse(PreformattedResponse):
         self._cookies = None
         self._headers: Header | None = None
         self.status = upstream.status_code
-        self.fields, self.declared_length = client_response_fields(
-            seam.triples(upstream.headers)
-        )
+        self.fields, self.declared_length = client_response_fields(seam.triples(upstream.headers))
 
     @property
     def headers(self) -> Header:  # type: ignore[override]

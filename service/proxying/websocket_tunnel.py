@@ -37,6 +37,8 @@ BODY_LIMIT = 1024 * 1024  # of a refused upgrade's answer
 
 
 def is_upgrade(request: Request) -> bool:
+    if "upgrade" not in request.headers:  # nearly every request: one lookup
+        return False
     upgrade = request.headers.get("upgrade", "").lower()
     connection = request.headers.get("connection", "").lower()
     return upgrade == "websocket" and "upgrade" in connection

@@ -23,7 +23,7 @@ from service.sharedmem.block import (
 )
 from service.sharedmem.lease import LEASE_WIDTH, Lease
 from service.sharedmem.lock import LockTimeout, SharedLock
-from service.sharedmem.rings import TimeRing
+from service.sharedmem.rings import RingCursor, TimeRing
 from service.sharedmem.seqlock import Seqlock, Turn
 from service.sharedmem.text import Texts, cut
 
@@ -34,6 +34,7 @@ __all__ = [
     "LockTimeout",
     "Plan",
     "Region",
+    "RingCursor",
     "Seqlock",
     "SharedBlock",
     "SharedLock",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import operator
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,6 +38,10 @@ MAX_HEAD = 256 * 1024  # bytes of response headers accepted (llhttp itself sets 
 _TIMED_OUT = object()
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A header line from a (name, lower-case name, value) triple, formatted in C by ``map``:
+# "%.0b" prints the lower-case name with a precision of 0 bytes, that is not at all.
+_FIELD_LINE = b"%b%.0b: %b\r\n"
+_LOWER_NAME = operator.itemgetter(1)
 
 
 class H1Transport(httpx.AsyncBaseTransport):
@@ -117,12 +122,22 @@ class H1Transport(httpx.AsyncBaseTransport):
 
 def _request_head(request: httpx.Request) -> tuple[bytes, bytes | None, int]:
     """The request line and headers, and how the body is framed (by its headers)."""
-    parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    fields = seam.triples(request.headers)
+    lines = b"".join(map(_FIELD_LINE.__mod__, fields))
+    head = b"%b %b HTTP/1.1\r\n%b\r\n" % (
+        request.method.encode("ascii"),
+        request.url.raw_path,
+        lines,
+    )
+    count = len(fields) + 2
+    if head.count(b"\n") != count or head.count(b"\r") != count:
+        raise httpx.LocalProtocolError("CR or LF inside a request header", request=request)
+    names = set(map(_LOWER_NAME, fields))
+    if b"content-length" not in names and b"transfer-encoding" not in names:
+        return head, None, 0  # no body
     framing: bytes | None = None
     declared = 0
-    fields = seam.triples(request.headers)
-    for name, lower, value in fields:
-        parts += (name, b": ", value, b"\r\n")
+    for _, lower, value in fields:
         if lower == b"content-length":
             framing = framing or b"content-length"
             try:
@@ -131,11 +146,6 @@ def _request_head(request: httpx.Request) -> tuple[bytes, bytes | None, int]:
                 raise httpx.LocalProtocolError("invalid Content-Length", request=request) from None
         elif lower == b"transfer-encoding" and value.lower().endswith(b"chunked"):
             framing = b"chunked"
-    parts.append(b"\r\n")
-    head = b"".join(parts)
-    lines = len(fields) + 2
-    if head.count(b"\n") != lines or head.count(b"\r") != lines:
-        raise httpx.LocalProtocolError("CR or LF inside a request header", request=request)
     return head, framing, declared
 
 
@@ -351,8 +361,14 @@ class _Connection(asyncio.Protocol):
                 self.pool.discard(self)
             return
         self._got_bytes = True
+        if not self._head_done:
+            self._head_bytes += len(data)  # an upper bound: the body may follow in ``data``
         try:
             self._parser.feed_data(data)
+            if not self._head_done and self._head_bytes > MAX_HEAD:
+                # counted per read, not per field: llhttp sets no limit, and a read is
+                # at most the loop's buffer, so the fields kept stay bounded
+                raise httptools.HttpParserError(f"response head over {MAX_HEAD} bytes")
         except httptools.HttpParserUpgrade:
             self._head_done = False  # a 101 is not an answer this proxy can relay
             self._fail(
@@ -403,9 +419,6 @@ class _Connection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > MAX_HEAD:
-            raise ValueError(f"response head over {MAX_HEAD} bytes")  # the parser stops here
         self._headers.append((name, name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -415,13 +428,8 @@ class _Connection(asyncio.Protocol):
             return
         self._status = status
         self._head_done = True
-        framed = False
-        for _, lower, value in self._headers:
-            if lower == b"content-length" or (
-                lower == b"transfer-encoding" and value.lower().endswith(b"chunked")
-            ):
-                framed = True
-        self._until_eof = not framed and status not in (204, 304)
+        if status not in (204, 304):
+            self._until_eof = not _framed(self._headers)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -594,6 +602,18 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             if self._transport is not None:
                 self._transport.close()
+
+
+def _framed(headers: list[seam.Triple]) -> bool:
+    """Whether a response's body is delimited by Content-Length or chunked coding (else by
+    the end of the connection)."""
+    names = set(map(_LOWER_NAME, headers))
+    if b"content-length" in names:
+        return True
+    return b"transfer-encoding" in names and any(
+        lower == b"transfer-encoding" and value.lower().endswith(b"chunked")
+        for _, lower, value in headers
+    )
 
 
 def arrived_whole(response: httpx.Response) -> bytes | None:
