@@ -25,7 +25,7 @@ import uvloop
 
 from service.settings import ProxySettings
 from service.transport.h1 import HIGH_WATER, H1Transport, arrived_whole
-from service.transport import build_client
+from service.transport import build_client, seam
 from tests.support.tools import require
 import contextlib
 
@@ -236,6 +236,40 @@ def test_a_body_arrived_whole_is_taken_at_once_and_a_partial_one_streams() -> No
             await response.stream.aclose()  # type: ignore[union-attr]
             assert server.connections == 1  # reused after the whole body was taken
             assert arrived_whole(httpx.Response(200, content=b"x")) is None  # not ours
+            await t.aclose()
+
+    run(main())
+
+
+def test_fields_are_split_as_sent_with_their_whitespace_trimmed() -> None:
+    reply = (
+        b"HTTP/1.1 200 OK\r\nX-Colon: a:b: c \r\nX-Empty:\r\nx-lower:\t v \t\r\n"
+        b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok"
+    )
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        await read_request(reader, server)
+        for i in range(0, len(reply), 7):  # the head in pieces: split only once it is whole
+            writer.write(reply[i : i + 7])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        await read_request(reader, server)
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            t = transport()
+            response, body = await fetch(t, server.url)
+            assert body == b"ok"
+            assert seam.triples(response.headers) == [
+                (b"X-Colon", b"x-colon", b"a:b: c"),
+                (b"X-Empty", b"x-empty", b""),
+                (b"x-lower", b"x-lower", b"v"),
+                (b"Set-Cookie", b"set-cookie", b"a=1"),
+                (b"Set-Cookie", b"set-cookie", b"b=2"),
+                (b"Content-Length", b"content-length", b"2"),
+            ]
             await t.aclose()
 
     run(main())
@@ -663,7 +697,15 @@ def test_read_timeouts_before_and_during_the_body() -> None:
 
 
 @pytest.mark.parametrize(
-    "reply", [b"", b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"]
+    "reply",
+    [
+        b"",
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        # obs-fold (RFC 9112 §5.2): refused, never relayed as a line of its own
+        b"HTTP/1.1 200 OK\r\nX-A: a\r\n X-Injected: 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",  # bare LF line endings
+    ],
 )
 def test_broken_answers_are_remote_protocol_errors(reply: bytes) -> None:
     async def handler(

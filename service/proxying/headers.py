@@ -25,6 +25,7 @@ import operator
 
 from collections.abc import Iterable
 
+from service.transport.fields import split_fields
 from service.transport.seam import Triple
 
 HOP_BY_HOP = frozenset(
@@ -57,6 +58,7 @@ _OWS = b" \t"
 _LOWER_NAME = operator.itemgetter(1)
 # every name the loop below treats otherwise than passing it on
 _SPECIAL = HOP_BY_HOP | FORWARDING | _TRACE_CONTEXT | {b"x-request-id", b"host"}
+_SPECIAL_BUT_HOST = _SPECIAL - {b"host"}  # every request has a Host: the usual case minds it
 
 
 def _named(values: Iterable[bytes]) -> frozenset[bytes]:
@@ -64,6 +66,49 @@ def _named(values: Iterable[bytes]) -> frozenset[bytes]:
     ``keep-alive``, the usual value, none): the other fields to drop."""
     named = {token.strip(_OWS).lower() for value in values for token in value.split(b",")}
     return frozenset(named - HOP_BY_HOP)
+
+
+def _sort_fields(
+    split: tuple[list[bytes], list[bytes], list[bytes]],
+    trusted_peer: bool,
+    host: bytes | None,
+    request_id: bytes | None,
+    drop_underscored: bool,
+) -> tuple[list[Triple], list[bytes], list[bytes], bytes, bool, bool]:
+    """Every field of a request that holds a special one (``_SPECIAL``), one by one: the
+    fields kept, the ``Connection`` values, the ``X-Forwarded-For`` values (from a trusted
+    peer), the client's ``Host``, and whether a trusted peer's ``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` are kept."""
+    out: list[Triple] = []
+    forwarded_for: list[bytes] = []
+    connection: list[bytes] = []
+    client_host = b""
+    kept_proto = kept_host = False
+    for name, lower, value in zip(*split, strict=True):
+        if lower not in _SPECIAL:  # most fields: passed on as they came
+            if not (drop_underscored and b"_" in lower):
+                out.append((name, lower, value))
+        elif lower in HOP_BY_HOP:
+            if lower == b"connection":
+                connection.append(value)
+        elif lower in FORWARDING:
+            if not trusted_peer or lower == b"x-real-ip":
+                continue
+            if lower == b"x-forwarded-for":
+                forwarded_for.append(value)
+                continue
+            kept_proto = kept_proto or lower == b"x-forwarded-proto"
+            kept_host = kept_host or lower == b"x-forwarded-host"
+            out.append((name, lower, value))
+        elif lower in _TRACE_CONTEXT or (lower == b"x-request-id" and request_id is not None):
+            continue
+        elif lower == b"host":
+            client_host = value
+            if host is None:
+                out.append((name, lower, value))
+        else:  # x-request-id, kept (no id of the load balancer's to send instead)
+            out.append((name, lower, value))
+    return out, connection, forwarded_for, client_host, kept_proto, kept_host
 
 
 def upstream_request_fields(
@@ -91,42 +136,30 @@ def upstream_request_fields(
     ``_`` that are not to be forwarded (the front door found them, ``LB_UNDERSCORES_IN_HEADERS``).
     The client's ``traceparent`` and ``tracestate`` are never passed on as they came: the
     load balancer sends its own (``traceparent``), and ``tracestate`` when it was valid.
-    One pass over the head; a second over the kept fields only when ``Connection`` names
-    other headers.
+    The usual request (no field but Host that needs minding) costs no Python loop over its
+    fields; a second pass over the kept fields only when ``Connection`` names other headers.
     """
-    out: list[Triple] = []
-    forwarded_for: list[bytes] = []
-    connection: list[bytes] = []
-    client_host = b""
-    kept_proto = kept_host = False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        lower = name.lower()
-        if lower not in _SPECIAL:  # most fields: passed on as they came
-            if not (drop_underscored and b"_" in lower):
-                out.append((name, lower, value.strip(_OWS)))
-            continue
-        value = value.strip(_OWS)
-        if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                connection.append(value)
-        elif lower in FORWARDING:
-            if not trusted_peer or lower == b"x-real-ip":
-                continue
-            if lower == b"x-forwarded-for":
-                forwarded_for.append(value)
-                continue
-            kept_proto = kept_proto or lower == b"x-forwarded-proto"
-            kept_host = kept_host or lower == b"x-forwarded-host"
-            out.append((name, lower, value))
-        elif lower in _TRACE_CONTEXT or (lower == b"x-request-id" and request_id is not None):
-            continue
-        elif lower == b"host":
-            client_host = value
-            if host is None:
-                out.append((name, lower, value))
-        else:  # x-request-id, kept (no id of the load balancer's to send instead)
-            out.append((name, lower, value))
+    names, lowers, values = split_fields(head)  # head: checked by the front door
+    if not drop_underscored and _SPECIAL_BUT_HOST.isdisjoint(lowers):
+        # the usual request: every field but Host goes on as it came
+        out = list(zip(names, lowers, values, strict=True))
+        connection: list[bytes] = []
+        forwarded_for: list[bytes] = []
+        client_host = b""
+        kept_proto = kept_host = False
+        if b"host" in lowers:
+            at = lowers.index(b"host")
+            client_host = values[at]
+            if host is not None:
+                del out[at]
+    else:
+        out, connection, forwarded_for, client_host, kept_proto, kept_host = _sort_fields(
+            (names, lowers, values),
+            trusted_peer,
+            host,
+            request_id,
+            drop_underscored,
+        )
     named = _named(connection) if connection else None
     if named:
         out = [field for field in out if field[1] not in named]

@@ -32,6 +32,7 @@ import httptools
 import httpx
 
 from service.transport import seam
+from service.transport.fields import split_fields
 
 HIGH_WATER = 64 * 1024  # bytes of response body buffered before reading pauses
 MAX_HEAD = 256 * 1024  # bytes of response headers accepted (llhttp itself sets no limit)
@@ -336,7 +337,7 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._reason = b""
         self._headers: list[seam.Triple] = []
-        self._head_bytes = 0
+        self._head_received = b""  # the bytes received until the head is complete
         self._interim = False  # inside a 1xx response, which is skipped
         self._head_done = False
         self._until_eof = False
@@ -361,13 +362,13 @@ class _Connection(asyncio.Protocol):
                 self.pool.discard(self)
             return
         self._got_bytes = True
-        if not self._head_done:
-            self._head_bytes += len(data)  # an upper bound: the body may follow in ``data``
+        if not self._head_done:  # kept for on_headers_complete, which splits the fields
+            received = self._head_received
+            self._head_received = received + data if received else data
         try:
             self._parser.feed_data(data)
-            if not self._head_done and self._head_bytes > MAX_HEAD:
-                # counted per read, not per field: llhttp sets no limit, and a read is
-                # at most the loop's buffer, so the fields kept stay bounded
+            if not self._head_done and len(self._head_received) > MAX_HEAD:
+                # llhttp sets no limit; a read is at most the loop's buffer
                 raise httptools.HttpParserError(f"response head over {MAX_HEAD} bytes")
         except httptools.HttpParserUpgrade:
             self._head_done = False  # a 101 is not an answer this proxy can relay
@@ -418,14 +419,23 @@ class _Connection(asyncio.Protocol):
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, name.lower(), value))
-
     def on_headers_complete(self) -> None:
+        """The fields are split here from the head's bytes, all at once (no ``on_header``
+        callback per field: llhttp only checks them)."""
+        received = self._head_received
+        end = received.find(b"\r\n\r\n")
+        if end == -1:  # llhttp took another line ending: not one this proxy relays
+            raise ValueError("response head not ended by CRLF CRLF")
+        head, self._head_received = received[:end], received[end + 4 :]
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            self._interim, self._headers, self._reason, self._head_bytes = True, [], b"", 0
+            self._interim, self._reason = True, b""
             return
+        if b"\r\n " in head or b"\r\n\t" in head:
+            # RFC 9112 §5.2: a proxy either replaces obs-fold or refuses the message (502)
+            raise ValueError("obsolete line folding in the response head")
+        self._headers = list(zip(*split_fields(head), strict=True))
+        self._head_received = b""
         self._status = status
         self._head_done = True
         if status not in (204, 304):
