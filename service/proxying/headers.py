@@ -24,6 +24,7 @@ from __future__ import annotations
 import operator
 
 from collections.abc import Iterable
+from itertools import compress
 
 from service.transport.fields import split_fields
 from service.transport.seam import Triple
@@ -56,6 +57,8 @@ FORWARDING = frozenset(
 )
 _OWS = b" \t"
 _LOWER_NAME = operator.itemgetter(1)
+_NAME_VALUE = operator.itemgetter(0, 2)
+_DROPPED = HOP_BY_HOP | {b"content-length"}  # of a response: Sanic sets its own framing
 # every name the loop below treats otherwise than passing it on
 _SPECIAL = HOP_BY_HOP | FORWARDING | _TRACE_CONTEXT | {b"x-request-id", b"host"}
 _SPECIAL_BUT_HOST = _SPECIAL - {b"host"}  # every request has a Host: the usual case minds it
@@ -201,17 +204,16 @@ def _connection_names(fields: list[Triple], names: list[bytes]) -> frozenset[byt
 
 def client_response_fields(fields: list[Triple]) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
     """The end-to-end response headers for the client as ``(name, value)`` pairs, and the
-    ``Content-Length`` apart: Sanic frames the response to the client itself. A second pass
-    only when ``Connection`` names a field that is not hop-by-hop already."""
+    ``Content-Length`` apart: Sanic frames the response to the client itself. Filtered in C
+    (``map`` and ``compress``); the ``Connection`` field's tokens read only when it names
+    more than the usual ``keep-alive``."""
     names = list(map(_LOWER_NAME, fields))
     length = fields[names.index(b"content-length")][2] if b"content-length" in names else None
-    if HOP_BY_HOP.isdisjoint(names):  # no field to drop: only Content-Length is set apart
-        out = [(name, value) for name, lower, value in fields if lower != b"content-length"]
-        return out, length
-    drop = HOP_BY_HOP.union([b"content-length"])
+    drop = _DROPPED
     if b"connection" in names:
         named = _connection_names(fields, names)
         if b"content-length" in named:
             length = None
         drop = drop.union(named)
-    return [(name, value) for name, lower, value in fields if lower not in drop], length
+    kept = map(operator.not_, map(drop.__contains__, names))
+    return list(compress(map(_NAME_VALUE, fields), kept)), length
