@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from service.metrics.bins import COARSE_BINS, coarse_bin
 from service.pools.slots import SPARE_POOLS, SlotLayout
-from service.sharedmem import Plan, TimeRing, WorkerRow
+from service.sharedmem import Plan, RingCursor, TimeRing, WorkerRow
 from service.sharedmem.lease import LEASE_WIDTH, Lease
 
 # count, duration sum, then the latency histogram
@@ -75,6 +75,9 @@ class PoolState:
             at = self._row_at(target, row.at) + OUTSTANDING
             if self._mem[at]:  # written only if needed: unused slots' pages stay untouched
                 self._mem[at] = 0
+        # each target's fields in this worker's row, and its window ring's cursor
+        self._mine = [self._row_at(target, row.at) for target in range(layout.targets)]
+        self._windows = [RingCursor(WINDOW, self._mem, at + _RING_AT) for at in self._mine]
 
     def _shared_at(self, target: int) -> int:
         return self._layout.shared.at + target * _SHARED_WIDTH
@@ -97,19 +100,19 @@ class PoolState:
     # -- this worker's row --------------------------------------------------------------------
 
     def started(self, target: int) -> None:
-        at = self._row_at(target, self._row)
-        self._mem[at + OUTSTANDING] += 1
-        self._mem[at + REQUESTS] += 1
+        mem, at = self._mem, self._mine[target]
+        mem[at + OUTSTANDING] += 1
+        mem[at + REQUESTS] += 1
 
     def finished(self, target: int, duration_s: float, failed: bool) -> None:
-        at = self._row_at(target, self._row)
-        self._mem[at + OUTSTANDING] -= 1
+        mem, at = self._mem, self._mine[target]
+        mem[at + OUTSTANDING] -= 1
         if failed:
-            self._mem[at + FAILURES] += 1
-        bucket = WINDOW.current(self._mem, at + _RING_AT, self.clock())
-        self._mem[bucket] += 1
-        self._mem[bucket + 1] += duration_s
-        self._mem[bucket + _HIST + coarse_bin(duration_s)] += 1
+            mem[at + FAILURES] += 1
+        bucket = self._windows[target].current(self.clock())
+        mem[bucket] += 1
+        mem[bucket + 1] += duration_s
+        mem[bucket + _HIST + coarse_bin(duration_s)] += 1
 
     # -- a target slot that is freed (service.pools.slots) --------------------------------
 

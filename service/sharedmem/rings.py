@@ -58,9 +58,9 @@ class TimeRing:
 
 class RingCursor:
     """A writer's hand on one ring of its own row: the current bucket, kept while the clock
-    stays in its epoch, so that most writes find it with one division instead of a lookup
-    and a stamp check. Only the row's owner writes the row, so nobody else resets the bucket
-    it holds."""
+    stays in its epoch and the bucket still carries that epoch's stamp (a slot cleared for a
+    new owner carries none), so that most writes find it without ``TimeRing.current``'s
+    arithmetic and call."""
 
     __slots__ = ("_at", "_bucket", "_epoch", "_mem", "_resolution_s", "_ring")
 
@@ -73,7 +73,7 @@ class RingCursor:
     def current(self, now: float) -> int:
         """What ``TimeRing.current(mem, at, now)`` returns."""
         epoch = int(now / self._resolution_s)
-        if epoch != self._epoch:
+        if epoch != self._epoch or self._mem[self._bucket - 1] != epoch:
             self._bucket = self._ring.current(self._mem, self._at, now)
             self._epoch = epoch
         return self._bucket

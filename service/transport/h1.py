@@ -262,10 +262,16 @@ class _Pool:
     def release(self, conn: _Connection) -> None:
         """Back to the idle list if its last exchange left it clean, else closed."""
         conn.busy = False
-        if self._closed or not conn.reusable() or conn.key[:3] in self._retired:
+        if (
+            self._closed
+            or not conn.reusable()
+            or (self._retired and conn.key[:3] in self._retired)
+        ):
             self.discard(conn)
             return
-        idle = self._idle.setdefault(conn.key, collections.deque())
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = collections.deque()
         now = self._loop.time()
         conn.idle_since = now
         if self._expiry is not None:
