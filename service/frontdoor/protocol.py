@@ -38,6 +38,7 @@ OVERLOADED = _overloaded_response()
 
 class FrontDoorProtocol(WebSocketProtocol):
     HTTP_CLASS = StrictHttp
+    __slots__ = ("keep_alive_after_head",)  # Sanic's protocols have slots, no __dict__
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -45,6 +46,7 @@ class FrontDoorProtocol(WebSocketProtocol):
         # Until its first request head, a connection gets the head deadline, not Sanic's
         # keep-alive timeout: one that never sends a byte goes at LB_HEADER_TIMEOUT, as in
         # nginx. StrictHttp gives the keep-alive timeout back once a head has arrived.
+        self.keep_alive_after_head = self.app.config.KEEP_ALIVE_TIMEOUT
         self.keep_alive_timeout = min(frontdoor.header_timeout, self.keep_alive_timeout)
         if len(self.connections) > frontdoor.max_client_connections:
             self._task.cancel()

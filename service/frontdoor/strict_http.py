@@ -52,7 +52,7 @@ class StrictHttp(Http):
             except TimeoutError:
                 # nginx's client_header_timeout: the whole head, not the gap between bytes
                 raise RequestTimeout("the request head was not received in time") from None
-        self.protocol.keep_alive_timeout = self.protocol.app.config.KEEP_ALIVE_TIMEOUT
+        self.protocol.keep_alive_timeout = self.protocol.keep_alive_after_head
         underscored = 0
         if 0 <= end < self.HEADER_MAX_SIZE:  # an oversized head is Sanic's 413
             head = self.recv_buffer[:end]

@@ -262,11 +262,7 @@ class _Pool:
     def release(self, conn: _Connection) -> None:
         """Back to the idle list if its last exchange left it clean, else closed."""
         conn.busy = False
-        if (
-            self._closed
-            or not conn.reusable()
-            or (self._retired and conn.key[:3] in self._retired)
-        ):
+        if self._closed or not conn.reusable() or (self._retired and conn.key[:3] in self._retired):
             self.discard(conn)
             return
         idle = self._idle.get(conn.key)
