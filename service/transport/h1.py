@@ -386,7 +386,7 @@ class _Connection(asyncio.Protocol):
             # parser cannot be told so, so the next exchange gets a fresh parser.
             self._complete = True
             self._keep_alive = self._keep_alive_after_head()
-            self._wake()
+        self._wake()  # once, for whatever the parser's callbacks found in ``data``
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -442,7 +442,6 @@ class _Connection(asyncio.Protocol):
         self._head_done = True
         if status not in (204, 304):
             self._until_eof = not _framed(self._headers)
-        self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self._head_only:
@@ -453,7 +452,6 @@ class _Connection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._read_paused and self._transport:
             self._read_paused = True
             self._transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -463,7 +461,6 @@ class _Connection(asyncio.Protocol):
             return  # already complete when its head arrived
         self._complete = True
         self._keep_alive = self._parser.should_keep_alive()
-        self._wake()
 
     # -- the exchange -------------------------------------------------------------------
 
