@@ -15,6 +15,7 @@ same repeat, medians shown:
     nginx proxy         Debian's nginx, one worker, upstream keep-alive
     bare sanic          /work/shared/peers/minimal_sanic_proxy.py: Sanic forwarding over raw
                         asyncio keep-alive connections, nothing else (the stack's floor)
+    bare sanic /lb-health  the same app's own answer: what ours is compared with
 
 Latency (Debian's ``hey``: 10 connections, 30 req/s each = 300 req/s): p50 and p99 of each
 proxy minus those of calling the upstream directly, medians of the repeats.
@@ -157,7 +158,11 @@ def start_peers(
         env = clean_env({**urls, "PYTHONPATH": str(PEERS)})
         argv = [str(BIN / "sanic"), "minimal_sanic_proxy:app", "--host", "127.0.0.1",
                 "--port", str(port), "--single-process", "--no-access-logs"]  # fmt: skip
-        servers.append(start_peer(procs, "bare sanic", argv, env, port))
+        bare = start_peer(procs, "bare sanic", argv, env, port)
+        servers += [
+            bare,
+            Server("bare sanic /lb-health", bare.url.replace("/api/x", "/lb-health"), bare.proc),
+        ]
     return servers, notes
 
 
@@ -207,11 +212,27 @@ def print_throughput(servers: list[Server], notes: list[str]) -> dict[str, dict[
         )  # fmt: skip
     for note in notes:
         print(f"{'':<20} {note}")
+    _print_local_ratio(servers)
     print(
         "service/it: this service's proxied req/s over the row's, in the same repeat (median; "
         "above 1: this service is faster). /lb-health's row is proxied/local."
     )
     return table
+
+
+def _print_local_ratio(servers: list[Server]) -> None:
+    """This service's own answer (``/lb-health``) against the bare app's own answer, repeat
+    by repeat (issue 23: at least 0.8x)."""
+    ours = next((s for s in servers if s.label == "service /lb-health"), None)
+    bare = next((s for s in servers if s.label == "bare sanic /lb-health"), None)
+    if ours is None or bare is None:
+        return
+    ratios = [o.rps / b.rps for o, b in zip(ours.runs, bare.runs, strict=True) if b.rps]
+    if ratios:
+        print(
+            f"service /lb-health over bare sanic /lb-health: {statistics.median(ratios):.2f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f})"
+        )
 
 
 # ---------------------------------------------------------------------------- latency
@@ -235,7 +256,9 @@ def latency(
         print("\nlatency at 300 req/s: skipped (smoke run)")
         return {}
     targets = [("upstream direct", direct)] + [
-        (s.label, s.url) for s in servers if s.label not in ("service /lb-health", "go shipped")
+        (s.label, s.url)
+        for s in servers
+        if s.label not in ("service /lb-health", "bare sanic /lb-health", "go shipped")
     ]
     got: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in targets}
     for rep in range(args.repeats):
