@@ -76,6 +76,23 @@ async def _response_behaves_like_a_constructed_one() -> None:
     assert built.is_closed
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:8000/x", ("http", "127.0.0.1", 8000)),
+        ("http://[::1]:9000/", ("http", "::1", 9000)),
+        ("https://svc.internal/", ("https", "svc.internal", None)),
+        ("http://svc:80/", ("http", "svc", None)),
+        ("https://bücher.example/", ("https", "xn--bcher-kva.example", None)),
+    ],
+)
+def test_origin_is_what_the_url_parsed(url: str, expected: tuple[str, str, int | None]) -> None:
+    parsed = httpx.URL(url)
+    assert seam.origin(parsed) == expected
+    assert (parsed.scheme, parsed.port) == (expected[0], expected[2])
+    assert parsed.host.encode("idna") == expected[1].encode()
+
+
 def test_close_closes_as_httpx_aclose_does() -> None:
     """``seam.close`` sets what ``Response.aclose`` sets and closes the stream once."""
 

@@ -64,19 +64,13 @@ class H1Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         pool = self._pool or self._open_pool()
-        url = request.url
-        scheme = url.scheme
+        scheme, host, port = seam.origin(request.url)
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
         # "sni_hostname" (httpx's extension, as httpcore reads it): connect to the URL's host
         # (an address) but verify and send SNI for this name; part of the pool key, so a
         # connection made for one name is never reused for another.
-        key = (
-            scheme,
-            url.host,
-            url.port or _DEFAULT_PORTS[scheme],
-            request.extensions.get("sni_hostname"),
-        )
+        key = (scheme, host, port or _DEFAULT_PORTS[scheme], request.extensions.get("sni_hostname"))
         timeouts = request.extensions.get("timeout", {})
         head, framing, declared = _request_head(request)
         replayable = framing is None or isinstance(request.stream, httpx.ByteStream)
@@ -115,10 +109,8 @@ class H1Transport(httpx.AsyncBaseTransport):
         """``url``'s origin left its pool: close its idle connections now, and each busy one
         when its exchange ends, until a request to that origin comes again."""
         if self._pool is not None:
-            parsed = httpx.URL(url)
-            self._pool.retire(
-                (parsed.scheme, parsed.host, parsed.port or _DEFAULT_PORTS[parsed.scheme])
-            )
+            scheme, host, port = seam.origin(httpx.URL(url))
+            self._pool.retire((scheme, host, port or _DEFAULT_PORTS[scheme]))
 
 
 def _request_head(request: httpx.Request) -> tuple[bytes, bytes | None, int]:

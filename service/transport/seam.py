@@ -50,6 +50,15 @@ def url_for(base: httpx.URL, path: str, query: str) -> httpx.URL:
     return url
 
 
+def origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` as the parsed URL holds them: the host in its ASCII form
+    (``xn--`` for an internationalised name, what DNS and TLS take), the port None when it is
+    the scheme's default. Three attribute reads, where ``url.host`` and ``url.port`` are
+    properties that decode the host again."""
+    ref = url._uri_reference
+    return ref.scheme, ref.host, ref.port
+
+
 def request_of(
     method: str,
     url: httpx.URL,
