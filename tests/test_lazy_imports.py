@@ -125,6 +125,7 @@ def _cmdline(pid: int) -> bytes:
 def _mapped_under(pid: int, folder: str) -> set[str]:
     """The files under ``folder`` that process ``pid`` maps (its shared libraries)."""
     fields = (line.split(None, 5) for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
+    folder = os.path.realpath(folder)  # the maps name files by their real paths
     return {f[5] for f in fields if len(f) == 6 and f[5].startswith(folder + "/")}
 
 
