@@ -467,8 +467,8 @@ def main() -> int:
         "--replica-seconds", type=float, default=10.0, help="each replicas' flood (10)"
     )
     smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
-             "exact_seconds": 1.0, "replicas": True, "replica_seconds": 1.0, "keys": True,
-             "keys_seconds": 2.5}  # fmt: skip
+             "exact_seconds": 0.3, "replicas": True, "replica_seconds": 0.5, "keys": True,
+             "keys_seconds": 2.2}  # fmt: skip
     return run_bench("admission", parser.parse_args(), bench_admission, smoke)
 
 

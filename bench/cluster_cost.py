@@ -283,7 +283,7 @@ def main() -> int:
         "--stats-calls", type=int, default=300, help="GET /stats back to back (300; a tenth spaced)"
     )
     smoke = {"duration": 0.2, "repeats": 1, "pair_repeats": 1, "pair_duration": 0.2,
-             "stats_calls": 20}  # fmt: skip
+             "stats_calls": 10}  # fmt: skip
     return run_bench("cluster", parser.parse_args(), bench_cluster, smoke)
 
 

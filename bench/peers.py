@@ -340,7 +340,7 @@ def main() -> int:
         "--load-seconds", type=float, default=60.0, help="load before the second PSS (60)"
     )
     args = parser.parse_args()
-    smoke = {"duration": 1.0, "repeats": 1, "latency_duration": 1.0, "load_seconds": 1.0}
+    smoke = {"duration": 0.3, "repeats": 1, "latency_duration": 0.3, "load_seconds": 0.3}
     return run_bench("peers", args, bench, smoke)
 
 

@@ -14,6 +14,19 @@ from sanic import Sanic
 from tests.support import LoadBalancer, UpstreamServer, env_for, start_upstreams
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Test files that declare ``SCHEDULE_FIRST = True`` (the minute of bench smoke runs) go
+    first; the rest keep their order (by file name).
+
+    pytest-xdist (``--dist loadfile``, with ``--no-loadscope-reorder`` in pyproject.toml)
+    hands whole files to its two processes in this order, each taking the next as it runs
+    dry. Ordered by test count instead (xdist's default), tests/test_bench.py, with two
+    tests, went out second to last and kept one process busy for a minute while the other
+    had nothing left to run.
+    """
+    items.sort(key=lambda item: not getattr(getattr(item, "module", None), "SCHEDULE_FIRST", False))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_sanic_registry(request: pytest.FixtureRequest) -> Iterator[None]:
     """Each test may build apps with the same names; Sanic keeps a global registry of them."""
