@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -365,9 +366,12 @@ def launch_lb(
     workers: int = 1,
     ready: Iterable[str] = ("/lb-health", "/api/x"),
     repo: Path = REPO,
+    tls: ssl.SSLContext | None = None,
 ) -> LoadBalancer:
     """``sanic <app>`` on an ephemeral port, no access logs; a 1-worker one is pinned to
     LB_CPUS. Its output goes to ``lb-<name>.log`` in ``procs.logs``; ``procs.close`` stops it.
+    ``tls``: it serves HTTPS (``LB_TLS_*`` in ``env``), its URL is ``https://`` and its
+    readiness is checked trusting this context (:func:`bench_certificate`).
 
     In a smoke run a 1-worker load balancer runs ``--single-process`` (one Python process
     to start instead of two: half the CPU, and the same request path); one whose port was
@@ -386,6 +390,7 @@ def launch_lb(
                 log=procs.logs / f"lb-{name}.log",
                 timeout=30.0,
                 repo=repo,
+                tls=tls,
             )
         except RuntimeError:
             log = (procs.logs / f"lb-{name}.log").read_text(errors="replace")
@@ -394,6 +399,18 @@ def launch_lb(
             continue
         return procs.adopt(lb)
     raise AssertionError("unreachable")
+
+
+def bench_certificate(folder: Path) -> tuple[str, str, ssl.SSLContext]:
+    """An ECDSA P-256 certificate for 127.0.0.1 and localhost, issued by a CA made here, in
+    ``folder``: (certificate path, key path, a client context trusting that CA). wrk does
+    not verify certificates, so it talks to a load balancer serving this one as is."""
+    from tests.support.certs import issue, make_ca  # cryptography: only the TLS scripts'
+
+    ca = make_ca("bench CA")
+    cert, key = issue(ca, "bench", ("127.0.0.1", "localhost")).write(folder)
+    (folder / "ca.pem").write_bytes(ca.cert_pem)
+    return cert, key, ssl.create_default_context(cafile=str(folder / "ca.pem"))
 
 
 # ---------------------------------------------------------------------------------- wrk
@@ -599,15 +616,19 @@ def interleaved(
     pin: bool,
     nginx: subprocess.Popen[bytes],
     warm_up: bool = True,
+    also: Iterable[subprocess.Popen[bytes]] = (),
 ) -> dict[str, list[WrkRun]]:
-    """Every case once per repeat, the order rotated each repeat; medians are taken later."""
+    """Every case once per repeat, the order rotated each repeat; medians are taken later.
+    ``also``: more processes of the run besides nginx (Redis, dnsmasq), whose CPU is then not
+    counted as other load."""
+    others = [nginx, *also]
     for case in cases if warm_up else ():  # pools filled, first-request costs paid
         warm(case.url, connections, pin)
     results: dict[str, list[WrkRun]] = {case.label: [] for case in cases}
     for rep in range(repeats):
         shift = rep % len(cases)
         for case in cases[shift:] + cases[:shift]:
-            run = measure_wrk(case.url, case.lb.proc, [nginx], duration, connections, pin)
+            run = measure_wrk(case.url, case.lb.proc, others, duration, connections, pin)
             results[case.label].append(run)
             print(
                 f"  rep {rep + 1}/{repeats} {case.label:<30} {run.rps:>9,.0f} req/s "

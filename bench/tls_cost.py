@@ -32,14 +32,14 @@ from bench.harness import (
     NGINX_HEAD,
     URL_VARS,
     Case,
-    LoadBalancer,
-    Mode,
     Processes,
     add_run_options,
+    bench_certificate,
     bench_env,
     bench_parser,
     free_port,
     interleaved,
+    launch_lb,
     machine_load,
     median,
     print_pairs,
@@ -51,7 +51,6 @@ from bench.harness import (
     wait_http,
 )
 from service.tls.contexts import MOZILLA_INTERMEDIATE
-from tests.support.certs import issue, make_ca
 
 NGINX_FRONT = """\
     upstream backend {{
@@ -126,24 +125,13 @@ def negotiated(url: str, trust: ssl.SSLContext) -> str:
 def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> None:
     print(machine_load())
     upstream, nginx = start_nginx(procs, tmp)
-    ca = make_ca("bench CA")
-    cert, key = issue(ca, "bench", ("127.0.0.1", "localhost")).write(tmp / "tls")
-    (tmp / "tls" / "ca.pem").write_bytes(ca.cert_pem)
-    trust = ssl.create_default_context(cafile=str(tmp / "tls" / "ca.pem"))
-    env = bench_env({var: upstream for var in URL_VARS})
-
-    def balancer(name: str, tls: bool) -> LoadBalancer:
-        extra = {"LB_TLS_CERT": cert, "LB_TLS_KEY": key} if tls else {}
-        lb = LoadBalancer(
-            {**env, **extra}, workers=None if Mode.smoke else 1, name=name,
-            args=["--no-access-logs"],
-            cpus=LB_CPUS if procs.pin else None, ready=("/lb-health", "/api/x"),
-            log=procs.logs / f"lb-{name}.log", timeout=30.0, tls=trust if tls else None,
-        )  # fmt: skip
-        return procs.adopt(lb)
-
-    plain = Case("lb http", balancer("http", tls=False))
-    secure = Case("lb https", balancer("https", tls=True))
+    cert, key, trust = bench_certificate(tmp / "tls")
+    urls = {var: upstream for var in URL_VARS}
+    plain = Case("lb http", launch_lb(procs, name="http", app="service.app", env=bench_env(urls)))
+    tls_env = bench_env(urls, {"LB_TLS_CERT": cert, "LB_TLS_KEY": key})
+    secure = Case(
+        "lb https", launch_lb(procs, name="https", app="service.app", env=tls_env, tls=trust)
+    )
     fronts = []
     print(f"lb https: {negotiated(secure.lb.url, trust)}")
     if require("nginx"):  # a smoke run without nginx measures the load balancer alone
