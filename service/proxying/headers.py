@@ -21,10 +21,8 @@ appended (each hop appends the address it received the request from, as Envoy an
 
 from __future__ import annotations
 
-import operator
 
 from collections.abc import Iterable
-from itertools import compress
 
 from service.transport.fields import split_fields
 from service.transport.seam import Triple
@@ -56,12 +54,8 @@ FORWARDING = frozenset(
     }
 )
 _OWS = b" \t"
-_LOWER_NAME = operator.itemgetter(1)
-_NAME_VALUE = operator.itemgetter(0, 2)
-_DROPPED = HOP_BY_HOP | {b"content-length"}  # of a response: Sanic sets its own framing
 # every name the loop below treats otherwise than passing it on
 _SPECIAL = HOP_BY_HOP | FORWARDING | _TRACE_CONTEXT | {b"x-request-id", b"host"}
-_SPECIAL_BUT_HOST = _SPECIAL - {b"host"}  # every request has a Host: the usual case minds it
 
 
 def _named(values: Iterable[bytes]) -> frozenset[bytes]:
@@ -72,7 +66,7 @@ def _named(values: Iterable[bytes]) -> frozenset[bytes]:
 
 
 def _sort_fields(
-    split: tuple[list[bytes], list[bytes], list[bytes]],
+    fields: list[Triple],
     trusted_peer: bool,
     host: bytes | None,
     request_id: bytes | None,
@@ -87,7 +81,7 @@ def _sort_fields(
     connection: list[bytes] = []
     client_host = b""
     kept_proto = kept_host = False
-    for name, lower, value in zip(*split, strict=True):
+    for name, lower, value in fields:
         if lower not in _SPECIAL:  # most fields: passed on as they came
             if not (drop_underscored and b"_" in lower):
                 out.append((name, lower, value))
@@ -139,30 +133,12 @@ def upstream_request_fields(
     ``_`` that are not to be forwarded (the front door found them, ``LB_UNDERSCORES_IN_HEADERS``).
     The client's ``traceparent`` and ``tracestate`` are never passed on as they came: the
     load balancer sends its own (``traceparent``), and ``tracestate`` when it was valid.
-    The usual request (no field but Host that needs minding) costs no Python loop over its
-    fields; a second pass over the kept fields only when ``Connection`` names other headers.
+    One pass over the fields; a second over the kept ones only when ``Connection`` names
+    other headers.
     """
-    names, lowers, values = split_fields(head)  # head: checked by the front door
-    if not drop_underscored and _SPECIAL_BUT_HOST.isdisjoint(lowers):
-        # the usual request: every field but Host goes on as it came
-        out = list(zip(names, lowers, values, strict=True))
-        connection: list[bytes] = []
-        forwarded_for: list[bytes] = []
-        client_host = b""
-        kept_proto = kept_host = False
-        if b"host" in lowers:
-            at = lowers.index(b"host")
-            client_host = values[at]
-            if host is not None:
-                del out[at]
-    else:
-        out, connection, forwarded_for, client_host, kept_proto, kept_host = _sort_fields(
-            (names, lowers, values),
-            trusted_peer,
-            host,
-            request_id,
-            drop_underscored,
-        )
+    out, connection, forwarded_for, client_host, kept_proto, kept_host = _sort_fields(
+        split_fields(head), trusted_peer, host, request_id, drop_underscored
+    )
     named = _named(connection) if connection else None
     if named:
         out = [field for field in out if field[1] not in named]
@@ -193,27 +169,26 @@ def response_head_fields(head: bytes) -> list[Triple]:
     return fields
 
 
-def _connection_names(fields: list[Triple], names: list[bytes]) -> frozenset[bytes]:
-    """``_named`` of the ``Connection`` fields, at once for the usual lone ``keep-alive``."""
-    if names.count(b"connection") == 1:
-        value = fields[names.index(b"connection")][2]
-        if value == b"keep-alive":
-            return frozenset()
-    return _named(value for _, lower, value in fields if lower == b"connection")
-
-
 def client_response_fields(fields: list[Triple]) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
     """The end-to-end response headers for the client as ``(name, value)`` pairs, and the
-    ``Content-Length`` apart: Sanic frames the response to the client itself. Filtered in C
-    (``map`` and ``compress``); the ``Connection`` field's tokens read only when it names
-    more than the usual ``keep-alive``."""
-    names = list(map(_LOWER_NAME, fields))
-    length = fields[names.index(b"content-length")][2] if b"content-length" in names else None
-    drop = _DROPPED
-    if b"connection" in names:
-        named = _connection_names(fields, names)
-        if b"content-length" in named:
-            length = None
-        drop = drop.union(named)
-    kept = map(operator.not_, map(drop.__contains__, names))
-    return list(compress(map(_NAME_VALUE, fields), kept)), length
+    ``Content-Length`` apart: Sanic frames the response to the client itself. One pass; a
+    second only when ``Connection`` names a field that is not hop-by-hop already (a lone
+    ``keep-alive``, the usual value, names none)."""
+    out = []
+    length = None
+    connection = []
+    for name, lower, value in fields:
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                connection.append(value)
+        elif lower == b"content-length":
+            length = value
+        else:
+            out.append((name, value))
+    if connection and connection != [b"keep-alive"]:
+        named = _named(connection)
+        if named:
+            out = [(name, value) for name, value in out if name.lower() not in named]
+            if b"content-length" in named:
+                length = None
+    return out, length

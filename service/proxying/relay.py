@@ -14,7 +14,7 @@ from service.proxying.headers import client_response_fields
 from service.transport import arrived_whole, seam
 
 _REQUEST_ID = HEADER.encode("ascii")
-_LINE = b"%b: %b\r\n"  # a (name, value) field, formatted in C by map
+_LINE = b"%b: %b\r\n"  # a (name, value) field
 _NO_BODY = frozenset({204, 304, *range(100, 200)})
 
 
@@ -64,7 +64,9 @@ class ProxiedResponse(PreformattedResponse):
             size,
             b"keep-alive" if keep_alive else b"close",
         )
-        return STATUS_LINES[self.status] + b"".join(map(_LINE.__mod__, self.fields)) + framing
+        return (
+            STATUS_LINES[self.status] + b"".join([_LINE % field for field in self.fields]) + framing
+        )
 
     @property
     def processed_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]

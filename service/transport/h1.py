@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import operator
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,10 +38,6 @@ MAX_HEAD = 256 * 1024  # bytes of response headers accepted (llhttp itself sets 
 _TIMED_OUT = object()
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# A header line from a (name, lower-case name, value) triple, formatted in C by ``map``:
-# "%.0b" prints the lower-case name with a precision of 0 bytes, that is not at all.
-_FIELD_LINE = b"%b%.0b: %b\r\n"
-_LOWER_NAME = operator.itemgetter(1)
 
 
 class H1Transport(httpx.AsyncBaseTransport):
@@ -115,22 +110,12 @@ class H1Transport(httpx.AsyncBaseTransport):
 
 def _request_head(request: httpx.Request) -> tuple[bytes, bytes | None, int]:
     """The request line and headers, and how the body is framed (by its headers)."""
-    fields = seam.triples(request.headers)
-    lines = b"".join(map(_FIELD_LINE.__mod__, fields))
-    head = b"%b %b HTTP/1.1\r\n%b\r\n" % (
-        request.method.encode("ascii"),
-        request.url.raw_path,
-        lines,
-    )
-    count = len(fields) + 2
-    if head.count(b"\n") != count or head.count(b"\r") != count:
-        raise httpx.LocalProtocolError("CR or LF inside a request header", request=request)
-    names = set(map(_LOWER_NAME, fields))
-    if b"content-length" not in names and b"transfer-encoding" not in names:
-        return head, None, 0  # no body
+    parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
     framing: bytes | None = None
     declared = 0
-    for _, lower, value in fields:
+    fields = seam.triples(request.headers)
+    for name, lower, value in fields:
+        parts += (name, b": ", value, b"\r\n")
         if lower == b"content-length":
             framing = framing or b"content-length"
             try:
@@ -139,6 +124,11 @@ def _request_head(request: httpx.Request) -> tuple[bytes, bytes | None, int]:
                 raise httpx.LocalProtocolError("invalid Content-Length", request=request) from None
         elif lower == b"transfer-encoding" and value.lower().endswith(b"chunked"):
             framing = b"chunked"
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    lines = len(fields) + 2
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        raise httpx.LocalProtocolError("CR or LF inside a request header", request=request)
     return head, framing, declared
 
 
@@ -428,7 +418,7 @@ class _Connection(asyncio.Protocol):
         if b"\r\n " in head or b"\r\n\t" in head:
             # RFC 9112 §5.2: a proxy either replaces obs-fold or refuses the message (502)
             raise ValueError("obsolete line folding in the response head")
-        self._headers = list(zip(*split_fields(head), strict=True))
+        self._headers = split_fields(head)
         self._head_received = b""
         self._status = status
         self._head_done = True
@@ -608,13 +598,12 @@ class _Connection(asyncio.Protocol):
 def _framed(headers: list[seam.Triple]) -> bool:
     """Whether a response's body is delimited by Content-Length or chunked coding (else by
     the end of the connection)."""
-    names = set(map(_LOWER_NAME, headers))
-    if b"content-length" in names:
-        return True
-    return b"transfer-encoding" in names and any(
-        lower == b"transfer-encoding" and value.lower().endswith(b"chunked")
-        for _, lower, value in headers
-    )
+    for _, lower, value in headers:
+        if lower == b"content-length" or (
+            lower == b"transfer-encoding" and value.lower().endswith(b"chunked")
+        ):
+            return True
+    return False
 
 
 def arrived_whole(response: httpx.Response) -> bytes | None:
