@@ -7,7 +7,9 @@ from __future__ import annotations
 import httpx
 import pytest
 from sanic.headers import format_http1_response
+from sanic.response import HTTPResponse
 
+from service.preformatted import PreformattedResponse, add_field
 from service.proxying.relay import ProxiedResponse
 from service.transport import seam
 
@@ -30,7 +32,21 @@ def proxied(status: int, fields: list[seam.Triple]) -> ProxiedResponse:
     return response
 
 
-def sanic_head(response: ProxiedResponse, size: int, keep_alive: bool) -> bytes:
+def test_a_local_answer_sent_whole_has_sanics_head_too() -> None:
+    """The load balancer's own answer (``/lb-health``) as a ``PreformattedResponse``: the
+    same head as Sanic formats, and its field added the way a Sanic response takes one."""
+    fields = [(b"content-type", b"application/json")]
+    fast = PreformattedResponse(200, fields[:], body=b"{}")
+    add_field(fast, "X-Request-ID", "abc-1")
+    slow = PreformattedResponse(200, fields[:], body=b"{}")
+    add_field(slow, "X-Request-ID", "abc-1")
+    assert fast.whole(2, True) == sanic_head(slow, 2, True)
+    plain = HTTPResponse(b"{}", content_type="application/json")
+    add_field(plain, "X-Request-ID", "abc-1")
+    assert plain.headers["X-Request-ID"] == "abc-1"
+
+
+def sanic_head(response: PreformattedResponse, size: int, keep_alive: bool) -> bytes:
     """What ``Http.http1_response_header`` formats for a body sent in one block."""
     response.headers["content-length"] = size
     response.headers["connection"] = "keep-alive" if keep_alive else "close"

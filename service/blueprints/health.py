@@ -11,15 +11,26 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from service.errors import sanic_error_body
+from service.preformatted import PreformattedResponse
 from service.logs import answered_here
 
 bp = Blueprint("health")
 
 
+# the answer of a process that serves, as bytes once (Sanic's own JSON encoding of it)
+_HEALTHY = json({"status": "healthy"}).body
+_JSON = [(b"content-type", b"application/json")]
+
+
 @bp.route("/lb-health", methods=("GET", "HEAD"))
 @answered_here
 async def lb_health(request: Request) -> HTTPResponse:
-    if request.args.get("ready", "0") != "0" and request.app.ctx.lb.draining:
+    # ``request.args`` parses the query: only when there is one (probes poll this path)
+    if (
+        request.query_string
+        and request.args.get("ready", "0") != "0"
+        and request.app.ctx.lb.draining
+    ):
         body = sanic_error_body(503, "draining: shutting down, send new requests elsewhere")
         return json({**body, "status": "draining"}, status=503)
-    return json({"status": "healthy"})
+    return PreformattedResponse(200, _JSON[:], body=_HEALTHY)

@@ -29,7 +29,7 @@ from service.frontdoor.head import (
     has_bare_line_break,
     underscored_names,
 )
-from service.frontdoor.preformatted import PreformattedResponse
+from service.preformatted import PreformattedResponse
 from service.frontdoor.proxy_header import starts_like_one
 
 HTTP_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -82,6 +82,8 @@ class StrictHttp(Http):
             and isinstance(response, PreformattedResponse)
             and not (self.head_only or self.expecting_continue or self.protocol.access_log)
         ):
+            if not data and response.body:  # a response returned whole by its handler
+                data = response.body
             head = response.whole(len(data), self.keep_alive)
             if head is not None:
                 self.response_size = len(data)

@@ -20,6 +20,7 @@ from typing import Any
 
 from sanic import HTTPResponse, Request, Sanic
 
+from service.preformatted import add_field
 from service.logs.access import AccessLog, Answered, log_request
 from service.logs.config import log_config
 from service.logs.request_id import HEADER, RequestIds, current, is_sane
@@ -108,7 +109,7 @@ def answered_here(handler: Handler) -> Handler:
         lb = request.app.ctx.lb
         request_id = begin_request(request, lb.request_ids)
         response = await handler(request, *args, **kwargs)
-        response.headers[HEADER] = request_id
+        add_field(response, HEADER, request_id)
         if lb.access_log is not None:
             done = Answered(LOCAL_ROUTE, "", response.status, len(response.body or b""))
             lb.access_log.write(request, done, time.perf_counter() - started)

@@ -6,74 +6,25 @@ from collections.abc import Sequence
 
 import httpx
 from sanic import Request
-from sanic.compat import Header
 
-from service.frontdoor.preformatted import STATUS_LINES, PreformattedResponse
+from service.preformatted import PreformattedResponse
 from service.logs import HEADER
 from service.proxying.headers import client_response_fields
 from service.transport import arrived_whole, seam
 
 _REQUEST_ID = HEADER.encode("ascii")
-_LINE = b"%b: %b\r\n"  # a (name, value) field
-_NO_BODY = frozenset({204, 304, *range(100, 200)})
 
 
 class ProxiedResponse(PreformattedResponse):
-    """An upstream's response head, sent as is.
+    """An upstream's response head, sent as is: its end-to-end fields as the bytes they came
+    in, never decoded and encoded again, then the load balancer's own (the request id,
+    RateLimit fields, a sticky cookie); its Content-Length apart, for the framing."""
 
-    ``fields``: the upstream's end-to-end header fields as the bytes they came in, never
-    decoded and encoded again, then the load balancer's own (the request id, RateLimit
-    fields, a sticky cookie). ``headers`` holds only what Sanic manages when it formats the
-    head itself (a streamed body: Content-Length or chunked; Connection), and is made only
-    then: a body sent whole needs none of it (``whole``). Sanic's own ``processed_headers``
-    would also add ``content-type: None`` to a response that has none: an upstream's answer
-    must reach the client without invented headers.
-    """
-
-    __slots__ = ("_headers", "declared_length", "fields")
+    __slots__ = ()
 
     def __init__(self, upstream: httpx.Response) -> None:
-        # HTTPResponse.__init__ is not called: it would build the Header object that a body
-        # sent whole never needs (``headers`` below makes it on first use)
-        self.asgi = False
-        self.body = None
-        self.content_type = None
-        self.stream = None
-        self._cookies = None
-        self._headers: Header | None = None
-        self.status = upstream.status_code
-        self.fields, self.declared_length = client_response_fields(seam.triples(upstream.headers))
-
-    @property
-    def headers(self) -> Header:  # type: ignore[override]
-        """What Sanic manages; the upstream's Content-Length is in it from the start."""
-        if self._headers is None:
-            self._headers = Header()
-            if self.declared_length is not None:
-                self._headers["content-length"] = self.declared_length.decode("latin-1")
-        return self._headers
-
-    @headers.setter
-    def headers(self, value: Header) -> None:
-        self._headers = value
-
-    def whole(self, size: int, keep_alive: bool) -> bytes | None:
-        if self._headers is not None or self.status in _NO_BODY:
-            return None  # something asked for Sanic's headers: Sanic formats the head
-        framing = b"content-length: %d\r\nconnection: %b\r\n\r\n" % (
-            size,
-            b"keep-alive" if keep_alive else b"close",
-        )
-        return (
-            STATUS_LINES[self.status] + b"".join([_LINE % field for field in self.fields]) + framing
-        )
-
-    @property
-    def processed_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
-        return self.fields + [
-            (name.encode("ascii"), f"{value}".encode(errors="surrogateescape"))
-            for name, value in self.headers.items()
-        ]
+        fields, length = client_response_fields(seam.triples(upstream.headers))
+        super().__init__(upstream.status_code, fields, declared_length=length)
 
 
 async def relay(
