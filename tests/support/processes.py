@@ -152,6 +152,10 @@ class LoadBalancer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        # Whatever of its session outlived it (workers orphaned by a SIGKILL to the main
+        # process, as when it never became ready): the session is the one started here.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._reader.join(5)
         if self._log:
             self._log.close()
