@@ -52,6 +52,10 @@ from tests.support import REPO, children, clean_env, cpu_ticks, free_port
 
 RESULTS = REPO / "bench" / "results"
 BIN = Path(sys.executable).parent
+# the peers the comparisons run beside this service (/work/shared/peers: the Go original's
+# build script, the bare Sanic proxy)
+PEERS = Path("/work/shared/peers")
+BARE_SANIC = PEERS / "minimal_sanic_proxy.py"
 URL_VARS = tuple(support.URL_VARS.values())  # the environment variables of the upstreams' URLs
 LB_CPUS, LOAD_CPUS = "0", "1"
 

@@ -32,9 +32,11 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
+    BARE_SANIC,
     BIN,
     REPO,
     URL_VARS,
+    PEERS,
     Mode,
     Processes,
     bench_parser,
@@ -46,7 +48,6 @@ from bench.harness import (
 )
 from tests.support import clean_env, free_port
 
-PEERS = Path("/work/shared/peers")
 HEADERS = {
     "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36",
     "Accept": "application/json, text/plain, */*",
@@ -110,7 +111,7 @@ def bench(args: argparse.Namespace, procs: Processes, tmp: Path, stamp: str) -> 
     subjects = [("service", "service.app", lb_env(urls))]
     if args.baseline:
         subjects.append(("baseline", "service.app", lb_env(urls, repo=Path(args.baseline))))
-    if not Mode.smoke and (PEERS / "minimal_sanic_proxy.py").is_file():
+    if not Mode.smoke and BARE_SANIC.is_file():
         subjects.append(("bare sanic", "minimal_sanic_proxy:app",
                          clean_env({**urls, "PYTHONPATH": str(PEERS)})))  # fmt: skip
     results = {}

@@ -47,10 +47,12 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
+    BARE_SANIC,
     BIN,
     LB_CPUS,
     LOAD_CPUS,
     URL_VARS,
+    PEERS,
     Mode,
     Processes,
     WrkRun,
@@ -70,8 +72,6 @@ from bench.harness import (
 )
 from tests.support import clean_env, free_port
 
-PEERS = Path("/work/shared/peers")
-MINIMAL = PEERS / "minimal_sanic_proxy.py"
 NGINX_PROXY = """\
 worker_processes 1;
 pid {tmp}/nginx.pid;
@@ -151,8 +151,8 @@ def start_peers(
         notes.append("nginx proxy: not used (smoke run)")
     if Mode.smoke:
         notes.append("bare sanic: not used (smoke run)")
-    elif not MINIMAL.is_file():
-        notes.append(f"bare sanic: {MINIMAL} not found")
+    elif not BARE_SANIC.is_file():
+        notes.append(f"bare sanic: {BARE_SANIC} not found")
     else:
         port = free_port()
         env = clean_env({**urls, "PYTHONPATH": str(PEERS)})
