@@ -18,7 +18,11 @@ same repeat, medians shown:
     bare sanic /lb-health  the same app's own answer: what ours is compared with
 
 Latency (Debian's ``hey``: 10 connections, 30 req/s each = 300 req/s): p50 and p99 of each
-proxy minus those of calling the upstream directly, medians of the repeats.
+proxy minus those of calling the upstream directly, medians of the repeats. hey starts each
+connection's ticker at the same moment, so the ten requests of a tick arrive together: a
+one-core proxy's figure there is about the CPU of the whole burst. The same 300 req/s over
+one connection (one request at a time, none queued behind another) is printed beside it, so
+that what queueing adds and what one request costs are read apart.
 
 Memory: PSS of ``sanic service.app --workers 2``'s whole process tree (default
 configuration), idle after start-up and after a minute of wrk load (a second in a smoke run).
@@ -238,9 +242,14 @@ def _print_local_ratio(servers: list[Server]) -> None:
 # ---------------------------------------------------------------------------- latency
 
 
-def hey(url: str, seconds: float, pin: bool) -> tuple[float, float]:
-    """p50 and p99 in ms of ``hey`` at 300 req/s over 10 connections."""
-    argv = ["hey", "-z", f"{seconds:g}s", "-c", "10", "-q", "30", url]
+# (connections, requests per second on each): 300 req/s in bursts of ten, and one at a time
+SHAPES = {"10 connections": (10, 30), "1 connection": (1, 300)}
+
+
+def hey(url: str, seconds: float, pin: bool, shape: tuple[int, int]) -> tuple[float, float]:
+    """p50 and p99 in ms of ``hey`` at 300 req/s in ``shape`` (see :data:`SHAPES`)."""
+    connections, rate = shape
+    argv = ["hey", "-z", f"{seconds:g}s", "-c", str(connections), "-q", str(rate), url]
     argv = ["taskset", "-c", LOAD_CPUS, *argv] if pin else argv
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30)
     found = dict(re.findall(r"^\s+(\d+)% in ([\d.]+) secs", out.stdout, re.MULTILINE))
@@ -251,7 +260,9 @@ def hey(url: str, seconds: float, pin: bool) -> tuple[float, float]:
 
 def latency(
     servers: list[Server], direct: str, args: argparse.Namespace, pin: bool
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Each shape's table (:data:`SHAPES`): p50 and p99 of every proxy and of the upstream
+    called directly, and what each proxy adds; both shapes run in every repeat."""
     if not require("hey"):
         print("\nlatency at 300 req/s: skipped (smoke run)")
         return {}
@@ -260,19 +271,26 @@ def latency(
         for s in servers
         if s.label not in ("service /lb-health", "bare sanic /lb-health", "go shipped")
     ]
-    got: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in targets}
+    got = {shape: {label: [] for label, _ in targets} for shape in SHAPES}
     for rep in range(args.repeats):
-        for label, url in targets:
-            got[label].append(hey(url, args.latency_duration, pin))
+        for shape, sizes in SHAPES.items():
+            for label, url in targets:
+                got[shape][label].append(hey(url, args.latency_duration, pin, sizes))
         print(f"  latency rep {rep + 1}/{args.repeats} done", flush=True)
+    return {shape: _latency_table(shape, runs, args.repeats) for shape, runs in got.items()}
+
+
+def _latency_table(
+    shape: str, got: dict[str, list[tuple[float, float]]], repeats: int
+) -> dict[str, dict[str, float]]:
     direct50 = statistics.median(p[0] for p in got["upstream direct"])
     direct99 = statistics.median(p[1] for p in got["upstream direct"])
-    print(f"\nlatency at 300 req/s over 10 connections (hey), medians of {args.repeats}:")
+    print(f"\nlatency at 300 req/s over {shape} (hey), medians of {repeats}:")
     print(f"{'':<20} {'p50 ms':>7} {'p99 ms':>7} {'+p50 ms':>8} {'+p99 ms':>8}")
     table = {}
-    for label, _url in targets:
-        p50 = statistics.median(p[0] for p in got[label])
-        p99 = statistics.median(p[1] for p in got[label])
+    for label, runs in got.items():
+        p50 = statistics.median(p[0] for p in runs)
+        p99 = statistics.median(p[1] for p in runs)
         table[label] = {
             "p50": p50,
             "p99": p99,
