@@ -334,8 +334,9 @@ class LoadBalancer(support.LoadBalancer):
     def serving_workers(self) -> list[int]:
         """The main process's descendants that hold the listening socket: Sanic's workers.
 
-        (Its other children, multiprocessing's resource tracker and Sanic's spawned helper,
-        serve nothing.)
+        (Its other children, multiprocessing's resource tracker and, in a baseline from
+        before the sync manager ran in the main process's threads, Sanic's spawned sync
+        manager, serve nothing.)
         """
         inodes = set()
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:

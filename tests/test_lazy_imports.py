@@ -10,10 +10,10 @@ The worker here is real: ``create_app(load_settings(env=...))`` served by Sanic 
 process, its modules listed once the server has started (every ``before_server_start`` and
 ``after_server_start`` listener has run), then stopped.
 
-Sanic's sync manager (the process holding the workers' states) runs ``multiprocessing``'s
-server and nothing else: it imports neither Sanic nor the service
-(``frontdoor.supervision._no_main_module_for_children``). And the shared block holds memory
-only where it was written: its rows for sixteen workers are not all there for two.
+Sanic's sync manager (``multiprocessing``'s server holding the workers' states) is no
+process at all: threads of the main process serve it (``frontdoor.sync_manager``), one Python
+interpreter fewer in the group. And the shared block holds memory only where it was written:
+its rows for sixteen workers are not all there for two.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 from service.sharedmem import Plan, SharedBlock
@@ -94,23 +93,21 @@ def test_a_configured_resolve_entry_brings_dnspython() -> None:
     assert "dns" in loaded
 
 
-def test_the_sync_manager_imports_neither_sanic_nor_the_service(
-    upstreams: dict[str, UpstreamServer],
-) -> None:
-    """Of ``sanic service.app``'s spawned children, the one that is not a worker maps no
-    file from site-packages: Sanic's compiled dependencies (multidict, ujson, uvloop...)
-    would be there had it imported Sanic's command-line script, the main module."""
-    balancer = LoadBalancer(env_for(upstreams), workers=1)
+def test_the_sync_manager_is_no_process_of_its_own(upstreams: dict[str, UpstreamServer]) -> None:
+    """``sanic service.app --workers 2`` is the main process, the two workers and
+    ``multiprocessing``'s resource tracker: of the main process's spawned children (a spawned
+    manager server runs the same ``spawn_main`` as a worker), none is not a worker."""
+    balancer = LoadBalancer(env_for(upstreams), workers=2)
     try:
         workers = {
             int(pid) for pid in re.findall(r"Starting worker \[(\d+)\]", "".join(balancer.output))
         }
-        spawned = [pid for pid in children(balancer.process.pid) if b"spawn_main" in _cmdline(pid)]
-        managers = [pid for pid in spawned if pid not in workers]
-        assert len(workers) == 1 and len(managers) == 1, (workers, spawned)
-        site_packages = sysconfig.get_paths()["purelib"]
-        assert _mapped_under(workers.pop(), site_packages)  # it would see Sanic's
-        assert _mapped_under(managers[0], site_packages) == set()
+        descendants = children(balancer.process.pid)
+        spawned = {pid for pid in descendants if b"spawn_main" in _cmdline(pid)}
+        tracker = [pid for pid in descendants if b"resource_tracker" in _cmdline(pid)]
+        assert len(workers) == 2 and spawned == workers, (workers, spawned)
+        assert sorted(descendants) == sorted([*workers, *tracker]) and len(tracker) == 1
+        assert balancer.client.get("/lb-health").status_code == 200
     finally:
         balancer.stop()
 
@@ -120,13 +117,6 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
-
-
-def _mapped_under(pid: int, folder: str) -> set[str]:
-    """The files under ``folder`` that process ``pid`` maps (its shared libraries)."""
-    fields = (line.split(None, 5) for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
-    folder = os.path.realpath(folder)  # the maps name files by their real paths
-    return {f[5] for f in fields if len(f) == 6 and f[5].startswith(folder + "/")}
 
 
 def test_the_shared_block_holds_only_the_pages_written() -> None:

@@ -100,8 +100,8 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], work
         start_new_session=True,
     )
     try:
-        # The worker process exists (spawned after the manager) but is not serving yet.
-        assert wait_for(lambda: len(_spawned(process.pid)) >= 2, timeout=20, step=0.02)
+        # The worker processes exist (spawned) but are not serving yet.
+        assert wait_for(lambda: len(_spawned(process.pid)) >= workers, timeout=20, step=0.02)
         semaphores = shm_semaphores(process.pid)
         mapped = shm_mapped([process.pid])
         process.send_signal(signal.SIGTERM)
@@ -118,7 +118,7 @@ def test_sigterm_during_startup_exits(upstreams: dict[str, UpstreamServer], work
 
 
 def _spawned(pid: int) -> list[int]:
-    """Children started by multiprocessing's spawn (the sync manager and the workers)."""
+    """Children started by multiprocessing's spawn (the workers)."""
     found = []
     for child in children(pid):
         try:
@@ -198,9 +198,9 @@ def test_signals_to_each_process_in_turn_main_last_are_one_graceful_stop(
         workers = [
             int(pid) for pid in re.findall(r"Starting worker \[(\d+)\]", "".join(balancer.output))
         ]
-        sync_manager = [pid for pid in _spawned(balancer.process.pid) if pid not in workers]
-        assert len(workers) == 2 and len(sync_manager) == 1, (workers, sync_manager)
-        order = [workers[0], *sync_manager, workers[1], balancer.process.pid]
+        tracker = [pid for pid in children(balancer.process.pid) if pid not in workers]
+        assert len(workers) == 2 and len(tracker) == 1, (workers, tracker)
+        order = [workers[0], *tracker, workers[1], balancer.process.pid]
         _stop_the_group(
             balancer.process, signal.SIGTERM, balancer.url, upstreams["api-gateway"], order
         )

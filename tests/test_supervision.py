@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import multiprocessing
 import os
+import re
 import signal
-import time
+import sys
+import threading
 from collections.abc import Iterator
+from multiprocessing.connection import Client
+from multiprocessing.managers import BaseManager, BaseProxy, Server, State
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +35,7 @@ from sanic.worker.manager import WorkerManager
 from sanic.worker.process import WorkerProcess
 
 from service.frontdoor import liveness, supervision
+from service.frontdoor.sync_manager import ThreadedSyncManager
 from service.sharedmem import Plan, SharedBlock
 
 # ------------------------------------------------------------------- Sanic's internals
@@ -72,22 +79,92 @@ def test_a_worker_is_recognised_and_stopped_as_supervision_expects() -> None:
     assert "app.stop, terminate=False" in system_signals
 
 
+# ------------------------------------------------------- multiprocessing's internals
+# The sync manager (service/frontdoor/sync_manager.py) runs multiprocessing's manager server
+# in threads of the main process; what it relies on beyond the documented API is here.
+
+
+def test_python_is_a_version_the_sync_manager_was_checked_against() -> None:
+    # 3.11 (the image's), 3.12 and 3.13 were read; a newer one: read managers.py again
+    assert (3, 11) <= sys.version_info[:2] <= (3, 13), sys.version
+
+
+def test_the_manager_server_has_what_the_threaded_sync_manager_uses() -> None:
+    assert list(inspect.signature(BaseManager.get_server).parameters) == ["self"]
+    assert list(inspect.signature(BaseManager.connect).parameters) == ["self"]
+    assert isinstance(BaseManager.address, property)
+    assert {"self._address = address", "self._state = State()"} <= _lines(BaseManager.__init__)
+    assert "self._state.value = State.STARTED" in _lines(BaseManager.connect)
+    assert "return Token(typeid, self._address, id), exposed" in _lines(BaseManager._create)
+    init = _lines(Server.__init__)
+    assert "self.address = self.listener.address" in init
+    listening = [line for line in init if line.startswith("self.listener = Listener(")]
+    assert listening and "authkey" not in listening[0]  # accepting does not authenticate...
+    assert "connection.deliver_challenge(c, self.authkey)" in _lines(Server._handle_request)
+    assert "self._handle_request(conn)" in _lines(Server.handle_request)  # ...a request does
+    assert list(inspect.signature(Server.handle_request).parameters) == ["self", "conn"]
+    assert "while not self.stop_event.is_set():" in _lines(Server.serve_client)
+    assert {"INITIAL", "STARTED", "SHUTDOWN"} <= set(vars(State))
+    # a proxy's finaliser calls the server only while its manager is STARTED
+    assert "if state is None or state.value == State.STARTED:" in _lines(BaseProxy._decref)
+
+
+def _lines(function: Any) -> set[str]:
+    """The statements of ``function``'s source, stripped, without trailing comments."""
+    return {line.split("  #")[0].strip() for line in inspect.getsource(function).splitlines()}
+
+
 # --------------------------------------------------------------- the sync manager
 
 
-def test_the_sync_manager_outlives_a_sigterm_and_shuts_down_when_told() -> None:
+def _report_as_a_worker(states: Any) -> None:
+    """A spawned process's use of the proxy, as a Sanic worker's."""
+    states["worker"] = {"pid": os.getpid(), "state": "ACKED"}
+
+
+def test_the_sync_manager_serves_spawned_processes_from_threads_of_this_one() -> None:
     manager = supervision._sync_manager()
     try:
+        assert isinstance(manager, ThreadedSyncManager)
+        assert multiprocessing.active_children() == []  # no server process
         states = manager.dict()
-        states["worker"] = {"state": "ACKED"}
-        server = manager._process  # type: ignore[attr-defined]
-        os.kill(server.pid, signal.SIGTERM)
-        time.sleep(0.3)
-        assert server.is_alive()
-        assert states["worker"] == {"state": "ACKED"}  # the main process can still ask
+        states["main"] = {"pid": os.getpid()}
+        worker = multiprocessing.get_context("spawn").Process(
+            target=_report_as_a_worker, args=(states,)
+        )
+        worker.start()
+        worker.join(30)
+        assert worker.exitcode == 0
+        assert states["worker"] == {"pid": worker.pid, "state": "ACKED"}
+        assert states["main"] == {"pid": os.getpid()}
+        address = manager.address
+        assert os.path.exists(address)
     finally:
         manager.shutdown()
-    assert server.exitcode == 0
+    assert manager._state.value == State.SHUTDOWN  # proxies no longer call it
+    assert not os.path.exists(address)  # the socket's file is gone: nothing can wait on it
+    assert not [t for t in threading.enumerate() if t.name == "sync-manager"]
+    manager.shutdown()  # a second time does nothing
+    with pytest.raises(OSError):
+        Client(address, authkey=bytes(multiprocessing.current_process().authkey))
+
+
+def test_the_sync_manager_threads_leave_group_signals_to_the_main_thread() -> None:
+    before = set(threading.enumerate())
+    manager = ThreadedSyncManager()
+    manager.start()
+    try:
+        states = manager.dict()
+        states["main"] = {"pid": os.getpid()}
+        serving = set(threading.enumerate()) - before
+        assert len(serving) == 2  # the accepter, and the thread serving this process's proxy
+        for thread in serving:
+            status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+            blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                assert blocked & (1 << (signum - 1)), (thread.name, signum)
+    finally:
+        manager.shutdown()
 
 
 def test_prepare_main_process_has_sanic_start_that_sync_manager() -> None:

@@ -14,6 +14,8 @@
 - ``liveness``: each worker's stamp in the shared block, and the watch for stalled ones.
 - ``supervision``: dead and stalled workers replaced; one graceful stop on SIGTERM or
   SIGINT, to the main process or to the whole process group, during start-up too.
+- ``sync_manager``: Sanic's sync manager (the workers' states) served by threads of the
+  main process, not by a process of its own.
 
 ``startup(app)`` reserves the stamp in every worker row and registers the listeners:
 supervision in the main process, and in every worker the stamps, the stop on the first

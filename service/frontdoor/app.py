@@ -4,8 +4,9 @@
 which reads the PROXY header first) is the default of ``prepare``, which every way of
 serving calls (``sanic service.app``, ``app.run``, ``--single-process``) in the main
 process; from there, a SIGTERM before Sanic installs its own handler is a normal exit
-(status 0) rather than death by signal, and Sanic's sync manager will outlive a SIGTERM to
-the whole process group (``supervision.prepare_main_process``).
+(status 0) rather than death by signal, and Sanic's sync manager is served by threads of
+the main process, which a SIGTERM to the whole process group does not end
+(``supervision.prepare_main_process``).
 """
 
 from __future__ import annotations
