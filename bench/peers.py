@@ -74,7 +74,7 @@ from bench.harness import (
     wait_http,
     warm,
 )
-from tests.support import clean_env, free_port
+from tests.support import REPO, children, clean_env, free_port
 
 NGINX_PROXY = """\
 worker_processes 1;
@@ -307,7 +307,8 @@ def _latency_table(
 
 
 def memory(procs: Processes, upstream: str, args: argparse.Namespace) -> dict[str, float]:
-    """PSS of ``sanic service.app --workers 2`` (default configuration) idle, then loaded."""
+    """PSS of ``sanic service.app --workers 2`` (default configuration) idle, then loaded;
+    then of ``python -m service`` with two workers, as the Docker image runs it."""
     env = lb_env({var: upstream for var in URL_VARS})
     lb = launch_lb(procs, name="service-w2", app="service.app", env=env, workers=2)
     time.sleep(0.5 if Mode.smoke else 3.0)  # start-up's garbage settled
@@ -318,7 +319,36 @@ def memory(procs: Processes, upstream: str, args: argparse.Namespace) -> dict[st
         f"\nPSS of sanic service.app --workers 2 (whole tree): idle {idle:.1f} MiB, "
         f"after {args.load_seconds:g} s of load {loaded:.1f} MiB ({loaded / idle - 1:+.1%})"
     )
-    return {"idle_mib": idle, "loaded_mib": loaded, "load_seconds": args.load_seconds}
+    procs.stop(lb.proc)
+    image = image_process_pss(procs, env)
+    print(f"PSS of python -m service, LB_WORKERS=2, as the Docker image runs it: {image:.1f} MiB")
+    return {
+        "idle_mib": idle,
+        "loaded_mib": loaded,
+        "load_seconds": args.load_seconds,
+        "image_process_idle_mib": image,
+    }
+
+
+def image_process_pss(procs: Processes, env: dict[str, str]) -> float:
+    """Idle PSS of the Dockerfile's command, ``python -m service``, with two workers and the
+    service's bytecode compiled first as the image's ``compileall`` does (into the
+    checkout's ``__pycache__`` folders, which git ignores; not ``PYTHONPYCACHEPREFIX``,
+    which would hide the installed packages' bytecode too and add the cost of compiling
+    them). No image is built: this measures the same process tree outside one."""
+    compile_argv = [sys.executable, "-m", "compileall", "-q", "service"]
+    subprocess.run(compile_argv, cwd=REPO, env=env, check=True, timeout=120)
+    port = free_port()
+    env = {**env, "LB_WORKERS": "2", "LB_HOST": "127.0.0.1", "LB_PORT": str(port)}
+    proc = procs.start("image-process", [sys.executable, "-m", "service"], cpus=None, env=env)
+    wait_http(f"http://127.0.0.1:{port}/lb-health", proc)
+    deadline = time.monotonic() + 30
+    while len(children(proc.pid)) < 3 and time.monotonic() < deadline:  # 2 workers, tracker
+        time.sleep(0.1)
+    time.sleep(0.5 if Mode.smoke else 3.0)
+    pss = pss_kib(proc.pid) / 1024
+    procs.stop(proc)
+    return pss
 
 
 # ------------------------------------------------------------------------------- run
