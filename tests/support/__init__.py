@@ -1,7 +1,8 @@
 """What the tests and the benchmarks share: servers, the load-balancer process, waiting.
 
-- :mod:`tests.support.servers`: ``UpstreamServer``, ``Knob``, ``SilentServer``,
-  ``ClosingServer``, ``start_upstreams``, ``URL_VARS``, ``STATS_PAYLOADS``;
+- :mod:`tests.support.servers`: ``UpstreamServer``, ``Knob`` (``knob_maker``,
+  ``knobs_on_one_port``), ``SilentServer``, ``ClosingServer``, ``start_upstreams``,
+  ``URL_VARS``, ``STATS_PAYLOADS``;
 - :mod:`tests.support.processes`: ``LoadBalancer``, ``env_for``, ``clean_env``, and the process
   tree from /proc (``children``, ``rss_kib``, ``cpu_ticks``, ``open_fds``);
 - :mod:`tests.support.net`: ``free_port``, ``closed_port_url``, ``raw_request``;
@@ -28,6 +29,8 @@ from tests.support.servers import (
     Knob,
     SilentServer,
     UpstreamServer,
+    knob_maker,
+    knobs_on_one_port,
     start_upstreams,
 )
 from tests.support.waiting import Waited, wait_for
@@ -49,6 +52,8 @@ __all__ = [
     "cpu_ticks",
     "env_for",
     "free_port",
+    "knob_maker",
+    "knobs_on_one_port",
     "open_fds",
     "python_m_service",
     "raw_request",
