@@ -30,7 +30,16 @@ from service.pools.affinity import sticky_id
 from service.pools.hashring import HashRing, key_hash
 from service.pools.retries import BACKOFF_CAP, RetryBudget, backoff
 from service.settings import SettingsError, load_settings
-from tests.support import REPO, SANIC, Knob, LoadBalancer, clean_env, free_port, wait_for
+from tests.support import (
+    REPO,
+    SANIC,
+    Knob,
+    LoadBalancer,
+    clean_env,
+    free_port,
+    knob_maker,
+    wait_for,
+)
 
 POOL = "api-gateway"
 WORKERS = 2
@@ -170,16 +179,8 @@ def _lines(lb: LoadBalancer, needle: str) -> list[str]:
 @pytest.fixture
 def knobs() -> Iterator[Callable[..., Knob]]:
     """``knobs(name, host=..., port=..., **switches)``: a started Knob on 127.0.0.x."""
-    started: list[Knob] = []
-
-    def make(name: str, host: str = "127.0.0.1", port: int = 0, **switches: Any) -> Knob:
-        server = Knob(name, **switches).start(port, host=host)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
+    with knob_maker() as make:
+        yield make
 
 
 @contextmanager
