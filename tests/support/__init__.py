@@ -3,7 +3,8 @@
 - :mod:`tests.support.servers`: ``UpstreamServer``, ``Knob`` (``knob_maker``,
   ``knobs_on_one_port``), ``SilentServer``, ``ClosingServer``, ``start_upstreams``,
   ``URL_VARS``, ``STATS_PAYLOADS``;
-- :mod:`tests.support.processes`: ``LoadBalancer``, ``env_for``, ``clean_env``, and the process
+- :mod:`tests.support.processes`: ``LoadBalancer``, ``env_for``, ``clean_env``,
+  ``python_m_service``, ``sanic_until_exit`` (a start-up that must fail), and the process
   tree from /proc (``children``, ``rss_kib``, ``cpu_ticks``, ``open_fds``);
 - :mod:`tests.support.net`: ``free_port``, ``closed_port_url``, ``raw_request``;
 - :mod:`tests.support.waiting`: ``wait_for``.
@@ -21,6 +22,7 @@ from tests.support.processes import (
     open_fds,
     python_m_service,
     rss_kib,
+    sanic_until_exit,
 )
 from tests.support.servers import (
     STATS_PAYLOADS,
@@ -58,6 +60,7 @@ __all__ = [
     "python_m_service",
     "raw_request",
     "rss_kib",
+    "sanic_until_exit",
     "start_upstreams",
     "wait_for",
 ]

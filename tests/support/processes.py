@@ -166,6 +166,20 @@ class LoadBalancer:
 # ------------------------------------------------------------------------ /proc
 
 
+def sanic_until_exit(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``sanic service.app --single-process`` on 127.0.0.1 and a free port, run until it
+    exits, its output captured (a 30-s limit): for settings that must stop the start-up."""
+    argv = [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port())]
+    return subprocess.run(
+        [*argv, "--single-process"],
+        cwd=REPO,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 @contextlib.contextmanager
 def python_m_service(
     env: Mapping[str, str], *, output: int | IO[bytes] = subprocess.DEVNULL
