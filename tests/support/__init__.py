@@ -4,8 +4,8 @@
   ``knobs_on_one_port``), ``SilentServer``, ``ClosingServer``, ``start_upstreams``,
   ``URL_VARS``, ``STATS_PAYLOADS``;
 - :mod:`tests.support.processes`: ``LoadBalancer``, ``env_for``, ``clean_env``,
-  ``python_m_service``, ``sanic_until_exit`` (a start-up that must fail), and the process
-  tree from /proc (``children``, ``rss_kib``, ``cpu_ticks``, ``open_fds``);
+  ``python_m_service``, ``sanic_until_exit`` (a start-up that must fail), ``two_replicas``,
+  and the process tree from /proc (``children``, ``rss_kib``, ``cpu_ticks``, ``open_fds``);
 - :mod:`tests.support.net`: ``free_port``, ``closed_port_url``, ``raw_request``;
 - :mod:`tests.support.waiting`: ``wait_for``.
 """
@@ -23,6 +23,7 @@ from tests.support.processes import (
     python_m_service,
     rss_kib,
     sanic_until_exit,
+    two_replicas,
 )
 from tests.support.servers import (
     STATS_PAYLOADS,
@@ -62,5 +63,6 @@ __all__ = [
     "rss_kib",
     "sanic_until_exit",
     "start_upstreams",
+    "two_replicas",
     "wait_for",
 ]

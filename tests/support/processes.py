@@ -163,6 +163,25 @@ class LoadBalancer:
         return self.process.returncode
 
 
+@contextlib.contextmanager
+def two_replicas(
+    env: dict[str, str], workers: int = 2
+) -> Iterator[tuple[LoadBalancer, LoadBalancer]]:
+    """Two load balancers on the same ``env`` (one cluster), named ``replica-a`` and
+    ``replica-b``; both stopped at the end, and a at once if b does not start."""
+    a = LoadBalancer(env, workers=workers, name="replica-a")
+    try:
+        b = LoadBalancer(env, workers=workers, name="replica-b")
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
 # ------------------------------------------------------------------------ /proc
 
 
