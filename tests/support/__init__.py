@@ -5,7 +5,8 @@
   ``URL_VARS``, ``STATS_PAYLOADS``;
 - :mod:`tests.support.processes`: ``LoadBalancer``, ``env_for``, ``clean_env``,
   ``python_m_service``, ``sanic_until_exit`` (a start-up that must fail), ``two_replicas``,
-  and the process tree from /proc (``children``, ``rss_kib``, ``cpu_ticks``, ``open_fds``);
+  ``slow_request_in_flight``, and the process tree from /proc (``children``, ``rss_kib``,
+  ``cpu_ticks``, ``open_fds``);
 - :mod:`tests.support.net`: ``free_port``, ``closed_port_url``, ``raw_request``;
 - :mod:`tests.support.waiting`: ``wait_for``.
 """
@@ -23,6 +24,7 @@ from tests.support.processes import (
     python_m_service,
     rss_kib,
     sanic_until_exit,
+    slow_request_in_flight,
     two_replicas,
 )
 from tests.support.servers import (
@@ -62,6 +64,7 @@ __all__ = [
     "raw_request",
     "rss_kib",
     "sanic_until_exit",
+    "slow_request_in_flight",
     "start_upstreams",
     "two_replicas",
     "wait_for",

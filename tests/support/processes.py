@@ -182,6 +182,31 @@ def two_replicas(
         b.stop()
 
 
+def slow_request_in_flight(
+    balancer: LoadBalancer, server: UpstreamServer, delay: float, timeout: float
+) -> tuple[threading.Thread, dict[str, object]]:
+    """``GET /api/slow?delay=<delay>`` through ``balancer`` from a thread of its own, returned
+    once ``server`` has it (in flight upstream; ``AssertionError`` after 5 s): for what a stop
+    does to a request in flight. When the thread has ended, the dict holds the ``status``
+    and the JSON ``body`` of the answer, or the ``error`` that came instead."""
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        try:
+            with httpx.Client(base_url=balancer.url, trust_env=False, timeout=timeout) as client:
+                response = client.get(f"/api/slow?delay={delay:g}")
+                result["status"] = response.status_code
+                result["body"] = response.json()
+        except Exception as exc:  # reported by the test's assertion on the result
+            result["error"] = repr(exc)
+
+    before = server.hits["/api/slow"]
+    thread = threading.Thread(target=slow)
+    thread.start()
+    wait_for(lambda: server.hits["/api/slow"] > before, step=0.02)
+    return thread, result
+
+
 # ------------------------------------------------------------------------ /proc
 
 
