@@ -1,4 +1,5 @@
-"""Fixtures: real upstream servers on ephemeral ports and real load-balancer processes.
+"""Fixtures: real upstream servers on ephemeral ports, real load-balancer processes, and a
+throw-away Redis for the cluster tests.
 
 What the fixtures are built from (servers, the load-balancer process, ``wait_for``...) lives in
 :mod:`tests.support`, shared with bench/.
@@ -12,6 +13,7 @@ import pytest
 from sanic import Sanic
 
 from tests.support import LoadBalancer, UpstreamServer, env_for, start_upstreams
+from tests.support.redis import RedisServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,3 +52,11 @@ def lb(upstreams: dict[str, UpstreamServer]) -> Iterator[LoadBalancer]:
     balancer = LoadBalancer(env_for(upstreams, LB_READ_TIMEOUT="3", LB_STATS_CACHE_TTL="0"))
     yield balancer
     balancer.stop()
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """A Redis of its own per test module that asks for one (the cluster's store)."""
+    server = RedisServer()
+    yield server
+    server.close()

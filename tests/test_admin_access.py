@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from ipaddress import ip_network
 
@@ -10,7 +9,7 @@ import pytest
 
 from service.access import allowed
 from service.settings import SettingsError, load_settings
-from tests.support import REPO, SANIC, LoadBalancer, UpstreamServer, clean_env, env_for, free_port
+from tests.support import REPO, LoadBalancer, UpstreamServer, clean_env, env_for, sanic_until_exit
 
 OPERATOR_PATHS = ("/metrics", "/lb-status", "/lb-status/data", "/lb-status/status.js")
 
@@ -36,15 +35,7 @@ def test_a_bad_network_names_the_variable(value: str) -> None:
 
 
 def test_a_bad_network_stops_the_real_command_with_one_line() -> None:
-    argv = [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port())]
-    result = subprocess.run(
-        [*argv, "--single-process"],
-        cwd=REPO,
-        env=clean_env({"LB_ADMIN_ALLOW": "10.0.0.0/8,nonsense"}),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = sanic_until_exit(clean_env({"LB_ADMIN_ALLOW": "10.0.0.0/8,nonsense"}))
     assert result.returncode == 2
     assert "LB_ADMIN_ALLOW" in result.stderr and "Traceback" not in result.stderr
 

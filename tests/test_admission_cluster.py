@@ -13,19 +13,12 @@ from typing import Any
 
 import pytest
 
-from tests.support import LoadBalancer, UpstreamServer, env_for, wait_for
+from tests.support import LoadBalancer, UpstreamServer, env_for, two_replicas, wait_for
 from tests.support.flood import Flood, client_from, flood, in_parallel
 from tests.support.redis import RedisServer
 
 RATE, BURST = 20.0, 5
 SECONDS = 4.0
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +32,8 @@ def pair(
         LB_RATE_LIMIT=f"{RATE:g}/s burst={BURST}",
         LB_ACCESS_LOG="false",
     )
-    a = LoadBalancer(env, workers=2, name="replica-a")
-    try:
-        b = LoadBalancer(env, workers=2, name="replica-b")
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    a.stop()
-    b.stop()
+    with two_replicas(env) as replicas:
+        yield replicas
 
 
 def limits_of(balancer: LoadBalancer) -> dict[str, Any]:

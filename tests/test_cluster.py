@@ -18,17 +18,10 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support import LoadBalancer, UpstreamServer, env_for, wait_for
+from tests.support import LoadBalancer, UpstreamServer, env_for, two_replicas, wait_for
 from tests.support.redis import RedisServer
 
 RETENTION_S = 2.0  # a killed replica is folded into the retired totals this soon
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.close()
 
 
 def _env(upstreams: dict[str, UpstreamServer], redis: RedisServer) -> dict[str, str]:
@@ -45,15 +38,8 @@ def _env(upstreams: dict[str, UpstreamServer], redis: RedisServer) -> dict[str, 
 def pair(
     upstreams: dict[str, UpstreamServer], redis: RedisServer
 ) -> Iterator[tuple[LoadBalancer, LoadBalancer]]:
-    a = LoadBalancer(_env(upstreams, redis), workers=2, name="replica-a")
-    try:
-        b = LoadBalancer(_env(upstreams, redis), workers=2, name="replica-b")
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    a.stop()
-    b.stop()
+    with two_replicas(_env(upstreams, redis)) as replicas:
+        yield replicas
 
 
 def _lb_stats(balancer: LoadBalancer) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from service.settings import SettingsError, load_settings
-from tests.support import REPO, SANIC, clean_env, free_port
+from tests.support import REPO, clean_env, sanic_until_exit
 
 
 def test_defaults_are_this_host_only() -> None:
@@ -60,15 +60,7 @@ def test_the_error_does_not_show_the_redis_password() -> None:
 
 
 def test_a_bad_redis_url_stops_start_up_with_exit_status_2() -> None:
-    result = subprocess.run(
-        [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port()),
-         "--single-process"],
-        cwd=REPO,
-        env=clean_env({"LB_CLUSTER_REDIS_URL": "http://not-redis"}),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )  # fmt: skip
+    result = sanic_until_exit(clean_env({"LB_CLUSTER_REDIS_URL": "http://not-redis"}))
     assert result.returncode == 2
     assert "LB_CLUSTER_REDIS_URL" in result.stderr
     assert "Traceback" not in result.stderr

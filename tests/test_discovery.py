@@ -20,7 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import REPO, Knob, LoadBalancer, UpstreamServer, env_for, free_port, wait_for
+from tests.support import (
+    REPO,
+    Knob,
+    LoadBalancer,
+    UpstreamServer,
+    env_for,
+    knobs_on_one_port,
+    wait_for,
+)
 from tests.support.dns import DnsServer
 from tests.test_metrics_promtool import promtool
 
@@ -40,16 +48,7 @@ def dns_server() -> Iterator[DnsServer]:
 def knobs() -> Iterator[dict[str, Knob]]:
     """One Knob per address of ``HOSTS``, all on the same port (retried until one is free on
     every address)."""
-    for _ in range(20):
-        port, started = free_port(), {}
-        try:
-            for host in HOSTS:
-                started[host] = Knob(host).start(port, host=host)
-        except OSError:
-            for knob in started.values():
-                knob.stop()
-            continue
-        break
+    started = knobs_on_one_port(HOSTS)
     yield started
     for knob in started.values():
         knob.stop()

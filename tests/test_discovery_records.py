@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Knob, LoadBalancer, UpstreamServer, env_for, free_port, wait_for
+from tests.support import Knob, LoadBalancer, UpstreamServer, env_for, knobs_on_one_port, wait_for
 from tests.support.dns import DnsServer
 
 VALID = 3  # LB_RESOLVER_VALID
@@ -110,16 +110,7 @@ def dns_server(
 @pytest.fixture(scope="module")
 def knobs() -> Iterator[dict[str, Knob]]:
     """One Knob on [::1] and one on 127.0.0.2, on the same port (retried until free on both)."""
-    for _ in range(20):
-        port, started = free_port(), {}
-        try:
-            for host in ("::1", "127.0.0.2"):
-                started[host] = Knob(host).start(port, host=host)
-        except OSError:
-            for knob in started.values():
-                knob.stop()
-            continue
-        break
+    started = knobs_on_one_port(("::1", "127.0.0.2"))
     yield started
     for knob in started.values():
         knob.stop()

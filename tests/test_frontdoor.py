@@ -17,7 +17,14 @@ import time
 import httpx
 
 from service.frontdoor.liveness import STARTUP_ALLOWANCE
-from tests.support import LoadBalancer, UpstreamServer, children, env_for, wait_for
+from tests.support import (
+    LoadBalancer,
+    UpstreamServer,
+    children,
+    env_for,
+    slow_request_in_flight,
+    wait_for,
+)
 from tests.support.rawws import frame, open_websocket, read_close_code
 from tests.support.shm import left_in_shm, shm_mapped, shm_semaphores
 
@@ -172,20 +179,7 @@ def test_readiness_is_503_while_draining_and_in_flight_requests_complete(
     balancer = LoadBalancer(env_for(upstreams, LB_DRAIN_DELAY="3"), workers=2)
     try:
         assert balancer.client.get("/lb-health?ready=1").status_code == 200
-        result: dict[str, object] = {}
-
-        def slow() -> None:
-            try:
-                with httpx.Client(base_url=balancer.url, trust_env=False, timeout=20) as client:
-                    result["status"] = client.get("/api/slow?delay=4").status_code
-            except Exception as exc:  # reported by the assertion below
-                result["error"] = repr(exc)
-
-        server = upstreams["api-gateway"]
-        before = server.hits["/api/slow"]
-        thread = threading.Thread(target=slow)
-        thread.start()
-        assert wait_for(lambda: server.hits["/api/slow"] > before, step=0.02)
+        thread, result = slow_request_in_flight(balancer, upstreams["api-gateway"], 4, 20)
         semaphores = shm_semaphores(balancer.process.pid)
         mapped = shm_mapped([balancer.process.pid])
         balancer.process.send_signal(signal.SIGTERM)

@@ -26,7 +26,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Knob, LoadBalancer, UpstreamServer, closed_port_url, env_for, wait_for
+from tests.support import (
+    Knob,
+    LoadBalancer,
+    UpstreamServer,
+    closed_port_url,
+    env_for,
+    knob_maker,
+    wait_for,
+)
 
 POOL = "api-gateway"
 
@@ -37,16 +45,8 @@ POOL = "api-gateway"
 @pytest.fixture
 def knobs() -> Iterator[Callable[..., Knob]]:
     """``knobs(name, **switches)`` -> a started Knob, stopped when the test ends."""
-    started: list[Knob] = []
-
-    def make(name: str, port: int = 0, **switches: Any) -> Knob:
-        server = Knob(name, **switches).start(port)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
+    with knob_maker() as make:
+        yield make
 
 
 # ------------------------------------------------------------------------ helpers

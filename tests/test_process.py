@@ -23,6 +23,7 @@ from tests.support import (
     children,
     env_for,
     free_port,
+    slow_request_in_flight,
     wait_for,
 )
 from tests.support.shm import group_members, left_in_shm, shm_mapped, shm_names, shm_semaphores
@@ -39,22 +40,8 @@ def test_two_workers_serve_and_drain_on_sigterm(upstreams: dict[str, UpstreamSer
             assert echo["upstream"] == "api-gateway"
             assert echo["raw_path"] == "/api/proc?n=1"
 
-        result: dict[str, object] = {}
-
-        def slow() -> None:
-            try:
-                with httpx.Client(base_url=balancer.url, trust_env=False, timeout=10) as client:
-                    response = client.get("/api/slow?delay=2")
-                    result["status"] = response.status_code
-                    result["body"] = response.json()
-            except Exception as exc:  # reported by the assertion below
-                result["error"] = repr(exc)
-
-        server = upstreams["api-gateway"]
-        before = server.hits["/api/slow"]
-        thread = threading.Thread(target=slow)
-        thread.start()
-        assert wait_for(lambda: server.hits["/api/slow"] > before, step=0.02)  # in flight upstream
+        # in flight upstream when the SIGTERM comes
+        thread, result = slow_request_in_flight(balancer, upstreams["api-gateway"], 2, 10)
         started = time.monotonic()
         returncode = balancer.stop(signal.SIGTERM)
         thread.join(10)

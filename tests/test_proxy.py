@@ -25,6 +25,13 @@ def header_values(echo: dict, name: str) -> list[str]:
     return [v for k, v in seen_headers(echo) if k == name.lower()]
 
 
+def raw_echo(lb: LoadBalancer, head: bytes) -> dict:
+    """What the upstream saw of ``head``, sent as raw bytes (the answer must be a 200)."""
+    status, _, body = raw_request(lb.port, head)
+    assert status == 200
+    return json.loads(body)
+
+
 # ------------------------------------------------------------------ methods / bodies
 
 
@@ -97,9 +104,7 @@ def test_end_to_end_headers_pass_unchanged(lb: LoadBalancer) -> None:
         b"Authorization: Bearer abc\r\nCookie: a=1; b=2\r\nX-Spaces: a  b\r\n"
         b"Connection: close\r\n\r\n"
     )
-    status, _, body = raw_request(lb.port, head)
-    assert status == 200
-    echo = json.loads(body)
+    echo = raw_echo(lb, head)
     assert header_values(echo, "x-multi") == ["one", "two"]
     assert header_values(echo, "authorization") == ["Bearer abc"]
     assert header_values(echo, "cookie") == ["a=1; b=2"]
@@ -139,9 +144,8 @@ def test_hop_by_hop_request_headers_stripped(lb: LoadBalancer) -> None:
         b"TE: trailers\r\nProxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n"
         b"Trailer: X-T\r\nX-Visible: yes\r\n\r\n"
     )
-    status, _, body = raw_request(lb.port, head)
-    assert status == 200
-    names = {k for k, _ in seen_headers(json.loads(body))}
+    echo = raw_echo(lb, head)
+    names = {k for k, _ in seen_headers(echo)}
     assert "x-visible" in names
     leaked = names & {
         "x-secret",
@@ -154,7 +158,7 @@ def test_hop_by_hop_request_headers_stripped(lb: LoadBalancer) -> None:
     assert not leaked
     # What the proxy says about its own connection to the upstream is its own business, but
     # nothing the client put in Connection may reach the upstream.
-    assert all("x-secret" not in v.lower() for v in header_values(json.loads(body), "connection"))
+    assert all("x-secret" not in v.lower() for v in header_values(echo, "connection"))
 
 
 def test_hop_by_hop_response_headers_stripped(lb: LoadBalancer) -> None:
@@ -179,9 +183,7 @@ def test_forwarded_headers(lb: LoadBalancer) -> None:
         b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: spoofed.example\r\n"
         b"Connection: close\r\n\r\n"
     )
-    status, _, body = raw_request(lb.port, head)
-    assert status == 200
-    echo = json.loads(body)
+    echo = raw_echo(lb, head)
     assert header_values(echo, "x-forwarded-for") == ["127.0.0.1"]
     assert header_values(echo, "x-real-ip") == ["127.0.0.1"]
     assert header_values(echo, "x-forwarded-proto") == ["http"]
@@ -207,9 +209,7 @@ def test_forwarded_proto_is_http_for_an_upgrade_request(lb: LoadBalancer) -> Non
         b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
-    status, _, body = raw_request(lb.port, head)
-    assert status == 200
-    echo = json.loads(body)
+    echo = raw_echo(lb, head)
     assert header_values(echo, "x-forwarded-proto") == ["http"]
     assert header_values(echo, "upgrade") == ["websocket"]
 

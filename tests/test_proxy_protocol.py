@@ -32,7 +32,7 @@ from service.frontdoor.proxy_header import ProxyHeaderError, missing, parse
 from service.reload.changes import running
 from service.factory import RESTART_ONLY
 from service.settings import SettingsError, load_settings
-from tests.support import REPO, LoadBalancer, UpstreamServer, env_for, start_upstreams
+from tests.support import REPO, LoadBalancer, UpstreamServer, env_for
 from tests.support.certs import Issued, issue, make_ca
 from tests.support.haproxy import HAProxy
 from tests.support.tools import require
@@ -47,14 +47,6 @@ REQUEST = b"GET /api/echo HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[dict[str, UpstreamServer]]:
-    servers = start_upstreams()
-    yield servers
-    for server in servers.values():
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,6 @@ WINDOW_S = 1.0  # the sync window at the default publish interval (250 ms): max(
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def lb(upstreams: dict[str, UpstreamServer], redis: RedisServer) -> Iterator[LoadBalancer]:
     env = env_for(
         upstreams,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +18,9 @@ from service.reload.region import MAX_TEXT_BYTES, ConfigLayout, ConfigRegion
 from service.reload.source import SETTLE_LOOK_S, ContentWatch, Settling, read_file, text_of
 from service.settings import Settings, SettingsError, load_settings
 from service.sharedmem import Plan, SharedBlock
+
+if TYPE_CHECKING:
+    from service.reload.leader import Leader
 
 BASE = """
 [[upstreams]]
@@ -247,6 +251,19 @@ def test_admission_control_needs_a_restart_and_covers_a_reloaded_route() -> None
     assert replanned["api"].pool == 0 and replanned["extra"].pool == -1
 
 
+def a_leader(path: Path) -> tuple[Leader, ConfigRegion, Settings]:
+    """The reload leader of a host started on ``BASE``, written to ``path`` and published as
+    generation 1; with its region and its starting settings."""
+    from service.reload.leader import Leader
+
+    start = settings()
+    table, _ = host(start)
+    region, _ = region_and_block()
+    path.write_text(BASE)
+    region.start(BASE, read_file(path).sha256, 0.0)
+    return Leader(region, table, start, path, {}, RESTART_ONLY), region, start
+
+
 def test_any_exception_while_loading_is_a_refused_file_and_the_leader_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,13 +271,8 @@ def test_any_exception_while_loading_is_a_refused_file_and_the_leader_goes_on(
     ``last_error``, and the next file is taken."""
     from service.reload import leader as leading
 
-    start = settings()
-    table, _ = host(start)
-    region, _ = region_and_block()
     path = tmp_path / "lb.toml"
-    path.write_text(BASE)
-    region.start(BASE, read_file(path).sha256, 0.0)
-    leader = leading.Leader(region, table, start, path, {}, RESTART_ONLY)
+    leader, region, start = a_leader(path)
 
     def broken(**_: object) -> Settings:
         raise RuntimeError("a surprise in the loader")
@@ -284,15 +296,8 @@ def test_sighup_waits_for_the_file_to_settle(tmp_path: Path) -> None:
     the half it saw first; the leader's loop is not blocked meanwhile."""
     import time
 
-    from service.reload.leader import Leader
-
-    start = settings()
-    table, _ = host(start)
-    region, _ = region_and_block()
     path = tmp_path / "lb.toml"
-    path.write_text(BASE)
-    region.start(BASE, read_file(path).sha256, 0.0)
-    leader = Leader(region, table, start, path, {}, RESTART_ONLY)
+    leader, region, start = a_leader(path)
     half = BASE.replace("10.0.0.9", "10.0.0.8")  # a file that loads, its end still to come
     final = half + '\n[[routes]]\nprefix = "/more"\nupstream = "api"\n'
 

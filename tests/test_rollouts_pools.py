@@ -30,7 +30,15 @@ from service.pools.affinity import sticky_id
 from service.pools.hashring import HashRing, key_hash
 from service.pools.retries import BACKOFF_CAP, RetryBudget, backoff
 from service.settings import SettingsError, load_settings
-from tests.support import REPO, SANIC, Knob, LoadBalancer, clean_env, free_port, wait_for
+from tests.support import (
+    REPO,
+    Knob,
+    LoadBalancer,
+    clean_env,
+    knob_maker,
+    sanic_until_exit,
+    wait_for,
+)
 
 POOL = "api-gateway"
 WORKERS = 2
@@ -114,10 +122,7 @@ def test_bad_settings_are_refused_naming_them() -> None:
 
 def test_a_bad_setting_stops_start_up_with_one_line() -> None:
     env = clean_env({"API_GATEWAY_URL": "http://127.0.0.1:1", "API_GATEWAY_HASH_ON": "client"})
-    argv = [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port())]
-    result = subprocess.run(
-        [*argv, "--single-process"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
-    )
+    result = sanic_until_exit(env)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "API_GATEWAY_HASH_ON" in line]
@@ -170,16 +175,8 @@ def _lines(lb: LoadBalancer, needle: str) -> list[str]:
 @pytest.fixture
 def knobs() -> Iterator[Callable[..., Knob]]:
     """``knobs(name, host=..., port=..., **switches)``: a started Knob on 127.0.0.x."""
-    started: list[Knob] = []
-
-    def make(name: str, host: str = "127.0.0.1", port: int = 0, **switches: Any) -> Knob:
-        server = Knob(name, **switches).start(port, host=host)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
+    with knob_maker() as make:
+        yield make
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from service.settings import SettingsError, load_settings
-from tests.support import REPO, SANIC, free_port
+from tests.support import REPO, sanic_until_exit
 
 CONTRACT_URLS = {
     "api-gateway": ("API_GATEWAY_URL", "http://local-api-gateway-service:8000"),
@@ -132,22 +132,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
     [("API_GATEWAY_URL", "ftp://x"), ("BLOG_SERVICE_URL", "http://"), ("LB_PORT", "abc")],
 )
 def test_sanic_command_exits_naming_the_variable(var: str, value: str) -> None:
-    result = subprocess.run(
-        [
-            SANIC,
-            "service.app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-            "--single-process",
-        ],
-        cwd=REPO,
-        env=_clean_env(**{var: value}),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = sanic_until_exit(_clean_env(**{var: value}))
     assert result.returncode != 0
     assert var in result.stderr
     assert "Traceback" not in result.stderr

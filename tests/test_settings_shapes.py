@@ -6,14 +6,13 @@ refused file (``service.reload``)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from service.settings import SettingsError, load_settings
-from tests.support import REPO, SANIC, clean_env, free_port
+from tests.support import clean_env, sanic_until_exit
 
 # A document using every shape the loader reads: scalar sections, [[upstreams]] with their
 # own, passive and health keys, [[routes]], [[limits]].
@@ -139,22 +138,7 @@ def test_no_wrong_type_anywhere_raises_anything_but_a_settings_error() -> None:
 def test_the_sanic_command_exits_naming_the_key(tmp_path: Any) -> None:
     path = tmp_path / "lb.toml"
     path.write_text("upstreams = 5\n")
-    result = subprocess.run(
-        [
-            SANIC,
-            "service.app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-            "--single-process",
-        ],
-        cwd=REPO,
-        env=clean_env({"LB_CONFIG": str(path)}),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = sanic_until_exit(clean_env({"LB_CONFIG": str(path)}))
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("load-balancer: configuration error:") and "[[upstreams]]" in line

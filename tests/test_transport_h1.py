@@ -92,16 +92,64 @@ def answer(body: bytes = b"ok", status: int = 200, *headers: bytes) -> bytes:
     return head + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
 
 
-async def keep_alive(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-) -> None:
-    while await read_request(reader, server) is not None:
-        writer.write(answer(b"hello"))
+def replies_once(reply: bytes) -> Handler:
+    """A handler that reads one request, writes ``reply`` as it is and closes."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        await read_request(reader, server)
+        writer.write(reply)
         await writer.drain()
+
+    return handler
+
+
+def replies_each(reply: bytes, delay: float = 0.0) -> Handler:
+    """A handler that answers every request of the connection with ``reply``, each after
+    ``delay`` seconds (none when 0)."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        while await read_request(reader, server) is not None:
+            if delay:
+                await asyncio.sleep(delay)
+            writer.write(reply)
+            await writer.drain()
+
+    return handler
+
+
+keep_alive = replies_each(answer(b"hello"))
+slow_ok = replies_each(answer(), delay=0.05)  # 50 ms an answer: requests overlap
 
 
 def transport(**limits: object) -> H1Transport:
     return H1Transport(limits=httpx.Limits(**{"max_connections": 10, **limits}))  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def served(handler: Handler, **limits: object) -> AsyncIterator[tuple[Server, H1Transport]]:
+    """An upstream running ``handler`` and a ``transport(**limits)``, closed after."""
+    async with Server(handler) as server:
+        t = transport(**limits)
+        try:
+            yield server, t
+        finally:
+            await t.aclose()
+
+
+async def start(
+    t: H1Transport,
+    url: str,
+    method: str = "GET",
+    timeouts: dict[str, float] | None = None,
+    **kw: object,
+) -> httpx.Response:
+    """The response with its head read and its body still to come (``response.stream``)."""
+    request = httpx.Request(method, url, extensions={"timeout": timeouts or TIMEOUTS}, **kw)  # type: ignore[arg-type]
+    return await t.handle_async_request(request)
 
 
 async def fetch(
@@ -111,8 +159,7 @@ async def fetch(
     timeouts: dict[str, float] | None = None,
     **kw: object,
 ) -> tuple[httpx.Response, bytes]:
-    request = httpx.Request(method, url, extensions={"timeout": timeouts or TIMEOUTS}, **kw)  # type: ignore[arg-type]
-    response = await t.handle_async_request(request)
+    response = await start(t, url, method, timeouts, **kw)
     body = b""
     try:
         async for chunk in response.stream:  # type: ignore[union-attr]
@@ -140,22 +187,19 @@ def run(coro: Awaitable[None]) -> None:
 
 def test_content_length_response_and_keep_alive_reuse() -> None:
     async def main() -> None:
-        async with Server(keep_alive) as server:
-            t = transport()
+        async with served(keep_alive) as (server, t):
             for _ in range(3):
                 response, body = await fetch(t, server.url + "/a?b=1")
                 assert (response.status_code, body) == (200, b"hello")
             assert server.connections == 1
             assert server.requests[0][0].target == b"/a?b=1"
-            await t.aclose()
 
     run(main())
 
 
 def test_request_is_sent_as_given() -> None:
     async def main() -> None:
-        async with Server(keep_alive) as server:
-            t = transport()
+        async with served(keep_alive) as (server, t):
             headers = [("Host", "example.org"), ("X-Two", "1"), ("X-Two", "2")]
             await fetch(t, server.url + "/p%20q", headers=headers)
             request = server.requests[0][0]
@@ -165,7 +209,6 @@ def test_request_is_sent_as_given() -> None:
                 (b"x-two", b"1"),
                 (b"x-two", b"2"),
             ]
-            await t.aclose()
 
     run(main())
 
@@ -185,17 +228,14 @@ def test_chunked_response_streams_chunk_by_chunk() -> None:
         await read_request(reader, server)
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
-            request = httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
-            response = await t.handle_async_request(request)
+        async with served(handler) as (server, t):
+            response = await start(t, server.url)
             chunks = aiter(response.stream)  # type: ignore[arg-type]
             assert await anext(chunks) == b"first"  # before the rest was even sent
             release.set()
             assert b"".join([c async for c in chunks]) == b"second"
             await response.stream.aclose()  # type: ignore[union-attr]
             assert response.headers["transfer-encoding"] == "chunked"  # passed, not acted on
-            await t.aclose()
 
     run(main())
 
@@ -219,16 +259,13 @@ def test_a_body_arrived_whole_is_taken_at_once_and_a_partial_one_streams() -> No
         await read_request(reader, server)
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
-            request = httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
-            response = await t.handle_async_request(request)
+        async with served(handler) as (server, t):
+            response = await start(t, server.url)
             await asyncio.sleep(0.05)  # nothing more will come: the body is in
             assert arrived_whole(response) == b"whole"
             assert [c async for c in response.stream] == []  # type: ignore[union-attr]
             await response.stream.aclose()  # type: ignore[union-attr]
-            request = httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
-            response = await t.handle_async_request(request)
+            response = await start(t, server.url)
             await asyncio.sleep(0.05)
             assert arrived_whole(response) is None  # five bytes of ten: not whole
             release.set()
@@ -236,7 +273,6 @@ def test_a_body_arrived_whole_is_taken_at_once_and_a_partial_one_streams() -> No
             await response.stream.aclose()  # type: ignore[union-attr]
             assert server.connections == 1  # reused after the whole body was taken
             assert arrived_whole(httpx.Response(200, content=b"x")) is None  # not ours
-            await t.aclose()
 
     run(main())
 
@@ -258,8 +294,7 @@ def test_fields_are_split_as_sent_with_their_whitespace_trimmed() -> None:
         await read_request(reader, server)
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(handler) as (server, t):
             response, body = await fetch(t, server.url)
             assert body == b"ok"
             assert seam.triples(response.headers) == [
@@ -270,27 +305,18 @@ def test_fields_are_split_as_sent_with_their_whitespace_trimmed() -> None:
                 (b"Set-Cookie", b"set-cookie", b"b=2"),
                 (b"Content-Length", b"content-length", b"2"),
             ]
-            await t.aclose()
 
     run(main())
 
 
 def test_body_until_eof() -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        await read_request(reader, server)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"
+        async with served(replies_once(reply)) as (server, t):
             for _ in range(2):
                 _response, body = await fetch(t, server.url)
                 assert body == b"all of it"
             assert server.connections == 2  # never reused after Connection: close
-            await t.aclose()
 
     run(main())
 
@@ -298,41 +324,27 @@ def test_body_until_eof() -> None:
 def test_gzip_bytes_pass_unchanged() -> None:
     payload = gzip.compress(b'{"x": 1}' * 100)
 
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        await read_request(reader, server)
-        writer.write(answer(payload, 200, b"Content-Encoding: gzip"))
-        await writer.drain()
+    gzipped = replies_once(answer(payload, 200, b"Content-Encoding: gzip"))
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(gzipped) as (server, t):
             response, body = await fetch(t, server.url, headers={"Accept-Encoding": "gzip"})
             assert body == payload
             assert response.headers["content-encoding"] == "gzip"
-            await t.aclose()
 
     run(main())
 
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_no_body_statuses_and_reuse(status: int) -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        while await read_request(reader, server) is not None:
-            writer.write(b"HTTP/1.1 %d X\r\nETag: x\r\n\r\n" % status)
-            await writer.drain()
+    no_body = replies_each(b"HTTP/1.1 %d X\r\nETag: x\r\n\r\n" % status)
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(no_body) as (server, t):
             for _ in range(2):
                 response, body = await fetch(t, server.url)
                 assert (response.status_code, body) == (status, b"")
             assert server.connections == 1
-            await t.aclose()
 
     run(main())
 
@@ -349,8 +361,7 @@ def test_head_has_no_body_whatever_its_length_and_reuses() -> None:
             await writer.drain()
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(handler) as (server, t):
             response, body = await fetch(t, server.url, "HEAD")
             assert (response.status_code, body, response.headers["content-length"]) == (
                 200,
@@ -362,7 +373,6 @@ def test_head_has_no_body_whatever_its_length_and_reuses() -> None:
             response, body = await fetch(t, server.url, "HEAD")
             assert body == b""
             assert server.connections == 1
-            await t.aclose()
 
     run(main())
 
@@ -371,16 +381,8 @@ def test_retire_closes_idle_connections_to_an_origin_whatever_name_they_verify()
     """A target that left its pool (DNS, reload): its idle connections close at once, those
     made for another server name (``sni_hostname``) too; asked for again, it is a target."""
 
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        while await read_request(reader, server) is not None:
-            writer.write(answer(b"ok"))
-            await writer.drain()
-
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(replies_each(answer(b"ok"))) as (server, t):
             await fetch(t, server.url)
             named = httpx.Request(
                 "GET", server.url, extensions={"timeout": TIMEOUTS, "sni_hostname": "svc.test"}
@@ -394,25 +396,16 @@ def test_retire_closes_idle_connections_to_an_origin_whatever_name_they_verify()
             assert t._pool._open == 0  # both closed, not left idle
             assert (await fetch(t, server.url))[1] == b"ok"
             assert server.connections == 3 and t._pool._open == 1  # kept again
-            await t.aclose()
 
     run(main())
 
 
 def test_interim_100_is_skipped() -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        await read_request(reader, server)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"final", 201))
-        await writer.drain()
-
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        reply = b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"final", 201)
+        async with served(replies_once(reply)) as (server, t):
             response, body = await fetch(t, server.url, "POST", content=b"x")
             assert (response.status_code, body) == (201, b"final")
-            await t.aclose()
 
     run(main())
 
@@ -425,8 +418,7 @@ async def _body(parts: list[bytes]) -> AsyncIterator[bytes]:
 
 def test_request_bodies_content_length_and_chunked() -> None:
     async def main() -> None:
-        async with Server(keep_alive) as server:
-            t = transport()
+        async with served(keep_alive) as (server, t):
             parts = [b"a" * 70000, b"", b"b" * 5, b"c" * 100000]
             whole = b"".join(parts)
             # Content-Length given: sent as is, streamed.
@@ -447,7 +439,6 @@ def test_request_bodies_content_length_and_chunked() -> None:
             assert b3 == b"bytes body"
             assert b4 == b""
             assert server.connections == 1
-            await t.aclose()
 
     run(main())
 
@@ -470,12 +461,8 @@ def test_large_upload_and_download_with_bounded_buffer() -> None:
             yield b"u" * 65536
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
-            request = httpx.Request(
-                "POST", server.url, content=upload(), extensions={"timeout": TIMEOUTS}
-            )
-            response = await t.handle_async_request(request)
+        async with served(handler) as (server, t):
+            response = await start(t, server.url, "POST", content=upload())
             received, largest = 0, 0
             async for chunk in response.stream:  # type: ignore[union-attr]
                 received += len(chunk)
@@ -488,7 +475,6 @@ def test_large_upload_and_download_with_bounded_buffer() -> None:
                 hashlib.sha256(server.requests[0][1]).digest()
                 == hashlib.sha256(b"u" * size).digest()
             )
-            await t.aclose()
 
     run(main())
 
@@ -497,54 +483,32 @@ def test_large_upload_and_download_with_bounded_buffer() -> None:
 
 
 def test_max_connections_is_respected() -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        while await read_request(reader, server) is not None:
-            await asyncio.sleep(0.05)
-            writer.write(answer())
-            await writer.drain()
-
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport(max_connections=2)
+        async with served(slow_ok, max_connections=2) as (server, t):
             results = await asyncio.gather(*(fetch(t, server.url) for _ in range(8)))
             assert all(body == b"ok" for _, body in results)
             assert server.max_open <= 2 and server.connections == 2
-            await t.aclose()
 
     run(main())
 
 
 def test_pool_timeout() -> None:
     async def main() -> None:
-        async with Server(keep_alive) as server:
-            t = transport(max_connections=1)
-            held = await t.handle_async_request(
-                httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
-            )
+        async with served(keep_alive, max_connections=1) as (server, t):
+            held = await start(t, server.url)
             with pytest.raises(httpx.PoolTimeout):
                 await fetch(t, server.url, timeouts={**TIMEOUTS, "pool": 0.1})
             await held.stream.aclose()  # type: ignore[union-attr]
             _response, body = await fetch(t, server.url)  # the slot is free again
             assert body == b"hello"
-            await t.aclose()
 
     run(main())
 
 
 def test_max_keepalive_and_expiry() -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        while await read_request(reader, server) is not None:
-            await asyncio.sleep(0.05)
-            writer.write(answer())
-            await writer.drain()
-
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport(max_keepalive_connections=1, keepalive_expiry=0.3)
+        limits = {"max_keepalive_connections": 1, "keepalive_expiry": 0.3}
+        async with served(slow_ok, **limits) as (server, t):
             await asyncio.gather(*(fetch(t, server.url) for _ in range(3)))
             assert server.connections == 3
             await asyncio.sleep(0.05)
@@ -554,7 +518,6 @@ def test_max_keepalive_and_expiry() -> None:
             await asyncio.sleep(0.4)
             await fetch(t, server.url)
             assert server.connections == 4  # expired, not reused
-            await t.aclose()
 
     run(main())
 
@@ -572,13 +535,11 @@ def test_incomplete_body_is_an_error_and_connection_is_not_reused() -> None:
         await writer.drain()
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(handler) as (server, t):
             with pytest.raises(httpx.RemoteProtocolError):
                 await fetch(t, server.url)
             _response, body = await fetch(t, server.url)
             assert body == b"ok" and server.connections == 2
-            await t.aclose()
 
     run(main())
 
@@ -595,16 +556,12 @@ def test_body_abandoned_by_the_client_is_not_reused() -> None:
             await writer.drain()
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(handler) as (server, t):
             for _ in range(2):
-                response = await t.handle_async_request(
-                    httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
-                )
+                response = await start(t, server.url)
                 assert await anext(aiter(response.stream)) == b"five!"  # type: ignore[arg-type]
                 await response.stream.aclose()  # type: ignore[union-attr]
             assert server.connections == 2
-            await t.aclose()
 
     run(main())
 
@@ -621,14 +578,12 @@ def test_stale_idle_connection_is_retried_for_idempotent_requests_only() -> None
         await reader.read(65536)
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(handler) as (server, t):
             await fetch(t, server.url)
             _response, body = await fetch(t, server.url)  # retried on a fresh connection
             assert body == b"ok" and server.connections == 2
             with pytest.raises(httpx.RemoteProtocolError):
                 await fetch(t, server.url, "POST", content=_body([b"once"]))  # not replayable
-            await t.aclose()
 
     run(main())
 
@@ -684,16 +639,21 @@ def test_read_timeouts_before_and_during_the_body() -> None:
         await asyncio.sleep(5)
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
+        async with served(handler) as (server, t):
             short = {**TIMEOUTS, "read": 0.2}
             with pytest.raises(httpx.ReadTimeout):
                 await fetch(t, server.url, timeouts=short)
             with pytest.raises(httpx.ReadTimeout):
                 await fetch(t, server.url, timeouts=short)
-            await t.aclose()
 
     run(main())
+
+
+async def _refused_as_broken(handler: Handler) -> None:
+    """One GET to an upstream running ``handler`` is a ``RemoteProtocolError``."""
+    async with served(handler) as (server, t):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(t, server.url)
 
 
 @pytest.mark.parametrize(
@@ -708,21 +668,7 @@ def test_read_timeouts_before_and_during_the_body() -> None:
     ],
 )
 def test_broken_answers_are_remote_protocol_errors(reply: bytes) -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        await read_request(reader, server)
-        writer.write(reply)
-        await writer.drain()
-
-    async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
-            with pytest.raises(httpx.RemoteProtocolError):
-                await fetch(t, server.url)
-            await t.aclose()
-
-    run(main())
+    run(_refused_as_broken(replies_once(reply)))
 
 
 def test_endless_response_head_is_refused() -> None:
@@ -735,24 +681,15 @@ def test_endless_response_head_is_refused() -> None:
             writer.write(b"X-Filler-%d: %s\r\n" % (i, b"f" * 100))
             await writer.drain()
 
-    async def main() -> None:
-        async with Server(handler) as server:
-            t = transport()
-            with pytest.raises(httpx.RemoteProtocolError):
-                await fetch(t, server.url)
-            await t.aclose()
-
-    run(main())
+    run(_refused_as_broken(handler))
 
 
 def test_header_injection_is_refused() -> None:
     async def main() -> None:
-        async with Server(keep_alive) as server:
-            t = transport()
+        async with served(keep_alive) as (server, t):
             with pytest.raises(httpx.LocalProtocolError):
                 await fetch(t, server.url, headers={"X-Evil": "a\r\nX-Injected: 1"})
             assert server.requests == []
-            await t.aclose()
 
     run(main())
 
@@ -766,13 +703,11 @@ def test_request_body_error_passes_through_and_frees_the_slot() -> None:
         raise UploadBroke
 
     async def main() -> None:
-        async with Server(keep_alive) as server:
-            t = transport(max_connections=1)
+        async with served(keep_alive, max_connections=1) as (server, t):
             with pytest.raises(UploadBroke):
                 await fetch(t, server.url, "POST", content=failing())
             _response, body = await fetch(t, server.url, timeouts={**TIMEOUTS, "pool": 0.5})
             assert body == b"hello"
-            await t.aclose()
 
     run(main())
 
@@ -788,8 +723,7 @@ def test_cancelled_request_frees_the_slot() -> None:
             await writer.drain()
 
     async def main() -> None:
-        async with Server(handler) as server:
-            t = transport(max_connections=1)
+        async with served(handler, max_connections=1) as (server, t):
             task = asyncio.create_task(fetch(t, server.url))
             await asyncio.sleep(0.1)
             task.cancel()
@@ -797,7 +731,6 @@ def test_cancelled_request_frees_the_slot() -> None:
                 await task
             _response, body = await fetch(t, server.url, timeouts={**TIMEOUTS, "pool": 0.5})
             assert body == b"ok" and server.connections == 2
-            await t.aclose()
 
     run(main())
 
@@ -806,12 +739,7 @@ def test_cancelled_request_frees_the_slot() -> None:
 
 
 def test_proxy_client_never_stores_or_replays_cookies() -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
-    ) -> None:
-        while await read_request(reader, server) is not None:
-            writer.write(answer(b"ok", 200, b"Set-Cookie: session=secret; Path=/"))
-            await writer.drain()
+    handler = replies_each(answer(b"ok", 200, b"Set-Cookie: session=secret; Path=/"))
 
     async def main() -> None:
         async with Server(handler) as server:

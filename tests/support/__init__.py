@@ -1,9 +1,12 @@
 """What the tests and the benchmarks share: servers, the load-balancer process, waiting.
 
-- :mod:`tests.support.servers`: ``UpstreamServer``, ``Knob``, ``SilentServer``,
-  ``ClosingServer``, ``start_upstreams``, ``URL_VARS``, ``STATS_PAYLOADS``;
-- :mod:`tests.support.processes`: ``LoadBalancer``, ``env_for``, ``clean_env``, and the process
-  tree from /proc (``children``, ``rss_kib``, ``cpu_ticks``, ``open_fds``);
+- :mod:`tests.support.servers`: ``UpstreamServer``, ``Knob`` (``knob_maker``,
+  ``knobs_on_one_port``), ``SilentServer``, ``ClosingServer``, ``start_upstreams``,
+  ``URL_VARS``, ``STATS_PAYLOADS``;
+- :mod:`tests.support.processes`: ``LoadBalancer``, ``env_for``, ``clean_env``,
+  ``python_m_service``, ``sanic_until_exit`` (a start-up that must fail), ``two_replicas``,
+  ``slow_request_in_flight``, and the process tree from /proc (``children``, ``rss_kib``,
+  ``cpu_ticks``, ``open_fds``);
 - :mod:`tests.support.net`: ``free_port``, ``closed_port_url``, ``raw_request``;
 - :mod:`tests.support.waiting`: ``wait_for``.
 """
@@ -20,6 +23,9 @@ from tests.support.processes import (
     open_fds,
     python_m_service,
     rss_kib,
+    sanic_until_exit,
+    slow_request_in_flight,
+    two_replicas,
 )
 from tests.support.servers import (
     STATS_PAYLOADS,
@@ -28,6 +34,8 @@ from tests.support.servers import (
     Knob,
     SilentServer,
     UpstreamServer,
+    knob_maker,
+    knobs_on_one_port,
     start_upstreams,
 )
 from tests.support.waiting import Waited, wait_for
@@ -49,10 +57,15 @@ __all__ = [
     "cpu_ticks",
     "env_for",
     "free_port",
+    "knob_maker",
+    "knobs_on_one_port",
     "open_fds",
     "python_m_service",
     "raw_request",
     "rss_kib",
+    "sanic_until_exit",
+    "slow_request_in_flight",
     "start_upstreams",
+    "two_replicas",
     "wait_for",
 ]

@@ -163,7 +163,65 @@ class LoadBalancer:
         return self.process.returncode
 
 
+@contextlib.contextmanager
+def two_replicas(
+    env: dict[str, str], workers: int = 2
+) -> Iterator[tuple[LoadBalancer, LoadBalancer]]:
+    """Two load balancers on the same ``env`` (one cluster), named ``replica-a`` and
+    ``replica-b``; both stopped at the end, and a at once if b does not start."""
+    a = LoadBalancer(env, workers=workers, name="replica-a")
+    try:
+        b = LoadBalancer(env, workers=workers, name="replica-b")
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def slow_request_in_flight(
+    balancer: LoadBalancer, server: UpstreamServer, delay: float, timeout: float
+) -> tuple[threading.Thread, dict[str, object]]:
+    """``GET /api/slow?delay=<delay>`` through ``balancer`` from a thread of its own, returned
+    once ``server`` has it (in flight upstream; ``AssertionError`` after 5 s): for what a stop
+    does to a request in flight. When the thread has ended, the dict holds the ``status``
+    and the JSON ``body`` of the answer, or the ``error`` that came instead."""
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        try:
+            with httpx.Client(base_url=balancer.url, trust_env=False, timeout=timeout) as client:
+                response = client.get(f"/api/slow?delay={delay:g}")
+                result["status"] = response.status_code
+                result["body"] = response.json()
+        except Exception as exc:  # reported by the test's assertion on the result
+            result["error"] = repr(exc)
+
+    before = server.hits["/api/slow"]
+    thread = threading.Thread(target=slow)
+    thread.start()
+    wait_for(lambda: server.hits["/api/slow"] > before, step=0.02)
+    return thread, result
+
+
 # ------------------------------------------------------------------------ /proc
+
+
+def sanic_until_exit(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``sanic service.app --single-process`` on 127.0.0.1 and a free port, run until it
+    exits, its output captured (a 30-s limit): for settings that must stop the start-up."""
+    argv = [SANIC, "service.app", "--host", "127.0.0.1", "--port", str(free_port())]
+    return subprocess.run(
+        [*argv, "--single-process"],
+        cwd=REPO,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @contextlib.contextmanager

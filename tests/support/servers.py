@@ -36,10 +36,13 @@ import ssl
 import threading
 import time
 from collections import Counter
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.net import free_port
 
 CHUNK = 64 * 1024
 
@@ -386,6 +389,42 @@ class Knob(UpstreamServer):
     def total(self, prefix: str = "/api/") -> int:
         with self._lock:
             return sum(n for path, n in self.hits.items() if path.startswith(prefix))
+
+
+@contextmanager
+def knob_maker() -> Iterator[Callable[..., Knob]]:
+    """``make(name, host=..., port=..., **switches)`` -> a started Knob; every Knob made is
+    stopped when the block ends (the body of the tests' ``knobs`` fixtures)."""
+    started: list[Knob] = []
+
+    def make(name: str, host: str = "127.0.0.1", port: int = 0, **switches: Any) -> Knob:
+        server = Knob(name, **switches).start(port, host=host)
+        started.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop()
+
+
+def knobs_on_one_port(hosts: Iterable[str], tries: int = 20) -> dict[str, Knob]:
+    """One started Knob per address of ``hosts``, all on the same port: a free port is tried
+    on every address, and another one (up to ``tries``) when any of them refuses it. The
+    caller stops them."""
+    hosts = list(hosts)
+    for _ in range(tries):
+        port, started = free_port(), {}
+        try:
+            for host in hosts:
+                started[host] = Knob(host).start(port, host=host)
+        except OSError:
+            for knob in started.values():
+                knob.stop()
+            continue
+        break
+    return started
 
 
 # ------------------------------------------------------------------------ bare TCP servers

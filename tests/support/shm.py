@@ -3,7 +3,7 @@ process group."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 import os
 from pathlib import Path
 
@@ -14,11 +14,10 @@ def shm_semaphores(pid: int) -> set[str]:
     return {path for path in shm_names([pid]) if path.startswith("/dev/shm/sem.")}
 
 
-def shm_mapped(pids: Iterable[int]) -> set[str]:
-    """The paths in /dev/shm these processes map, as their memory maps name them: the shared
-    block is a file there, unlinked as soon as it is made (``pym-<pid>-<random>
-    (deleted)``), so a stop, however abrupt, cannot leave it behind."""
-    found = set()
+def _shm_lines(pids: Iterable[int]) -> Iterator[list[str]]:
+    """The lines of these processes' memory maps that map a file of /dev/shm, as fields
+    (address, perms, offset, device, inode, path: the path whole, with any " (deleted)");
+    a process already gone is passed over."""
     for pid in pids:
         try:
             maps = Path(f"/proc/{pid}/maps").read_text()
@@ -27,8 +26,14 @@ def shm_mapped(pids: Iterable[int]) -> set[str]:
         for line in maps.splitlines():
             fields = line.split(None, 5)
             if len(fields) == 6 and fields[5].startswith("/dev/shm/"):
-                found.add(fields[5])
-    return found
+                yield fields
+
+
+def shm_mapped(pids: Iterable[int]) -> set[str]:
+    """The paths in /dev/shm these processes map, as their memory maps name them: the shared
+    block is a file there, unlinked as soon as it is made (``pym-<pid>-<random>
+    (deleted)``), so a stop, however abrupt, cannot leave it behind."""
+    return {fields[5] for fields in _shm_lines(pids)}
 
 
 def left_in_shm(mapped: Iterable[str]) -> list[str]:
@@ -43,16 +48,7 @@ def shm_names(pids: Iterable[int]) -> set[str]:
     semaphore under a temporary name and links it to its real one, so the map says
     ``sem.XXXXXX (deleted)``. The inode is the same, so the names are found by inode.
     """
-    inodes: set[int] = set()
-    for pid in pids:
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            fields = line.split()
-            if len(fields) >= 6 and fields[5].startswith("/dev/shm/"):
-                inodes.add(int(fields[4]))
+    inodes = {int(fields[4]) for fields in _shm_lines(pids)}
     with os.scandir("/dev/shm") as entries:
         return {entry.path for entry in entries if entry.inode() in inodes}
 
