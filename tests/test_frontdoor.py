@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -297,6 +298,15 @@ def test_a_killed_worker_is_replaced_and_totals_are_kept(
 STALL_TIMEOUT_S = 3  # LB_WORKER_STALL_TIMEOUT for the test; the default is 10 s
 
 
+def _runs_python(pid: int) -> bool:
+    """True once ``pid`` has exec'd multiprocessing's spawned interpreter (its command line
+    is the spawn's; before the exec it is still the main process's)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _gone(pid: int) -> bool:
     """The process has ended (a zombie not yet reaped counts as ended)."""
     try:
@@ -380,6 +390,12 @@ def test_a_replacement_that_hangs_before_its_first_stamp_is_killed_and_replaced(
             return min(new) if new else 0
 
         hung = wait_for(newcomer, timeout=10, step=0.002).value
+        # Stopped once it runs Python, not before: multiprocessing starts it with vfork, and
+        # until the child execs, the main process's thread that spawned it (the monitor loop,
+        # which also kills stalled workers) is suspended by the kernel. A child stopped in
+        # that window stops the main process with it, which no worker can do by hanging (a
+        # full run failed so: 60 s without a replacement, nothing logged after the spawn).
+        wait_for(lambda: _runs_python(hung), timeout=10, step=0.001)
         os.kill(hung, signal.SIGSTOP)  # within milliseconds of its start: not a stamp yet
         stopped_at = time.monotonic()
         load.mark()

@@ -31,6 +31,9 @@ monitoring), without touching Sanic's class:
   replaces it like any dead worker (its row and totals carried on). A replacement that
   hangs before its first stamp (in a start-up listener, claiming its row) is replaced the
   same way, ``liveness.STARTUP_ALLOWANCE`` timeouts after it was first seen running.
+  (Not one stopped from outside before it execs: ``multiprocessing`` spawns with vfork,
+  and the kernel holds the spawning thread, this monitor loop, until the child execs.
+  A worker cannot hang there by itself: it only closes descriptors and execs.)
 
 A signal to the whole process group (systemd's ``KillMode=control-group``, ``kill -TERM
 -PGID``, Ctrl-C in a terminal) reaches every worker as well as the main process. Two things
